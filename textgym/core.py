@@ -1,0 +1,214 @@
+"""The token-episode core shared by the single and the vector text environments.
+
+:class:`TokenEpisodes` holds ``N`` episodes side by side in fixed-shape arrays, one row each. Both
+:class:`textgym.envs.text_gen.TextGenEnv` (``N = 1``) and :class:`textgym.vector.TextGenVectorEnv` run on it,
+so a vector env is exactly ``N`` single envs, except that the reward model scores every episode that ends in
+a step with one batched call.
+
+Row layout, with ``P = max_prompt_tokens`` and ``T = max_new_tokens``::
+
+    columns [0, P)       the prompt, left-padded (pad tokens, attention_mask 0)
+    columns [P, P + T)   generated tokens, one per step; not yet generated: pad, attention_mask 0
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from reward_models import RewardFn, make_reward_model
+from textgym.models import load_tokenizer, resolve_model_dir, vocab_size_of
+from textgym.prompts import load_prompts
+
+PROMPT_TRUNCATION = ("error", "left")
+
+
+class TokenEpisodes:
+    """Prompts, tokenizer, reward model and the state of ``num_rows`` episodes.
+
+    Args:
+        num_rows: how many episodes run side by side.
+        model: the model whose tokenizer and vocabulary define the spaces (see
+            :func:`textgym.models.resolve_model_dir`). Only the tokenizer and config are loaded, not weights.
+        prompts: the prompt set (see :func:`textgym.prompts.load_prompts`).
+        reward_model: a registered reward model name or any callable ``(prompts, completions) -> scores``.
+        reward_model_kwargs: keyword arguments for a registered reward model.
+        max_prompt_tokens: prompt width ``P``; prompts are left-padded to it.
+        max_new_tokens: episode length limit ``T``; reaching it truncates the episode.
+        chat_template: wrap each prompt as a user message in the tokenizer's chat template.
+        stop_token_ids: tokens that terminate an episode; ``None`` for the tokenizer's EOS, ``[]`` for none.
+        prompt_truncation: what a prompt longer than ``P`` tokens does: ``"error"`` raises (checked for the
+            whole prompt set at construction), ``"left"`` keeps its last ``P`` tokens.
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        model: str | os.PathLike | None = None,
+        prompts: str | os.PathLike | Sequence[str] | None = None,
+        reward_model: str | RewardFn = "vader",
+        reward_model_kwargs: dict[str, Any] | None = None,
+        max_prompt_tokens: int = 64,
+        max_new_tokens: int = 32,
+        chat_template: bool = False,
+        stop_token_ids: Sequence[int] | None = None,
+        prompt_truncation: str = "error",
+    ) -> None:
+        if num_rows < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_rows}.")
+        if max_prompt_tokens < 1 or max_new_tokens < 1:
+            raise ValueError(
+                "max_prompt_tokens and max_new_tokens must be at least 1, "
+                f"got {max_prompt_tokens} and {max_new_tokens}."
+            )
+        if prompt_truncation not in PROMPT_TRUNCATION:
+            raise ValueError(f"prompt_truncation must be one of {PROMPT_TRUNCATION}, got {prompt_truncation!r}.")
+        self.model_dir = resolve_model_dir(model)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        if chat_template and not self.tokenizer.chat_template:
+            raise ValueError(f"chat_template=True, but the tokenizer of {self.model_dir} has no chat template.")
+        self.vocab_size = vocab_size_of(self.model_dir)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.chat_template = chat_template
+        self.prompt_truncation = prompt_truncation
+        self.stop_token_ids = self._stop_tokens(stop_token_ids)
+        self.pad_token_id = self._pad_token()
+        self.reward_model = make_reward_model(reward_model, **(reward_model_kwargs or {}))
+
+        self.prompts = load_prompts(prompts)
+        self.prompt_token_ids = [self.encode_prompt(text, where=f"prompt {i}") for i, text in enumerate(self.prompts)]
+
+        width = max_prompt_tokens + max_new_tokens
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, self.vocab_size - 1, shape=(width,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64),
+            }
+        )
+        self.action_space = spaces.Discrete(self.vocab_size)
+        self.input_ids = np.full((num_rows, width), self.pad_token_id, dtype=np.int64)
+        self.attention_mask = np.zeros((num_rows, width), dtype=np.int64)
+        self.num_generated = np.zeros(num_rows, dtype=np.int64)
+        self.running = np.zeros(num_rows, dtype=bool)
+        self.prompt_texts: list[str] = [""] * num_rows
+
+    # --- prompts -------------------------------------------------------------------------------------------
+    def encode_prompt(self, text: str, where: str = "the prompt") -> list[int]:
+        """Token ids of a prompt (chat template applied if enabled), checked against ``max_prompt_tokens``."""
+        if not isinstance(text, str):
+            raise TypeError(f"{where} must be a str, got {type(text).__name__}.")
+        if self.chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        else:
+            ids = self.tokenizer(text)["input_ids"]
+        if not ids:
+            raise ValueError(f"{where} is empty after tokenization: {text!r}.")
+        if len(ids) > self.max_prompt_tokens:
+            if self.prompt_truncation == "error":
+                raise ValueError(
+                    f"{where} has {len(ids)} tokens, more than max_prompt_tokens={self.max_prompt_tokens}: "
+                    f"{text[:80]!r}. Raise max_prompt_tokens, or pass prompt_truncation='left' to keep the last "
+                    f"{self.max_prompt_tokens} tokens."
+                )
+            ids = ids[-self.max_prompt_tokens :]
+        return list(ids)
+
+    def sample_prompt(self, rng: np.random.Generator) -> int:
+        """Index of a uniformly sampled prompt of the set."""
+        return int(rng.integers(len(self.prompts)))
+
+    # --- episodes ------------------------------------------------------------------------------------------
+    def start(self, row: int, prompt_ids: list[int], prompt_text: str) -> None:
+        """Begin a new episode in ``row`` with an encoded prompt."""
+        width = self.max_prompt_tokens
+        self.input_ids[row] = self.pad_token_id
+        self.attention_mask[row] = 0
+        self.input_ids[row, width - len(prompt_ids) : width] = prompt_ids
+        self.attention_mask[row, width - len(prompt_ids) : width] = 1
+        self.num_generated[row] = 0
+        self.running[row] = True
+        self.prompt_texts[row] = prompt_text
+
+    def observation(self, row: int) -> dict[str, np.ndarray]:
+        """A copy of one row's observation."""
+        return {"input_ids": self.input_ids[row].copy(), "attention_mask": self.attention_mask[row].copy()}
+
+    def check_actions(self, actions: Any, expected: int) -> np.ndarray:
+        """Validate actions as integer token ids in range; return them as an int64 array."""
+        array = np.asarray(actions)
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+            raise TypeError(f"Actions must be integer token ids, got {array.dtype} ({actions!r}).")
+        if array.size != expected:
+            raise ValueError(f"Expected {expected} action(s), got {array.size}: {actions!r}.")
+        array = array.reshape(expected).astype(np.int64)
+        bad = (array < 0) | (array >= self.vocab_size)
+        if bad.any():
+            raise ValueError(
+                f"Action(s) {array[bad].tolist()} outside the vocabulary: token ids go from 0 to {self.vocab_size - 1}."
+            )
+        return array
+
+    def step(self, rows: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Append one token to each of ``rows``; score the episodes that end, all in one reward-model call.
+
+        Nothing changes if an error is raised (the reward model failing included), so the env stays usable.
+
+        Returns:
+            ``rewards``, ``terminated``, ``truncated`` (one per row) and one info dict per row; an ending
+            row's info holds ``prompt``, ``completion`` and the raw reward-model ``score``.
+        """
+        if not self.running[rows].all():
+            raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
+        position = self.max_prompt_tokens + self.num_generated[rows]
+        terminated = np.isin(actions, self.stop_token_ids)
+        truncated = ~terminated & (self.num_generated[rows] + 1 >= self.max_new_tokens)
+        ending = np.flatnonzero(terminated | truncated)
+        completions = []
+        for k in ending:
+            row, start = rows[k], self.max_prompt_tokens
+            tokens = [*self.input_ids[row, start : position[k]], actions[k]]
+            if terminated[k]:
+                tokens = tokens[:-1]  # the stop token ends the text, it is not part of it
+            completions.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        prompts = [self.prompt_texts[rows[k]] for k in ending]
+        scores = self.reward_model(prompts, completions) if len(ending) else np.zeros(0)
+
+        self.input_ids[rows, position] = actions
+        self.attention_mask[rows, position] = 1
+        self.num_generated[rows] += 1
+        self.running[rows[ending]] = False
+        rewards = np.zeros(len(rows))
+        rewards[ending] = scores
+        infos: list[dict] = [{} for _ in rows]
+        for k, prompt, completion, score in zip(ending, prompts, completions, scores):
+            infos[k] = {"prompt": prompt, "completion": completion, "score": float(score)}
+        return rewards, terminated, truncated, infos
+
+    def render_text(self, row: int) -> str:
+        """The prompt and the text generated so far in ``row``."""
+        start = self.max_prompt_tokens
+        generated = self.input_ids[row, start : start + self.num_generated[row]]
+        return f"{self.prompt_texts[row]}\u2502{self.tokenizer.decode(generated, skip_special_tokens=False)}"
+
+    # --- set-up helpers ------------------------------------------------------------------------------------
+    def _stop_tokens(self, stop_token_ids: Sequence[int] | None) -> np.ndarray:
+        if stop_token_ids is None:
+            eos = self.tokenizer.eos_token_id
+            stop_token_ids = [] if eos is None else [eos]
+        ids = np.asarray(list(stop_token_ids), dtype=np.int64)
+        if ((ids < 0) | (ids >= self.vocab_size)).any():
+            raise ValueError(f"stop_token_ids {ids.tolist()} are outside the vocabulary [0, {self.vocab_size}).")
+        return ids
+
+    def _pad_token(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:  # many causal LM tokenizers have none; EOS is the usual stand-in
+            pad = self.tokenizer.eos_token_id
+        return int(pad or 0)

@@ -1,0 +1,1 @@
+"""The text environments, one task per module."""

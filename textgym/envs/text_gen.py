@@ -1,0 +1,151 @@
+"""TextGen: continue a prompt one token at a time; a reward model scores the finished completion."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from reward_models import RewardFn
+from textgym.core import TokenEpisodes
+
+
+class TextGenEnv(gym.Env):
+    """
+    ## Description
+
+    Text generation as a sequential decision problem. An episode is one completion of one prompt: the agent
+    writes the completion token by token, and a pluggable reward model scores the finished text. With the
+    defaults, the prompts are openings of reviews and stories of mixed sentiment and the reward is the
+    positivity of the continuation (VADER), the classic "continue the text positively" RLHF task.
+
+    ## Action Space
+
+    ``Discrete(vocab_size)``: the id of the next token, ``vocab_size`` being the size of the model's output
+    layer (``config.vocab_size``).
+
+    ## Observation Space
+
+    A ``Dict`` of two int64 ``Box`` arrays of shape ``(max_prompt_tokens + max_new_tokens,)``:
+
+    | key              | content                                                                   |
+    |------------------|---------------------------------------------------------------------------|
+    | `input_ids`      | the prompt, left-padded to `max_prompt_tokens`; then the tokens generated so far; padding |
+    | `attention_mask` | 1 where `input_ids` holds a real token, 0 on padding                                   |
+
+    The padding token is the tokenizer's pad token (its EOS if it has none).
+
+    ## Rewards
+
+    Sparse: 0 on every step but the last; on the last step, the reward model's score of
+    ``(prompt, completion)``. The completion is decoded without special tokens and without the stop token.
+
+    ## Starting State
+
+    A prompt drawn uniformly from the prompt set with the env's ``np_random``, or the one passed as
+    ``reset(options={"prompt": "..."})``.
+
+    ## Episode End
+
+    - Termination: the action is a stop token (the tokenizer's EOS by default).
+    - Truncation: ``max_new_tokens`` tokens were generated.
+
+    The final step's ``info`` holds ``prompt`` (the text), ``completion`` (the text) and ``score`` (the raw
+    reward-model score).
+
+    ## Arguments
+
+    ```python
+    gym.make("TextGen-v0", model=None, prompts=None, reward_model="vader", reward_model_kwargs=None,
+             max_prompt_tokens=64, max_new_tokens=32, chat_template=False, stop_token_ids=None,
+             prompt_truncation="error", render_mode=None)
+    ```
+
+    - ``model``: ``None`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct, ``"tiny"``
+      for a tiny random test model, or the path of any local Hugging Face model directory. The env loads
+      only its tokenizer and config; the policy loads the weights.
+    - ``prompts``: a shipped prompt set name, a ``.txt`` or ``.jsonl`` file, or a list of strings.
+    - ``reward_model``: a registered name (``reward_models.registered_names()``) or any callable
+      ``(prompts: list[str], completions: list[str]) -> array of float``.
+    - ``max_prompt_tokens`` / ``max_new_tokens``: prompt width and episode length limit.
+    - ``chat_template``: wrap the prompt as a user message in the tokenizer's chat template.
+    - ``stop_token_ids``: tokens that end an episode; ``None`` for EOS, ``[]`` to always run to the limit.
+    - ``prompt_truncation``: ``"error"`` (default; the whole prompt set is checked when the env is made) or
+      ``"left"`` (keep the last ``max_prompt_tokens`` tokens of a longer prompt).
+    - ``render_mode``: ``"ansi"`` returns, ``"human"`` prints, the prompt and the text so far.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    # render_fps only informs tools that replay rendered text; the env itself never sleeps.
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        prompts: str | os.PathLike | Sequence[str] | None = None,
+        reward_model: str | RewardFn = "vader",
+        reward_model_kwargs: dict[str, Any] | None = None,
+        max_prompt_tokens: int = 64,
+        max_new_tokens: int = 32,
+        chat_template: bool = False,
+        stop_token_ids: Sequence[int] | None = None,
+        prompt_truncation: str = "error",
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}."
+            )
+        self.render_mode = render_mode
+        self.episodes = TokenEpisodes(
+            1,
+            model=model,
+            prompts=prompts,
+            reward_model=reward_model,
+            reward_model_kwargs=reward_model_kwargs,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            chat_template=chat_template,
+            stop_token_ids=stop_token_ids,
+            prompt_truncation=prompt_truncation,
+        )
+        self.observation_space = self.episodes.observation_space
+        self.action_space = self.episodes.action_space
+        self.tokenizer = self.episodes.tokenizer
+        self.reward_model = self.episodes.reward_model
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        if "prompt" in options:
+            text = options["prompt"]
+            ids = self.episodes.encode_prompt(text, where="options['prompt']")
+        else:
+            index = self.episodes.sample_prompt(self.np_random)
+            text, ids = self.episodes.prompts[index], self.episodes.prompt_token_ids[index]
+        self.episodes.start(0, ids, text)
+        if self.render_mode == "human":
+            self.render()
+        return self.episodes.observation(0), {"prompt": text}
+
+    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        actions = self.episodes.check_actions(action, expected=1)
+        rewards, terminated, truncated, infos = self.episodes.step(np.zeros(1, dtype=np.int64), actions)
+        if self.render_mode == "human":
+            self.render()
+        return self.episodes.observation(0), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
+
+    def render(self) -> str | None:
+        text = self.episodes.render_text(0)
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text

