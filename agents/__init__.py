@@ -5,6 +5,6 @@ For now: the batched, KV-cached rollout engine every LM agent collects its exper
 
 from __future__ import annotations
 
-from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
+from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig, sample_tokens
 
-__all__ = ["RolloutBatch", "RolloutCollector", "SamplingConfig"]
+__all__ = ["RolloutBatch", "RolloutCollector", "SamplingConfig", "sample_tokens"]

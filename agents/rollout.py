@@ -316,13 +316,7 @@ class RolloutCollector:
 
     # --- sampling and batching -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions ``(N,)`` and their log-probs under the sampling distribution ``(N,)``."""
-        if self.sampling.greedy:
-            actions = logits.argmax(dim=-1)
-            return actions, torch.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
-        logprobs_all = torch.log_softmax(self._warpers(None, logits), dim=-1)  # (N, V)
-        actions = torch.multinomial(logprobs_all.exp(), 1, generator=self._generator).squeeze(1)
-        return actions, logprobs_all.gather(1, actions[:, None]).squeeze(1)
+        return sample_tokens(logits, self.sampling, self._warpers, self._generator)
 
     def _to_batch(self, episodes: list[_FinishedEpisode]) -> RolloutBatch:
         n = len(episodes)
@@ -386,6 +380,34 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
                 f"{type(layer).__name__} layer, which it does not support."
             )
     return layers
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    sampling: SamplingConfig,
+    warpers: LogitsProcessorList | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row of ``logits`` ``(N, V)``.
+
+    Returns:
+        The actions ``(N,)`` and their log-probs ``(N,)`` under the sampling distribution (after temperature,
+        top-k and top-p; under the raw distribution when greedy).
+    """
+    if sampling.greedy:
+        actions = logits.argmax(dim=-1)
+        return actions, torch.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
+    warpers = sampling.warpers() if warpers is None else warpers
+    logprobs = torch.log_softmax(warpers(None, logits), dim=-1)  # (N, V)
+    # Inverse-CDF sampling, one uniform per row. torch.multinomial draws a random number per vocabulary
+    # entry on CPU (~25 ms a step for 16 x 49k, a tenth of a 135M model's decode step); this costs ~2 ms.
+    cdf = logprobs.exp().double().cumsum(dim=-1)  # (N, V)
+    total = cdf[:, -1:]  # (N, 1), 1 up to rounding
+    below_total = torch.nextafter(total, torch.zeros_like(total))  # keeps u < total despite rounding
+    uniform = torch.rand(total.shape, generator=generator, dtype=total.dtype, device=total.device)
+    u = torch.minimum(uniform * total, below_total)
+    actions = torch.searchsorted(cdf, u, right=True).squeeze(1)  # first cdf above u: never a p = 0 token
+    return actions, logprobs.gather(1, actions[:, None]).squeeze(1)
 
 
 def _left_pad(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:

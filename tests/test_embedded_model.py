@@ -23,8 +23,9 @@ def test_default_env_needs_no_arguments():
     obs, info = env.reset(seed=0)
     assert env.action_space.n == 49152 and obs["input_ids"].shape == (64 + 32,)
     assert info["prompt"] in env.unwrapped.episodes.prompts
-    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-    assert obs["attention_mask"][64] == 1
+    obs, reward, terminated, truncated, _ = env.step(5)  # not EOS (2)
+    assert obs["input_ids"][64] == 5 and obs["attention_mask"][64] == 1
+    assert (reward, terminated, truncated) == (0.0, False, False)
 
 
 def test_converted_weights_still_know_things(smollm):

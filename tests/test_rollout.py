@@ -9,7 +9,7 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import textgym  # noqa: F401
-from agents import RolloutCollector, SamplingConfig
+from agents import RolloutCollector, SamplingConfig, sample_tokens
 
 STOPS = list(range(3, 40))  # many stop tokens: random episodes end at different steps, so rows reset apart
 
@@ -116,3 +116,16 @@ def test_prompt_ids_keep_their_padding_separate(tiny_model_dir, tiny_policy):
     ).collect(8)
     widths = batch.prompt_mask.sum(1).unique()
     assert len(widths) == 2 and np.all(batch.prompt_mask[:, -1].cpu().numpy() == 1)
+
+
+def test_sampling_follows_the_warped_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).repeat(100_000, 1)
+    generator = torch.Generator().manual_seed(0)
+    actions, logprobs = sample_tokens(logits, SamplingConfig(temperature=2.0), generator=generator)
+    expected = torch.softmax(logits[0] / 2.0, -1)
+    torch.testing.assert_close(torch.bincount(actions, minlength=5) / len(actions), expected, atol=5e-3, rtol=0)
+    torch.testing.assert_close(logprobs, expected.log()[actions])
+    top2, _ = sample_tokens(logits, SamplingConfig(top_k=2), generator=generator)
+    assert set(top2.tolist()) == {0, 1}
+    nucleus, _ = sample_tokens(logits, SamplingConfig(top_p=0.5), generator=generator)
+    assert set(nucleus.tolist()) == {0}  # p(token 0) = 0.53 already reaches 0.5
