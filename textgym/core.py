@@ -143,7 +143,7 @@ class TokenEpisodes:
     def check_actions(self, actions: Any, expected: int) -> np.ndarray:
         """Validate actions as integer token ids in range; return them as an int64 array."""
         array = np.asarray(actions)
-        if array.dtype == object or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        if not np.issubdtype(array.dtype, np.integer):
             raise TypeError(f"Actions must be integer token ids, got {array.dtype} ({actions!r}).")
         if array.size != expected:
             raise ValueError(f"Expected {expected} action(s), got {array.size}: {actions!r}.")
