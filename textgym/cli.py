@@ -1,0 +1,39 @@
+"""The ``textgym`` command: one entry point, each subcommand implemented next to the code it drives.
+
+``textgym reward ...`` runs :mod:`reward_models.cli` and ``textgym train ...`` runs :mod:`agents.cli`; they
+are imported only when named, so ``textgym --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "reward": ("reward_models.cli", "train and evaluate reward models, make synthetic preference data"),
+    "train": ("agents.cli", "train an LM policy (SFT, PPO, GRPO, RLOO) on a textgym environment"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: textgym COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<8} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "Run `textgym COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``argv`` (default: ``sys.argv[1:]``) to a subcommand's ``main``; return its exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"textgym: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:], prog=f"textgym {argv[0]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
