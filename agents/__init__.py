@@ -1,10 +1,29 @@
 """LM-policy agents that learn through textgym's environments.
 
-For now: the batched, KV-cached rollout engine every LM agent collects its experience with.
+* :class:`RolloutCollector`: the batched, KV-cached rollout engine every agent collects experience with;
+* :class:`SFT`: supervised instruction tuning;
+* :class:`PPO` (value head, GAE, KL penalty to a frozen reference), :class:`GRPO` and :class:`RLOO`.
 """
 
 from __future__ import annotations
 
+from agents.grpo import GRPO, GRPOConfig
+from agents.ppo import PPO, PPOConfig
+from agents.rloo import RLOO, RLOOConfig
 from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig, sample_tokens
+from agents.sft import SFT, SFTConfig
 
-__all__ = ["RolloutBatch", "RolloutCollector", "SamplingConfig", "sample_tokens"]
+__all__ = [
+    "GRPO",
+    "PPO",
+    "RLOO",
+    "SFT",
+    "GRPOConfig",
+    "PPOConfig",
+    "RLOOConfig",
+    "RolloutBatch",
+    "RolloutCollector",
+    "SFTConfig",
+    "SamplingConfig",
+    "sample_tokens",
+]

@@ -170,6 +170,7 @@ class RolloutCollector:
         self._positions = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)  # next position id
         self._next_logits: torch.Tensor | None = None  # (N, V)
         self.tokens_generated = 0
+        self._seeded = False
 
     # --- public API ----------------------------------------------------------------------------------------
     def collect(self, num_episodes: int, progress: bool = False) -> RolloutBatch:
@@ -187,7 +188,8 @@ class RolloutCollector:
             bar = tqdm(total=num_episodes, desc="rollout", unit="episode")
         with torch.inference_mode():
             if self._obs is None:
-                self._obs, _ = self.envs.reset(seed=self.seed)
+                self._obs, _ = self.envs.reset(**self._reset_seed())
+                self._pending_reset[:] = False
                 self._start_episodes(np.ones(self.num_envs, dtype=bool))
             while len(self._finished) < num_episodes:
                 before = len(self._finished)
@@ -199,9 +201,49 @@ class RolloutCollector:
         taken, self._finished = self._finished[:num_episodes], self._finished[num_episodes:]
         return self._to_batch(taken)
 
+    def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
+        """One episode for each of ``prompts``, returned in the same order.
+
+        Group methods (GRPO, RLOO) pass each prompt ``G`` times. The prompts run in waves of ``num_envs``
+        (so ``len(prompts)`` must be a multiple of it), each wave started by a reset that forces its prompts;
+        a sub-env that finishes early runs on with a new prompt until its wave is done, and that episode is
+        dropped. Episodes in progress from :meth:`collect`
+        are dropped (finished ones are kept for it).
+        """
+        if not prompts or len(prompts) % self.num_envs:
+            raise ValueError(
+                f"collect_prompts needs a positive multiple of num_envs={self.num_envs} prompts, got "
+                f"{len(prompts)}: make the batch size a multiple of the number of sub-envs."
+            )
+        streamed, self._finished = self._finished, []
+        episodes: list[_FinishedEpisode] = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.num_envs):
+                wave = list(prompts[start : start + self.num_envs])
+                self._obs, _ = self.envs.reset(**self._reset_seed(), options={"prompts": wave})
+                self._pending_reset[:] = False
+                self._start_episodes(np.ones(self.num_envs, dtype=bool))
+                order = {id(record): row for row, record in enumerate(self._records)}
+                while sum(id(e.record) in order for e in self._finished) < self.num_envs:
+                    self._step()  # a row that finished early starts an episode that is later dropped
+                episodes += sorted(
+                    (e for e in self._finished if id(e.record) in order), key=lambda e: order[id(e.record)]
+                )
+                self._finished = []
+        self._finished, self._obs = streamed, None  # the next collect() starts from a fresh reset
+        self._records = [None] * self.num_envs
+        return self._to_batch(episodes)
+
     def invalidate_cache(self) -> None:
         """Drop the KV cache, e.g. after a policy update; the next step rebuilds it from the observations."""
         self._cache = self._cache_mask = self._next_logits = None
+
+    def _reset_seed(self) -> dict[str, int]:
+        """The seed for the env's first reset only; later resets continue its random streams."""
+        if self._seeded or self.seed is None:
+            return {}
+        self._seeded = True
+        return {"seed": self.seed}
 
     # --- one env step --------------------------------------------------------------------------------------
     def _step(self) -> None:

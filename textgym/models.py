@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,26 +121,36 @@ def make_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     seed: int = 0,
+    words: Sequence[str] | None = None,
 ) -> Path:
-    """Write a tiny randomly initialised Llama and a BPE tokenizer trained on the shipped prompts.
+    """Write a tiny randomly initialised Llama and its tokenizer.
 
-    The tokenizer has ``<pad>``, ``<s>`` and ``</s>`` (EOS) special tokens and a ChatML chat template, so
-    every code path of the environments (padding, EOS, chat templates) is exercised without a real model.
+    The tokenizer is a byte-level BPE of ``vocab_size`` tokens trained on the shipped prompts or, given
+    ``words``, a word-level one whose vocabulary is exactly those words (plus the special tokens and
+    ``<unk>``): a small action space for synthetic tasks that RL should learn in seconds. Either has
+    ``<pad>``, ``<s>`` and ``</s>`` (EOS) special tokens and a ChatML chat template, so every code path of the
+    environments (padding, EOS, chat templates) is exercised without a real model.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_PROMPTS_FOR_TINY_TOKENIZER.read_text().splitlines(), trainer=trainer)
+    special = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    if words is not None:
+        vocab = {token: i for i, token in enumerate([*special, "<unk>", *dict.fromkeys(words)])}
+        bpe = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # decoding joins tokens with spaces
+    else:
+        bpe = Tokenizer(models.BPE(unk_token=None))
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        bpe.train_from_iterator(_PROMPTS_FOR_TINY_TOKENIZER.read_text().splitlines(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -48,6 +48,7 @@ class TextGenVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.tokenizer = self.episodes.tokenizer
         self.reward_model = self.episodes.reward_model
+        self.prompts = self.episodes.prompts  # the prompt set, e.g. for group methods that force prompts
         self.single_observation_space = self.episodes.observation_space
         self.single_action_space = self.episodes.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)

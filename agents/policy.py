@@ -1,0 +1,211 @@
+"""The trainable policy: a causal LM with a scalar value head, its frozen reference, and whole-sequence passes.
+
+Training never runs the model token by token: :meth:`ActorCritic.evaluate` scores every completion token of
+a :class:`~agents.rollout.RolloutBatch` in one forward pass over the whole sequences (prompt left-padded to
+``P``, completion right-padded to ``T``), computing the output layer only on the ``T`` positions that chose a
+completion token.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+CRITIC_DIR = "critic"
+
+
+@dataclass
+class SequenceEval:
+    """Per-token outputs over the completion positions, each ``(E, T)``."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor | None = None
+
+
+class ActorCritic(nn.Module):
+    """A causal LM policy, a value head, and (unless LoRA adapters are trained) a frozen reference copy.
+
+    Args:
+        lm: the policy's causal LM; it is trained in place.
+        value_head: add a scalar value head (PPO); the critic-free methods (GRPO, RLOO) leave it out.
+        separate_critic: give the value head its own trunk, a copy of ``lm``, instead of sharing the policy's.
+        lora_rank: train LoRA adapters of this rank (via ``peft``) instead of all weights; the reference is
+            then the same weights with the adapters switched off, so no copy of the trunk is made.
+        reference_device: where the frozen reference copy lives (default: the policy's device).
+    """
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        value_head: bool = True,
+        separate_critic: bool = False,
+        lora_rank: int = 0,
+        reference_device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.device = next(lm.parameters()).device
+        self.reference: PreTrainedModel | None = None
+        if lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", lora_dropout=0.0)
+            lm = get_peft_model(lm, lora)
+        else:
+            self.reference = copy.deepcopy(lm).to(reference_device or self.device).eval().requires_grad_(False)
+        self.lm = lm.train()
+        self.critic_trunk = copy.deepcopy(lm) if (value_head and separate_critic) else None
+        hidden = lm.config.get_text_config().hidden_size
+        self.value_head = nn.Linear(hidden, 1).to(self.device) if value_head else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)  # start at V = 0: no random value targets leak into GAE
+            nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.reference is None
+
+    @property
+    def generator_model(self) -> PreTrainedModel:
+        """The model the rollout engine samples with (the policy LM itself, adapters included)."""
+        return self.lm
+
+    def evaluate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_width: int,
+        temperature: float = 1.0,
+        with_values: bool = False,
+    ) -> SequenceEval:
+        """Log-probs, entropies and (optionally) values of the last ``completion_width`` tokens of each row.
+
+        ``values[:, t]`` estimates the return from the state before completion token ``t``.
+        """
+        logits, hidden = _completion_logits(
+            self.lm, input_ids, attention_mask, completion_width, need_hidden=with_values and not self.critic_trunk
+        )
+        logprobs, entropy = _logprobs_and_entropy(logits / temperature, input_ids[:, -completion_width:])
+        values = None
+        if with_values:
+            if self.value_head is None:
+                raise RuntimeError("This policy has no value head (built with value_head=False).")
+            if self.critic_trunk is not None:
+                _, hidden = _completion_logits(
+                    self.critic_trunk, input_ids, attention_mask, completion_width, need_hidden=True
+                )
+            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (E, T)
+        return SequenceEval(logprobs, entropy, values)
+
+    @torch.no_grad()
+    def reference_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Log-probs ``(E, T)`` of the completion tokens under the frozen reference model."""
+        if self.reference is None:  # LoRA: the base weights are the reference
+            context = self.lm.disable_adapter()
+            model = self.lm
+        else:
+            context = nullcontext()
+            model = self.reference
+        device = next(model.parameters()).device
+        with context:
+            logits, _ = _completion_logits(
+                model, input_ids.to(device), attention_mask.to(device), completion_width, need_hidden=False
+            )
+        tokens = input_ids[:, -completion_width:].to(device)
+        logprobs, _ = _logprobs_and_entropy(logits / temperature, tokens)
+        return logprobs.to(self.device)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """Write the policy as a Hugging Face model directory (LoRA: a ``peft`` adapter directory), plus the
+        value head as safetensors and, with a separate critic, its trunk under ``critic/``."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        self.lm.save_pretrained(out)
+        if self.value_head is not None:
+            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out / VALUE_HEAD_FILE)
+        if self.critic_trunk is not None:
+            self.critic_trunk.save_pretrained(out / CRITIC_DIR)
+
+    def load_weights(self, checkpoint_dir: str | os.PathLike) -> None:
+        """Load trainable weights written by :meth:`save` into this (identically built) policy."""
+        from safetensors.torch import load_file
+
+        src = Path(checkpoint_dir)
+        if self.uses_lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.lm, load_file(src / "adapter_model.safetensors", device=str(self.device)))
+        else:
+            _load_exactly(self.lm, _load_hf_weights(src, self.device), src)
+        if self.value_head is not None:
+            self.value_head.load_state_dict(load_file(src / VALUE_HEAD_FILE, device=str(self.device)))
+        if self.critic_trunk is not None:
+            _load_exactly(self.critic_trunk, _load_hf_weights(src / CRITIC_DIR, self.device), src / CRITIC_DIR)
+
+
+def _completion_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_width: int,
+    need_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there."""
+    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # per-row positions despite left padding
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        logits_to_keep=completion_width + 1,  # the output layer runs on T + 1 columns, not P + T
+        output_hidden_states=need_hidden,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float()  # (E, T, V): column P + t - 1 predicts completion token t
+    hidden = out.hidden_states[-1][:, -completion_width - 1 : -1] if need_hidden else None  # (E, T, H)
+    return logits, hidden
+
+
+def _logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logp_all = torch.log_softmax(logits, dim=-1)  # (E, T, V)
+    logprobs = logp_all.gather(2, tokens[..., None]).squeeze(-1)  # (E, T)
+    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (E, T)
+    return logprobs, entropy
+
+
+def _load_hf_weights(model_dir: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    files = [f for f in files if f.name != VALUE_HEAD_FILE]
+    if not files:
+        raise FileNotFoundError(f"No model weights (*.safetensors) in {model_dir}.")
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        weights.update(load_file(file, device=str(device)))
+    return weights
+
+
+def _load_exactly(model: PreTrainedModel, weights: dict[str, torch.Tensor], src: Path) -> None:
+    """Load a checkpoint's weights; only an output layer tied to the input embeddings may be absent."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = model.config.get_text_config().tie_word_embeddings
+    missing = [key for key in missing if not (tied and key.endswith("lm_head.weight"))]
+    if missing or unexpected:
+        raise ValueError(
+            f"The checkpoint in {src} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}): "
+            "it was written for another model."
+        )

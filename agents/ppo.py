@@ -1,0 +1,141 @@
+"""PPO for language models, as in InstructGPT: value head, GAE, KL penalty to a frozen reference.
+
+Each token is an action. The reward of token ``t`` is ``-β (log π_old(a_t|s_t) − log π_ref(a_t|s_t))``, plus the
+task reward on the last token; advantages come from GAE over these per-token rewards and the value head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.base import AgentConfig, LMAgent, clipped_surrogate, masked_mean, masked_whiten
+from agents.rollout import RolloutBatch
+
+
+@dataclass
+class PPOConfig(AgentConfig):
+    """PPO settings (on top of :class:`~agents.base.AgentConfig`)."""
+
+    epochs: int = 4
+    """Passes over each batch."""
+    gamma: float = 1.0
+    """Discount; 1 is usual for completions, whose length is bounded."""
+    gae_lambda: float = 0.95
+    """GAE's λ: 1 gives Monte Carlo returns, 0 one-step TD."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (the trunk is shared, so a large value loss would disturb the policy)."""
+    clip_range_value: float = 0.2
+    """Clip the new value to within this of the old one, as PPO's reference implementation does."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 over the batch's tokens."""
+    kl_target: float | None = None
+    """Adapt β toward this KL per completion (Ziegler et al. 2019); ``None`` keeps β fixed."""
+    kl_horizon: int = 10_000
+    """Episodes over which the adaptive controller may change β by a factor of about e^0.2."""
+    separate_critic: bool = False
+    """Give the value head its own trunk (a copy of the policy's) instead of sharing the policy's."""
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns for right-padded episodes.
+
+    Args:
+        rewards, values, mask: ``(E, T)``; an episode's steps are the first ``mask.sum(1)`` columns, and the
+            value after its last step is 0 (every episode here is finished).
+
+    Returns:
+        ``(advantages, returns)``, each ``(E, T)`` and 0 on padding; ``returns = advantages + values``.
+    """
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        live = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * live  # padding resets the recursion
+        advantages[:, t] = running
+        next_value = values[:, t] * live
+    return advantages, (advantages + values) * mask
+
+
+class PPO(LMAgent):
+    """Proximal Policy Optimization of a causal LM with a value head and a KL-penalised reward.
+
+    Example::
+
+        envs = gym.make_vec("TextGen-v0", num_envs=8)
+        agent = PPO(None, envs, kl_coef=0.05, run_dir="runs/ppo")
+        agent.learn(total_episodes=2_000)
+    """
+
+    config_class = PPOConfig
+    algo = "ppo"
+    uses_value_head = True
+    config: PPOConfig
+
+    def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
+        c = self.config
+        ids, attn = batch.input_ids, batch.attention_mask
+        width = batch.completion_ids.shape[1]
+        mask = batch.completion_mask.float()  # (E, T)
+        with torch.no_grad(), self.autocast():
+            old = self.policy.evaluate(ids, attn, width, c.temperature, with_values=True)
+            ref_logprobs = self.policy.reference_logprobs(ids, attn, width, c.temperature)
+        old_logprobs, old_values = old.logprobs * mask, old.values.float() * mask
+        kl = (old_logprobs - ref_logprobs) * mask  # (E, T) per-token KL estimate to the reference
+        rewards = batch.rewards - self.kl_coef * kl
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.gae_lambda)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        stats: dict[str, list[float]] = {k: [] for k in ("policy", "value", "entropy", "clip", "approx_kl", "norm")}
+        stop = False
+        for _ in range(c.epochs):
+            for index in self.minibatches(len(batch)):
+                m = mask[index]
+                with self.autocast():
+                    new = self.policy.evaluate(ids[index], attn[index], width, c.temperature, with_values=True)
+                policy_loss, clipped, approx_kl = clipped_surrogate(
+                    new.logprobs, old_logprobs[index], advantages[index], c.clip_range
+                )
+                values = new.values.float()
+                values_clipped = old_values[index] + (values - old_values[index]).clamp(
+                    -c.clip_range_value, c.clip_range_value
+                )
+                value_loss = 0.5 * torch.maximum((values - returns[index]) ** 2, (values_clipped - returns[index]) ** 2)
+                entropy = masked_mean(new.entropy, m)
+                loss = masked_mean(policy_loss, m) + c.vf_coef * masked_mean(value_loss, m) - c.ent_coef * entropy
+                stats["norm"].append(self.optimizer_step(loss))
+                stats["policy"].append(masked_mean(policy_loss, m).item())
+                stats["value"].append(masked_mean(value_loss, m).item())
+                stats["entropy"].append(entropy.item())
+                stats["clip"].append(masked_mean(clipped, m).item())
+                stats["approx_kl"].append(masked_mean(approx_kl, m).item())
+                if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+
+        kl_per_episode = kl.sum(dim=1).mean().item()
+        if c.kl_target is not None:  # proportional controller on log β
+            error = float(np.clip(kl_per_episode / c.kl_target - 1, -0.2, 0.2))
+            self.kl_coef *= 1 + error * len(batch) / c.kl_horizon
+        residual_var = masked_mean((returns - old_values - masked_mean(returns - old_values, mask)) ** 2, mask)
+        returns_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+        return {
+            "train/policy_loss": float(np.mean(stats["policy"])),
+            "train/value_loss": float(np.mean(stats["value"])),
+            "train/entropy": float(np.mean(stats["entropy"])),
+            "train/clip_fraction": float(np.mean(stats["clip"])),
+            "train/approx_kl": float(np.mean(stats["approx_kl"])),
+            "train/grad_norm": float(np.mean(stats["norm"])),
+            "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
+            "train/kl_ref": kl_per_episode,
+            "train/kl_coef": self.kl_coef,
+        }

@@ -1,0 +1,204 @@
+"""Supervised instruction tuning (SFT), the first step of the InstructGPT pipeline.
+
+Data is JSONL, one example per line: ``{"prompt": ..., "completion": ...}`` or chat
+``{"messages": [{"role": ..., "content": ...}, ...]}`` whose last message (the assistant's) is the
+completion. The loss is the cross-entropy of the completion tokens only. When the tokenizer has a chat
+template, the prompt is wrapped in it exactly as ``TextGen-v0(chat_template=True)`` wraps its prompts, so a
+model tuned here continues the env's observations the way it was taught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SHIPPED_DATA = {"instructions": Path(__file__).parent / "data" / "instructions.jsonl"}
+IGNORE = -100  # label of tokens the loss skips (prompt and padding)
+
+
+@dataclass
+class SFTConfig:
+    """Settings of supervised fine-tuning."""
+
+    learning_rate: float = 5e-5
+    """AdamW step size."""
+    epochs: int = 2
+    """Passes over the data."""
+    batch_size: int = 8
+    """Examples per gradient step."""
+    max_length: int = 256
+    """Longest prompt + completion in tokens; longer examples are an error unless ``truncate`` is set."""
+    truncate: bool = False
+    """Cut over-long examples to ``max_length`` (keeping the end of the prompt and the start of the completion)."""
+    chat_template: bool | None = None
+    """Wrap prompts in the tokenizer's chat template; ``None`` uses it when the tokenizer has one."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global L2 norm)."""
+    seed: int = 0
+    """Seeds the order of examples."""
+    device: str | None = None
+    """Default ``cuda`` when available, else ``cpu``."""
+
+
+def load_sft_examples(source: str | os.PathLike | list[dict[str, Any]]) -> list[tuple[list[dict[str, str]], str]]:
+    """Read examples as ``(prompt messages, completion)``; ``source`` is a shipped name, a JSONL path or dicts.
+
+    Raises:
+        ValueError: naming the file and line of a malformed example.
+    """
+    if isinstance(source, list):
+        records = [(f"example {i}", record) for i, record in enumerate(source)]
+    else:
+        path = SHIPPED_DATA.get(str(source), Path(source))
+        if not path.is_file():
+            raise FileNotFoundError(f"No SFT data at {path}: pass a JSONL file or one of {sorted(SHIPPED_DATA)}.")
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
+    examples = [_example(where, record) for where, record in records]
+    if not examples:
+        raise ValueError(f"No examples in {source}.")
+    return examples
+
+
+def _example(where: str, record: Any) -> tuple[list[dict[str, str]], str]:
+    if isinstance(record, dict) and "messages" in record:
+        messages = record["messages"]
+        ok = isinstance(messages, list) and len(messages) >= 2 and all(isinstance(m, dict) for m in messages)
+        if not ok or messages[-1].get("role") != "assistant" or not messages[-1].get("content"):
+            raise ValueError(f"{where}: 'messages' must be a list of at least two, the last an assistant message.")
+        return [dict(m) for m in messages[:-1]], messages[-1]["content"]
+    if isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        if not record["prompt"].strip() or not record["completion"].strip():
+            raise ValueError(f"{where}: empty prompt or completion.")
+        return [{"role": "user", "content": record["prompt"]}], record["completion"]
+    raise ValueError(
+        f"{where}: expected {{'prompt': str, 'completion': str}} or {{'messages': [...]}}, got {record!r}."
+    )
+
+
+class SFT:
+    """Fine-tune a causal LM on instruction data, loss on completion tokens only.
+
+    Example::
+
+        sft = SFT(None, "instructions", epochs=1)   # the embedded model on the shipped instructions
+        sft.learn()
+        sft.save("runs/sft")                         # then PPO("runs/sft", envs)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None,
+        data: str | os.PathLike | list[dict[str, Any]],
+        config: SFTConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        from textgym.models import load_causal_lm, load_tokenizer
+
+        self.config = replace(config or SFTConfig(), **overrides)
+        c = self.config
+        self.device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = load_tokenizer(model)
+        self.use_template = c.chat_template if c.chat_template is not None else bool(self.tokenizer.chat_template)
+        if self.use_template and not self.tokenizer.chat_template:
+            raise ValueError("chat_template=True, but this model's tokenizer has no chat template.")
+        self.examples = self.encode(data)
+        self.model = load_causal_lm(model, device=self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.learning_rate)
+        self.rng = np.random.default_rng(c.seed)
+        self.losses: list[float] = []
+
+    def encode(self, data: str | os.PathLike | list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+        """Token ids ``(prompt, completion)`` of each example of ``data``."""
+        return [self._encode(messages, completion) for messages, completion in load_sft_examples(data)]
+
+    def _encode(self, messages: list[dict[str, str]], completion: str) -> tuple[list[int], list[int]]:
+        tok = self.tokenizer
+        if self.use_template:
+            prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            full = tok.apply_chat_template([*messages, {"role": "assistant", "content": completion}], tokenize=False)
+            if not full.startswith(prompt):
+                raise ValueError(
+                    "The chat template does not extend the prompt with the reply; use chat_template=False."
+                )
+            reply = full[len(prompt) :]
+        else:
+            prompt = "\n".join(m["content"] for m in messages)
+            reply = completion + (tok.eos_token or "")
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        reply_ids = tok(reply, add_special_tokens=False)["input_ids"]
+        excess = len(prompt_ids) + len(reply_ids) - self.config.max_length
+        if excess > 0:
+            if not self.config.truncate:
+                raise ValueError(
+                    f"An example is {excess} tokens longer than max_length={self.config.max_length} "
+                    f"(prompt {prompt[:60]!r}...): raise max_length or set truncate=True."
+                )
+            cut = min(excess, len(prompt_ids) - 1)
+            prompt_ids = prompt_ids[cut:]
+            reply_ids = reply_ids[: self.config.max_length - len(prompt_ids)]
+        return prompt_ids, reply_ids
+
+    def learn(self, progress_bar: bool = True) -> SFT:
+        """Train for ``epochs`` passes; the mean loss of each step is appended to ``self.losses``."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        steps = c.epochs * -(-len(self.examples) // c.batch_size)
+        self.model.train()
+        with tqdm(total=steps, desc="sft", unit="step", disable=not progress_bar) as bar:
+            for _ in range(c.epochs):
+                order = self.rng.permutation(len(self.examples))
+                for start in range(0, len(order), c.batch_size):
+                    loss = self.loss([self.examples[i] for i in order[start : start + c.batch_size]])
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                    self.optimizer.step()
+                    self.losses.append(loss.item())
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+        self.model.eval()
+        return self
+
+    def loss(self, examples: list[tuple[list, list]]) -> torch.Tensor:
+        """Mean cross-entropy of the completion tokens of ``examples`` (one forward pass, right-padded)."""
+        width = max(len(p) + len(r) for p, r in examples)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(examples), width), pad, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, (prompt, reply) in enumerate(examples):
+            n = len(prompt) + len(reply)
+            ids[row, :n] = torch.tensor(prompt + reply)
+            labels[row, len(prompt) : n] = torch.tensor(reply)
+            mask[row, :n] = 1
+        out = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), labels=labels.to(self.device)
+        )
+        return out.loss
+
+    @torch.no_grad()
+    def evaluate(self, data: str | os.PathLike | list[dict[str, Any]] | None = None) -> float:
+        """Mean completion loss on ``data`` (default: the training data)."""
+        examples = self.examples if data is None else self.encode(data)
+        size = self.config.batch_size
+        losses = [self.loss(examples[i : i + size]).item() for i in range(0, len(examples), size)]
+        return float(np.mean(losses))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a Hugging Face model directory (weights and tokenizer), the starting point of PPO/GRPO/RLOO."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
