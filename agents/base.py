@@ -176,7 +176,7 @@ class LMAgent:
                     log.log(self.episodes_seen, metrics)
                     if self.iteration % self.config.checkpoint_every == 0:
                         self._checkpoint()
-                bar.update(min(metrics["rollout/episodes"], total_episodes - bar.n))
+                bar.update(min(int(metrics["rollout/episodes"]), total_episodes - bar.n))
                 bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['train/kl_ref']:.3f}")
             if log is not None and self.iteration % self.config.checkpoint_every:
                 self._checkpoint()

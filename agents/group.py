@@ -41,7 +41,8 @@ class GroupAgent(LMAgent):
     def collect(self) -> RolloutBatch:
         c = self.config
         pool = self.envs.prompts
-        chosen = self.rng.choice(len(pool), size=c.batch_size // c.group_size, replace=len(pool) < c.batch_size)
+        n = c.batch_size // c.group_size
+        chosen = self.rng.choice(len(pool), size=n, replace=len(pool) < n)  # distinct prompts when there are enough
         return self.collector.collect_prompts([pool[i] for i in chosen for _ in range(c.group_size)])
 
     def advantages(self, scores: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
