@@ -1,0 +1,244 @@
+"""Training reward models from preferences with the Bradley–Terry loss, and measuring their pairwise accuracy.
+
+For a pair where ``y_w`` was preferred over ``y_l`` as a completion of ``x``, the loss is
+``-log σ(r(x, y_w) - r(x, y_l) - m)``, ``m`` being the pair's margin (0 unless the data or the config sets one).
+Batches hold whole prompts, so every pair of one ranking lands in the same batch and each completion is scored
+once per batch however many pairs it appears in (InstructGPT's trick that makes rankings cheap).
+
+The held-out split is by prompt; its pairwise accuracy is reported after every epoch and at the end. After
+training, the raw scores of the training completions give the mean and std stored with the model, so its
+rewards come out standardised.
+
+    from reward_models.training import TrainConfig, train_reward_model
+
+    result = train_reward_model("prefs.jsonl", TrainConfig(backbone="minilm"), out_dir="my-rm")
+    print(result.report["eval"]["accuracy"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reward_models.base import Normalization, RewardFn
+from reward_models.preferences import PreferencePair, load_preferences, split_by_prompt
+
+if TYPE_CHECKING:  # torch loads only when training starts, so the CLI and the config stay light
+    import torch
+
+    from reward_models.hf_classifier import HFClassifierReward
+    from reward_models.learned import EncoderHeadReward
+
+BACKBONES = ("minilm", "lm")
+
+
+@dataclass
+class TrainConfig:
+    """How to train a reward model; every field is also a ``textgym reward train`` option."""
+
+    backbone: str = "minilm"
+    """``"minilm"``: a small head on the frozen packaged MiniLM encoder (fast on CPU); ``"lm"``: a causal LM
+    fine-tuned whole with a scalar head."""
+    model: str | None = None
+    """The backbone's weights: for ``minilm`` an encoder directory (default: the packaged MiniLM); for ``lm``
+    ``"tiny"``, a local model directory, or the default, the embedded SmolLM2-135M-Instruct."""
+    epochs: int | None = None
+    """Passes over the training pairs (default: 30 for ``minilm``, 1 for ``lm``)."""
+    lr: float | None = None
+    """AdamW learning rate (default: 1e-3 for ``minilm``, 1e-5 for ``lm``)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    batch_size: int = 32
+    """Pairs per optimiser step (whole prompts per batch; a prompt with more pairs is cut into chunks)."""
+    margin: float = 0.0
+    """Margin added to every pair's own (the loss asks ``r_w - r_l`` to exceed it)."""
+    eval_fraction: float = 0.1
+    """Share of prompts held out to measure pairwise accuracy; 0 trains on everything."""
+    hidden_size: int = 256
+    """``minilm``: the head's hidden width; 0 for a linear head."""
+    dropout: float = 0.1
+    """``minilm``: dropout on the head's inputs and hidden layer while training."""
+    use_prompt: bool = True
+    """``minilm``: let the head see the prompt's embedding as well as the completion's."""
+    input_format: str = "concat"
+    """``lm``: the model's input, ``"concat"`` (prompt + completion), ``"chat"`` or ``"completion"``."""
+    max_length: int = 256
+    """Tokens per input text; longer ones are cut (the ``lm`` backbone keeps their end)."""
+    device: str | None = None
+    """Torch device; default ``"cuda"`` when available, else ``"cpu"``."""
+    seed: int = 0
+    """Seeds the split, the head's initialisation, the batch order and dropout: equal seeds, equal models."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
+        if self.epochs is None:
+            self.epochs = 30 if self.backbone == "minilm" else 1
+        if self.lr is None:
+            self.lr = 1e-3 if self.backbone == "minilm" else 1e-5
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0; got {self}.")
+
+
+@dataclass
+class PairwiseReport:
+    """How often a reward model ranks the preferred completion first, on a set of pairs."""
+
+    accuracy: float
+    """Share of pairs with ``r(chosen) > r(rejected)``; a tie counts one half."""
+    mean_gap: float
+    """Mean of ``r(chosen) - r(rejected)`` in the model's own (normalised, if it normalises) units."""
+    pairs: int
+    prompts: int
+
+    def __str__(self) -> str:
+        return f"pairwise accuracy {self.accuracy:.3f} on {self.pairs} pairs of {self.prompts} prompts"
+
+
+@dataclass
+class TrainResult:
+    """The trained model and what happened while training it."""
+
+    model: EncoderHeadReward | HFClassifierReward
+    report: dict[str, Any] = field(default_factory=dict)
+    """``config``, ``train``/``eval`` :class:`PairwiseReport` dicts, ``history`` (per epoch), ``seconds``."""
+
+
+def pairwise_accuracy(reward_fn: RewardFn, pairs: Sequence[PreferencePair]) -> PairwiseReport:
+    """Score each distinct ``(prompt, completion)`` of ``pairs`` once, with any reward model, and compare."""
+    if not pairs:
+        raise ValueError("pairwise_accuracy needs at least one pair.")
+    items = list(dict.fromkeys(pair_items(pairs)))
+    index = {item: i for i, item in enumerate(items)}
+    scores = np.asarray(reward_fn([p for p, _ in items], [c for _, c in items]), dtype=np.float64)
+    gaps = np.array([scores[index[(p.prompt, p.chosen)]] - scores[index[(p.prompt, p.rejected)]] for p in pairs])
+    accuracy = float(np.mean((gaps > 0) + 0.5 * (gaps == 0)))
+    return PairwiseReport(accuracy, float(gaps.mean()), len(pairs), len({p.prompt for p in pairs}))
+
+
+def pair_items(pairs: Sequence[PreferencePair]) -> list[tuple[str, str]]:
+    """The ``(prompt, completion)`` of every chosen and rejected side, in order."""
+    return [item for p in pairs for item in ((p.prompt, p.chosen), (p.prompt, p.rejected))]
+
+
+def train_reward_model(
+    data: str | os.PathLike | Sequence[PreferencePair],
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Train a reward model on preference pairs; optionally save it and a ``training_report.json``.
+
+    Args:
+        data: a JSONL file of pairs or rankings (see :mod:`reward_models.preferences`), or the pairs.
+        config: the settings; default :class:`TrainConfig()`.
+        out_dir: where to save the model (reload with ``make_reward_model(out_dir)``), or ``None``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from reward_models.learned import EncoderHeadReward
+
+    start = time.perf_counter()  # training time includes loading the model and embedding the texts
+    config = config or TrainConfig()
+    pairs = load_preferences(data) if isinstance(data, (str, os.PathLike)) else list(data)
+    train, held_out = split_by_prompt(pairs, config.eval_fraction, config.seed)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    model = _new_model(config)
+    if isinstance(model, EncoderHeadReward):
+        model.cache_embeddings([text for item in pair_items(pairs) for text in item])
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    history = []
+    bar = tqdm(total=config.epochs * len(train), disable=not config.progress, desc="reward model", unit="pair")
+    for epoch in range(1, config.epochs + 1):
+        model.model.train()
+        losses = []
+        for batch in _batches(train, config.batch_size, rng):
+            loss = _bradley_terry_loss(model, batch, config.margin)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.update(len(batch))
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        model.model.eval()
+        entry = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if held_out:
+            entry["eval_accuracy"] = pairwise_accuracy(model.raw_scores, held_out).accuracy
+            bar.set_postfix(epoch=epoch, loss=f"{entry['loss']:.3f}", eval_acc=f"{entry['eval_accuracy']:.3f}")
+        history.append(entry)
+    bar.close()
+
+    train_items = list(dict.fromkeys(pair_items(train)))
+    model.normalization = Normalization.of(model.raw_scores([p for p, _ in train_items], [c for _, c in train_items]))
+    report = {
+        "config": asdict(config),
+        "train": asdict(pairwise_accuracy(model, train)),
+        "eval": asdict(pairwise_accuracy(model, held_out)) if held_out else None,
+        "normalization": model.normalization.to_dict(),
+        "history": history,
+        "seconds": time.perf_counter() - start,
+    }
+    if isinstance(model, EncoderHeadReward):
+        model.clear_cache()
+    if out_dir is not None:
+        model.save(out_dir)
+        (Path(out_dir) / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return TrainResult(model, report)
+
+
+def _new_model(config: TrainConfig) -> EncoderHeadReward | HFClassifierReward:
+    from reward_models.hf_classifier import HFClassifierReward
+    from reward_models.learned import EncoderHeadReward
+
+    if config.backbone == "minilm":
+        return EncoderHeadReward.new(
+            config.model, config.use_prompt, config.hidden_size, config.dropout, config.max_length, device=config.device
+        )
+    return HFClassifierReward.from_backbone(
+        config.model, config.input_format, config.max_length, config.batch_size, config.device
+    )
+
+
+def _batches(pairs: Sequence[PreferencePair], batch_size: int, rng: random.Random) -> list[list[PreferencePair]]:
+    """Shuffled batches of whole prompts: a prompt's pairs stay together, cut only if more than ``batch_size``."""
+    by_prompt: dict[str, list[PreferencePair]] = defaultdict(list)
+    for pair in pairs:
+        by_prompt[pair.prompt].append(pair)
+    groups = [group[i : i + batch_size] for group in by_prompt.values() for i in range(0, len(group), batch_size)]
+    rng.shuffle(groups)
+    batches, current = [], []
+    for group in groups:
+        if current and len(current) + len(group) > batch_size:
+            batches.append(current)
+            current = []
+        current = current + group
+    return [*batches, current] if current else batches
+
+
+def _bradley_terry_loss(
+    model: EncoderHeadReward | HFClassifierReward, batch: Sequence[PreferencePair], margin: float
+) -> torch.Tensor:
+    """``mean(-log σ(r_w - r_l - m))`` over the batch, each distinct completion scored once."""
+    import torch
+    import torch.nn.functional as F
+
+    items = list(dict.fromkeys(pair_items(batch)))
+    index = {item: i for i, item in enumerate(items)}
+    scores = model.forward([p for p, _ in items], [c for _, c in items])  # (U,) U distinct completions
+    winners = torch.tensor([index[(p.prompt, p.chosen)] for p in batch], device=scores.device)
+    losers = torch.tensor([index[(p.prompt, p.rejected)] for p in batch], device=scores.device)
+    margins = torch.tensor([p.margin + margin for p in batch], device=scores.device, dtype=scores.dtype)
+    return -F.logsigmoid(scores[winners] - scores[losers] - margins).mean()  # (B,) -> ()
