@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.base import make_optimizer
+
 SHIPPED_DATA = {"instructions": Path(__file__).parent / "data" / "instructions.jsonl"}
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
 
@@ -116,7 +118,7 @@ class SFT:
             raise ValueError("chat_template=True, but this model's tokenizer has no chat template.")
         self.examples = self.encode(data)
         self.model = load_causal_lm(model, device=self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.learning_rate)
+        self.optimizer = make_optimizer(list(self.model.parameters()), c.learning_rate, self.device)
         self.rng = np.random.default_rng(c.seed)
         self.losses: list[float] = []
 
