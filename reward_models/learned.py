@@ -174,6 +174,11 @@ class EncoderHeadReward(BatchedRewardModel):
             batch_size, device: see :class:`~reward_models.base.BatchedRewardModel`.
         """
         path = Path(path).expanduser()
+        if not (path / REWARD_CONFIG).is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} has no {REWARD_CONFIG}, so it is not a saved encoder-head reward model; train one "
+                "with `textgym reward train --backbone minilm --data prefs.jsonl --out DIR`."
+            )
         config = json.loads((path / REWARD_CONFIG).read_text())
         if config.get("type") != _TYPE:
             raise ValueError(f"{path / REWARD_CONFIG} has type {config.get('type')!r}; this loader reads {_TYPE!r}.")
@@ -218,17 +223,19 @@ class EncoderHeadReward(BatchedRewardModel):
 
     def cache_embeddings(self, texts: Sequence[str]) -> None:
         """Embed ``texts`` once and keep them, so training epochs run the head only (the encoder is frozen)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        self._cache.update(zip(missing, self.encoder(missing, self.batch_size), strict=True))
+        self._cache.update(self._encode_missing(texts))
 
     def clear_cache(self) -> None:
         """Drop cached embeddings (scoring then encodes every text afresh)."""
         self._cache.clear()
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        fresh = dict(zip(missing, self.encoder(missing, self.batch_size), strict=True))
+        fresh = self._encode_missing(texts)
         return torch.stack([self._cache[t] if t in self._cache else fresh[t] for t in texts]).to(self.device)
+
+    def _encode_missing(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        return dict(zip(missing, self.encoder(missing, self.batch_size), strict=True)) if missing else {}
 
     def forward(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Differentiable raw scores, shape ``(B,)``, with gradients for the head only."""

@@ -23,3 +23,13 @@ if "TextGen-v0" not in registry:  # re-importing (e.g. via "textgym:TextGen-v0")
         vector_entry_point="textgym.vector:TextGenVectorEnv",
         kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32, "reward_model": "vader"},
     )
+
+if "TextGenPreference-v0" not in registry:
+    # TextGen-v0 with a learned reward: the shipped MiniLM-head model trained on synthetic preferences whose gold
+    # label is VADER positivity (reward_models/data/README.md), so proxy and gold rewards can be compared.
+    register(
+        id="TextGenPreference-v0",
+        entry_point="textgym.envs.text_gen:TextGenEnv",
+        vector_entry_point="textgym.vector:TextGenVectorEnv",
+        kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32, "reward_model": "positivity-minilm"},
+    )
