@@ -3,13 +3,8 @@
 A generic RL library asks its policy for an action by re-running the whole context every step, which makes
 a completion of ``T`` tokens cost ``O(T^2)`` forward work. :class:`RolloutCollector` instead keeps one KV
 cache for the ``N`` sub-envs, feeds only the newest token each step, and when a sub-env starts a new episode
-rebuilds just that row's cache from its observation. Every row's episode may be at a different point:
-
-* the cache is one ``(N, heads, S, head_dim)`` tensor per layer plus an ``(N, S)`` attention mask; a row's
-  context sits at the right end of its row, with masked (zero) columns in front of it;
-* position ids are counted per row, so a row's place in the cache does not matter;
-* a new episode's prompt is pre-filled alone and written into the row's tail; columns no row attends to any
-  longer are dropped from the front.
+rebuilds just that row's cache from its observation, so every row's episode may be at a different point
+(the cache itself is :class:`textgym.lm_cache.IncrementalLM`, which the envs' reference model uses too).
 
 The env's observation always holds the whole context, so the cache can be rebuilt from it at any time: call
 :meth:`RolloutCollector.invalidate_cache` after a policy update and the next step re-encodes the episodes
@@ -18,7 +13,6 @@ still in progress with the new weights.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +21,14 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from transformers import (
-    DynamicCache,
     LogitsProcessorList,
     PreTrainedModel,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicLayer
+
+from textgym.lm_cache import IncrementalLM
 
 
 @dataclass
@@ -160,15 +154,11 @@ class RolloutCollector:
         self._generator = torch.Generator(device=self.device)
         if seed is not None:
             self._generator.manual_seed(seed)
-        self._keeps_last_logits = "logits_to_keep" in inspect.signature(policy.forward).parameters
         self._obs: dict[str, np.ndarray] | None = None
         self._records: list[_EpisodeRecord | None] = [None] * self.num_envs
         self._finished: list[_FinishedEpisode] = []
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)  # next step autoresets the row (next-step mode)
-        self._cache: DynamicCache | None = None
-        self._cache_mask: torch.Tensor | None = None  # (N, S)
-        self._positions = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)  # next position id
-        self._next_logits: torch.Tensor | None = None  # (N, V)
+        self._lm = IncrementalLM(policy, self.num_envs)  # the policy's KV cache over all sub-envs
         self.tokens_generated = 0
         self._seeded = False
 
@@ -236,7 +226,7 @@ class RolloutCollector:
 
     def invalidate_cache(self) -> None:
         """Drop the KV cache, e.g. after a policy update; the next step rebuilds it from the observations."""
-        self._cache = self._cache_mask = self._next_logits = None
+        self._lm.clear()
 
     def _reset_seed(self) -> dict[str, int]:
         """The seed for the env's first reset only; later resets continue its random streams."""
@@ -247,9 +237,11 @@ class RolloutCollector:
 
     # --- one env step --------------------------------------------------------------------------------------
     def _step(self) -> None:
-        if self._next_logits is None:  # invalidated: re-encode every row from its current observation
-            self._rebuild_rows(np.ones(self.num_envs, dtype=bool))
-        actions, logprobs = self._sample(self._next_logits)
+        if self._lm.logits is None:  # invalidated: re-encode every row from its current observation
+            self._lm.encode_rows(
+                np.ones(self.num_envs, dtype=bool), self._obs["input_ids"], self._obs["attention_mask"]
+            )
+        actions, logprobs = self._sample(self._lm.logits)
         actions_np = actions.cpu().numpy()
         obs, rewards, terminated, truncated, infos = self.envs.step(actions_np)
         self.tokens_generated += int((~self._pending_reset).sum())
@@ -280,11 +272,7 @@ class RolloutCollector:
                 for key in obs:
                     obs[key][done] = reset_obs[key][done]
         self._obs = obs
-        continuing = acted & ~done
-        next_logits = torch.zeros_like(self._next_logits)
-        if continuing.any():
-            next_logits[continuing] = self._decode(actions, continuing)[continuing]
-        self._next_logits = next_logits
+        self._lm.advance(actions, acted & ~done)
         if started.any():
             self._start_episodes(started)
 
@@ -293,68 +281,7 @@ class RolloutCollector:
             ids, mask = self._obs["input_ids"][row], self._obs["attention_mask"][row]
             prompt_width = int(np.flatnonzero(mask)[-1]) + 1  # the prompt ends at the last real token
             self._records[row] = _EpisodeRecord(prompt_ids=np.where(mask[:prompt_width] == 1, ids[:prompt_width], -1))
-        self._rebuild_rows(rows)
-
-    # --- the KV cache ----------------------------------------------------------------------------------------
-    def _decode(self, tokens: torch.Tensor, active: np.ndarray) -> torch.Tensor:
-        """Feed each row's newest token (masked for inactive rows); returns next-token logits ``(N, V)``."""
-        active_t = torch.as_tensor(active, device=self.device)
-        self._cache_mask = torch.cat([self._cache_mask, active_t.long()[:, None]], dim=1)  # (N, S + 1)
-        out = self.policy(
-            input_ids=tokens[:, None],  # (N, 1)
-            attention_mask=self._cache_mask,
-            position_ids=self._positions[:, None],
-            past_key_values=self._cache,
-            use_cache=True,
-        )
-        self._positions += active_t.long()
-        return out.logits[:, -1].float()  # (N, V)
-
-    def _rebuild_rows(self, rows: np.ndarray) -> None:
-        """Encode the observed context of ``rows`` and write it into the right end of their cache rows."""
-        index = np.flatnonzero(rows)
-        ids = torch.as_tensor(self._obs["input_ids"][index], device=self.device)  # (R, L)
-        mask = torch.as_tensor(self._obs["attention_mask"][index], device=self.device)  # (R, L)
-        last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)  # (R,) column of each row's last real token
-        width = int(last.max()) + 1
-        ids, mask = ids[:, :width], mask[:, :width]
-        keep = torch.unique(last)  # the positions whose logits are needed, shared across rows
-        out = self.policy(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
-            past_key_values=DynamicCache(),
-            use_cache=True,
-            **({"logits_to_keep": keep} if self._keeps_last_logits else {}),
-        )
-        column = torch.searchsorted(keep, last) if self._keeps_last_logits else last
-        logits = out.logits[torch.arange(len(index), device=self.device), column].float()  # (R, V)
-        if self._next_logits is None:
-            self._next_logits = torch.zeros(self.num_envs, logits.shape[-1], device=self.device)
-        self._next_logits[torch.as_tensor(index, device=self.device)] = logits
-        self._positions[torch.as_tensor(index, device=self.device)] = mask.sum(dim=1)
-        self._write_rows(index, out.past_key_values, mask)
-
-    def _write_rows(self, index: np.ndarray, rows_cache: DynamicCache, rows_mask: torch.Tensor) -> None:
-        if self._cache is None or len(index) == self.num_envs:
-            self._cache, self._cache_mask = rows_cache, rows_mask.clone()
-            return
-        length, width = self._cache_mask.shape[1], rows_mask.shape[1]
-        total = max(length, width)
-        rows = torch.as_tensor(index, device=self.device)
-        self._cache_mask = _left_pad(self._cache_mask, total - length, dim=1)
-        self._cache_mask[rows] = _left_pad(rows_mask, total - width, dim=1)
-        for layer, new in zip(_layers(self._cache), _layers(rows_cache)):
-            layer.keys = _left_pad(layer.keys, total - length, dim=2)
-            layer.values = _left_pad(layer.values, total - length, dim=2)
-            layer.keys[rows] = _left_pad(new.keys, total - width, dim=2)
-            layer.values[rows] = _left_pad(new.values, total - width, dim=2)
-        # Drop the leading columns that no row attends to any more, so the cache stays about one episode long.
-        first_used = int(self._cache_mask.any(dim=0).long().argmax())
-        if first_used > 0:
-            self._cache_mask = self._cache_mask[:, first_used:]
-            for layer in _layers(self._cache):
-                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+        self._lm.encode_rows(rows, self._obs["input_ids"], self._obs["attention_mask"])
 
     # --- sampling and batching -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,17 +340,6 @@ class RolloutCollector:
             )
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
-    layers = cache.layers
-    for layer in layers:
-        if type(layer) is not DynamicLayer:
-            raise NotImplementedError(
-                f"The rollout engine edits full-attention KV caches row by row; this model's cache has a "
-                f"{type(layer).__name__} layer, which it does not support."
-            )
-    return layers
-
-
 def sample_tokens(
     logits: torch.Tensor,
     sampling: SamplingConfig,
@@ -450,15 +366,6 @@ def sample_tokens(
     u = torch.minimum(uniform * total, below_total)
     actions = torch.searchsorted(cdf, u, right=True).squeeze(1)  # first cdf above u: never a p = 0 token
     return actions, logprobs.gather(1, actions[:, None]).squeeze(1)
-
-
-def _left_pad(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
-    """Prepend ``amount`` zeros along ``dim`` (masked cache columns)."""
-    if amount == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = amount
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 def _row_info(infos: dict[str, Any], row: int) -> dict[str, Any]:
