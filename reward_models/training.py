@@ -100,7 +100,9 @@ class PairwiseReport:
     mean_gap: float
     """Mean of ``r(chosen) - r(rejected)`` in the model's own (normalised, if it normalises) units."""
     pairs: int
+    """Pairs compared."""
     prompts: int
+    """Distinct prompts among them."""
 
     def __str__(self) -> str:
         return f"pairwise accuracy {self.accuracy:.3f} on {self.pairs} pairs of {self.prompts} prompts"
