@@ -43,6 +43,13 @@ class TokenEpisodes:
         stop_token_ids: tokens that terminate an episode; ``None`` for the tokenizer's EOS, ``[]`` for none.
         prompt_truncation: what a prompt longer than ``P`` tokens does: ``"error"`` raises (checked for the
             whole prompt set at construction), ``"left"`` keeps its last ``P`` tokens.
+        reference_model: a frozen reference LM (``"embedded"``, ``"tiny"`` or a local directory with the env's
+            tokenizer) for KL shaping and action masks; see :mod:`textgym.reference`.
+        kl_coef: each step's reward gains ``kl_coef · log π_ref(a_t | s_t)``.
+        action_mask: ``"top_k"`` or ``"top_p"``: allow only the reference's most likely tokens (and the stop
+            tokens); a disallowed action is an error.
+        top_k, top_p: the size of the ``"top_k"`` mask, the probability mass of the ``"top_p"`` mask.
+        reference_device: where the reference model runs (default ``cpu``).
     """
 
     def __init__(
@@ -57,6 +64,12 @@ class TokenEpisodes:
         chat_template: bool = False,
         stop_token_ids: Sequence[int] | None = None,
         prompt_truncation: str = "error",
+        reference_model: str | os.PathLike | None = None,
+        kl_coef: float = 0.0,
+        action_mask: str | None = None,
+        top_k: int = 50,
+        top_p: float = 0.9,
+        reference_device: str | None = None,
     ) -> None:
         if num_rows < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_rows}.")
@@ -79,6 +92,26 @@ class TokenEpisodes:
         self.stop_token_ids = self._stop_tokens(stop_token_ids)
         self.pad_token_id = self._pad_token()
         self.reward_model = make_reward_model(reward_model, **(reward_model_kwargs or {}))
+        if reference_model is None and (action_mask is not None or kl_coef != 0):
+            raise ValueError(
+                "action_mask and kl_coef need a reference model: pass reference_model='embedded' (or a local model "
+                "directory with the env's tokenizer)."
+            )
+        self.kl_coef = float(kl_coef)
+        self.reference = None
+        if reference_model is not None:
+            from textgym.reference import ReferenceModel
+
+            self.reference = ReferenceModel(
+                resolve_model_dir(reference_model),
+                num_rows,
+                self.tokenizer,
+                action_mask,
+                top_k,
+                top_p,
+                always_allowed=self.stop_token_ids,
+                device=reference_device,
+            )
 
         self.prompts = load_prompts(prompts)
         self.prompt_token_ids = [self.encode_prompt(text, where=f"prompt {i}") for i, text in enumerate(self.prompts)]
@@ -135,10 +168,19 @@ class TokenEpisodes:
         self.num_generated[row] = 0
         self.running[row] = True
         self.prompt_texts[row] = prompt_text
+        if self.reference is not None:
+            self.reference.restart(row)
 
     def observation(self, row: int) -> dict[str, np.ndarray]:
         """A copy of one row's observation."""
         return {"input_ids": self.input_ids[row].copy(), "attention_mask": self.attention_mask[row].copy()}
+
+    def action_masks(self, rows: np.ndarray) -> np.ndarray:
+        """Allowed actions of ``rows``, bool ``(len(rows), V)``; all True without an ``action_mask``."""
+        if self.reference is None or self.reference.action_mask is None:
+            return np.ones((len(rows), self.vocab_size), dtype=bool)
+        logprobs = self.reference.logprobs(self.input_ids, self.attention_mask, self.running)
+        return self.reference.masks(logprobs[rows])
 
     def check_actions(self, actions: Any, expected: int) -> np.ndarray:
         """Validate actions as integer token ids in range; return them as an int64 array."""
@@ -162,10 +204,22 @@ class TokenEpisodes:
 
         Returns:
             ``rewards``, ``terminated``, ``truncated`` (one per row) and one info dict per row; an ending
-            row's info holds ``prompt``, ``completion`` and the raw reward-model ``score``.
+            row's info holds ``prompt``, ``completion`` and the raw reward-model ``score``; with a reference
+            model every step's info holds ``ref_logprob`` and ``kl_reward`` (``kl_coef · ref_logprob``).
         """
         if not self.running[rows].all():
             raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
+        ref_logprobs = np.zeros(len(rows))
+        if self.reference is not None:
+            all_logprobs = self.reference.logprobs(self.input_ids, self.attention_mask, self.running)[rows]  # (R, V)
+            ref_logprobs = all_logprobs[np.arange(len(rows)), actions]
+            if self.reference.action_mask is not None:
+                allowed = self.reference.masks(all_logprobs)[np.arange(len(rows)), actions]
+                if not allowed.all():
+                    raise ValueError(
+                        f"Action(s) {actions[~allowed].tolist()} are not allowed by the {self.reference.action_mask} "
+                        "action mask: choose among env.action_masks()."
+                    )
         position = self.max_prompt_tokens + self.num_generated[rows]
         terminated = np.isin(actions, self.stop_token_ids)
         truncated = ~terminated & (self.num_generated[rows] + 1 >= self.max_new_tokens)
@@ -184,11 +238,19 @@ class TokenEpisodes:
         self.attention_mask[rows, position] = 1
         self.num_generated[rows] += 1
         self.running[rows[ending]] = False
-        rewards = np.zeros(len(rows))
-        rewards[ending] = scores
+        rewards = self.kl_coef * ref_logprobs
+        rewards[ending] += scores
         infos: list[dict] = [{} for _ in rows]
+        if self.reference is not None:
+            continuing = np.zeros(len(self.running), dtype=bool)
+            continuing[rows] = self.running[rows]
+            tokens = np.zeros(len(self.running), dtype=np.int64)
+            tokens[rows] = actions
+            self.reference.advance(tokens, continuing)
+            for k in range(len(rows)):
+                infos[k] = {"ref_logprob": float(ref_logprobs[k]), "kl_reward": float(self.kl_coef * ref_logprobs[k])}
         for k, prompt, completion, score in zip(ending, prompts, completions, scores):
-            infos[k] = {"prompt": prompt, "completion": completion, "score": float(score)}
+            infos[k].update({"prompt": prompt, "completion": completion, "score": float(score)})
         return rewards, terminated, truncated, infos
 
     def render_text(self, row: int) -> str:

@@ -118,6 +118,15 @@ class TextGenVectorEnv(VectorEnv):
         self._render_if_human()
         return self._observations(), rewards, terminated, truncated, infos
 
+    def action_masks(self) -> np.ndarray:
+        """The actions allowed now in each sub-env, bool ``(num_envs, vocab_size)``, from one batched reference
+        pass; all True without ``action_mask``. A sub-env awaiting its autoreset allows everything."""
+        masks = np.ones((self.num_envs, self.single_action_space.n), dtype=bool)
+        running = np.flatnonzero(self.episodes.running)
+        if len(running):
+            masks[running] = self.episodes.action_masks(running)
+        return masks
+
     def render(self) -> tuple[str, ...] | None:
         texts = tuple(self.episodes.render_text(row) for row in range(self.num_envs))
         if self.render_mode == "human":

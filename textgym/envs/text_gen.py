@@ -43,6 +43,11 @@ class TextGenEnv(gym.Env):
     Sparse: 0 on every step but the last; on the last step, the reward model's score of
     ``(prompt, completion)``. The completion is decoded without special tokens and without the stop token.
 
+    With a ``reference_model`` and ``kl_coef``, every step also earns ``kl_coef · log π_ref(a_t | s_t)``
+    (KL shaping: with an entropy bonus of the same coefficient in the agent, the return is the task reward
+    minus ``kl_coef · KL(π ‖ π_ref)``; see :mod:`textgym.reference`). Each step's ``info`` then holds
+    ``ref_logprob`` and ``kl_reward``.
+
     ## Starting State
 
     A prompt drawn uniformly from the prompt set with the env's ``np_random``, or the one passed as
@@ -54,14 +59,15 @@ class TextGenEnv(gym.Env):
     - Truncation: ``max_new_tokens`` tokens were generated.
 
     The final step's ``info`` holds ``prompt`` (the text), ``completion`` (the text) and ``score`` (the raw
-    reward-model score).
+    reward-model score, without the KL part).
 
     ## Arguments
 
     ```python
     gym.make("TextGen-v0", model=None, prompts=None, reward_model="vader", reward_model_kwargs=None,
              max_prompt_tokens=64, max_new_tokens=32, chat_template=False, stop_token_ids=None,
-             prompt_truncation="error", render_mode=None)
+             prompt_truncation="error", reference_model=None, kl_coef=0.0, action_mask=None, top_k=50,
+             top_p=0.9, reference_device=None, render_mode=None)
     ```
 
     - ``model``: ``None`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct, ``"tiny"``
@@ -75,11 +81,19 @@ class TextGenEnv(gym.Env):
     - ``stop_token_ids``: tokens that end an episode; ``None`` for EOS, ``[]`` to always run to the limit.
     - ``prompt_truncation``: ``"error"`` (default; the whole prompt set is checked when the env is made) or
       ``"left"`` (keep the last ``max_prompt_tokens`` tokens of a longer prompt).
+    - ``reference_model``: a frozen reference LM with the env's tokenizer (``"embedded"``, ``"tiny"``, a
+      directory), kept with its own KV cache across steps; needed by ``kl_coef`` and ``action_mask``.
+    - ``kl_coef``: weight of the per-step ``log π_ref`` reward.
+    - ``action_mask``: ``"top_k"`` / ``"top_p"``: ``action_masks()`` allows only the reference's ``top_k``
+      most likely tokens / its smallest set reaching probability ``top_p``, always with the stop tokens (as
+      NLPO does); stepping a disallowed action raises ``ValueError``.
+    - ``reference_device``: where the reference runs (default ``cpu``).
     - ``render_mode``: ``"ansi"`` returns, ``"human"`` prints, the prompt and the text so far.
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version (reference model, KL shaping and action masks are opt-in arguments; the defaults
+      behave as before).
     """
 
     # render_fps only informs tools that replay rendered text; the env itself never sleeps.
@@ -96,6 +110,12 @@ class TextGenEnv(gym.Env):
         chat_template: bool = False,
         stop_token_ids: Sequence[int] | None = None,
         prompt_truncation: str = "error",
+        reference_model: str | os.PathLike | None = None,
+        kl_coef: float = 0.0,
+        action_mask: str | None = None,
+        top_k: int = 50,
+        top_p: float = 0.9,
+        reference_device: str | None = None,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -114,6 +134,12 @@ class TextGenEnv(gym.Env):
             chat_template=chat_template,
             stop_token_ids=stop_token_ids,
             prompt_truncation=prompt_truncation,
+            reference_model=reference_model,
+            kl_coef=kl_coef,
+            action_mask=action_mask,
+            top_k=top_k,
+            top_p=top_p,
+            reference_device=reference_device,
         )
         self.observation_space = self.episodes.observation_space
         self.action_space = self.episodes.action_space
@@ -142,6 +168,11 @@ class TextGenEnv(gym.Env):
         if self.render_mode == "human":
             self.render()
         return self.episodes.observation(0), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
+
+    def action_masks(self) -> np.ndarray:
+        """The actions allowed now, bool ``(vocab_size,)`` (the sb3-contrib convention); all True without
+        ``action_mask``. Reach it through wrappers with ``env.unwrapped.action_masks()``."""
+        return self.episodes.action_masks(np.zeros(1, dtype=np.int64))[0]
 
     def render(self) -> str | None:
         text = self.episodes.render_text(0)

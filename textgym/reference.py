@@ -1,0 +1,107 @@
+"""A frozen reference LM inside the env: KL-shaped rewards and top-k / top-p action masks.
+
+With a reference model ``π_ref``, each step's reward gains ``kl_coef · log π_ref(a_t | s_t)``. An agent that
+also adds an entropy bonus of the same coefficient maximises
+
+    E[task reward] + kl_coef · (E_π[log π_ref] + H(π)) = E[task reward] − kl_coef · KL(π ‖ π_ref),
+
+since ``KL(π‖π_ref) = −H(π) − E_π[log π_ref]``: the KL-regularised RLHF objective, reached by any RL library
+through the reward alone. Action masks allow only the reference's ``top_k`` tokens, or its smallest set of
+tokens reaching probability ``top_p`` (always with the stop tokens), as NLPO does.
+
+The reference keeps one KV cache over the env's rows (:class:`textgym.lm_cache.IncrementalLM`), so scoring a
+step costs one batched single-token forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+ACTION_MASKS = ("top_k", "top_p")
+
+
+class ReferenceModel:
+    """The reference LM over ``num_rows`` episodes: next-token log-probs and action masks per row.
+
+    Args:
+        model: ``"embedded"``, ``"tiny"`` or a local HF model directory; its tokenizer must be the env's.
+        num_rows: episodes side by side.
+        env_tokenizer: the env's tokenizer, to check against the reference's.
+        action_mask: ``None``, ``"top_k"`` or ``"top_p"``.
+        top_k, top_p: the mask's size (``top_k``) or probability mass (``top_p``).
+        always_allowed: token ids every mask allows (the env's stop tokens).
+        device: where the reference runs (default ``cpu``).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        num_rows: int,
+        env_tokenizer: Any,
+        action_mask: str | None = None,
+        top_k: int = 50,
+        top_p: float = 0.9,
+        always_allowed: np.ndarray | None = None,
+        device: str | None = None,
+    ) -> None:
+        from textgym.lm_cache import IncrementalLM
+        from textgym.models import load_causal_lm, load_tokenizer
+
+        if action_mask not in (None, *ACTION_MASKS):
+            raise ValueError(f"action_mask must be None, 'top_k' or 'top_p', got {action_mask!r}.")
+        if action_mask == "top_k" and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
+        if action_mask == "top_p" and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}.")
+        if load_tokenizer(model).get_vocab() != env_tokenizer.get_vocab():
+            raise ValueError(
+                f"The reference model {model!r} has another tokenizer than the env's model: its log-probs would "
+                "score other tokens. Use a reference with the env's tokenizer."
+            )
+        self.action_mask = action_mask
+        self.top_k, self.top_p = top_k, top_p
+        self.always_allowed = np.asarray([] if always_allowed is None else always_allowed, dtype=np.int64)
+        self.lm = IncrementalLM(load_causal_lm(model, device=device or "cpu"), num_rows)
+        self._stale = np.ones(num_rows, dtype=bool)  # rows whose context changed outside step()
+
+    def restart(self, row: int) -> None:
+        """Row ``row`` starts a new episode; it is encoded lazily, batched with the other restarted rows."""
+        self._stale[row] = True
+
+    def logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray, running: np.ndarray) -> np.ndarray:
+        """Log-probs ``(N, V)`` of every next token under the reference, for the running rows' contexts."""
+        import torch
+
+        if self.lm.logits is None:
+            self._stale[:] = True
+        stale = self._stale & running
+        if stale.any():
+            self.lm.encode_rows(stale, input_ids, attention_mask)
+            self._stale[stale] = False
+        return torch.log_softmax(self.lm.logits, dim=-1).cpu().numpy()
+
+    def masks(self, logprobs: np.ndarray) -> np.ndarray:
+        """Allowed actions ``(N, V)`` bool from the reference's log-probs; all True without an ``action_mask``."""
+        if self.action_mask is None:
+            return np.ones(logprobs.shape, dtype=bool)
+        order = np.argsort(-logprobs, axis=1, kind="stable")  # (N, V) most likely first
+        if self.action_mask == "top_k":
+            keep_sorted = np.arange(logprobs.shape[1]) < self.top_k
+            keep_sorted = np.broadcast_to(keep_sorted, logprobs.shape)
+        else:
+            probs = np.take_along_axis(np.exp(logprobs), order, axis=1)
+            before = np.cumsum(probs, axis=1) - probs  # mass of the more likely tokens
+            keep_sorted = before < self.top_p  # the smallest prefix whose mass reaches top_p
+        allowed = np.zeros(logprobs.shape, dtype=bool)
+        np.put_along_axis(allowed, order, keep_sorted, axis=1)
+        allowed[:, self.always_allowed] = True
+        return allowed
+
+    def advance(self, tokens: np.ndarray, active: np.ndarray) -> None:
+        """Append ``tokens`` to the active rows' contexts."""
+        import torch
+
+        self.lm.advance(torch.as_tensor(tokens), active)
