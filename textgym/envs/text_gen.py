@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
-from reward_models import RewardFn
 from textgym.core import TokenEpisodes
 
 
@@ -99,48 +96,15 @@ class TextGenEnv(gym.Env):
     # render_fps only informs tools that replay rendered text; the env itself never sleeps.
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        prompts: str | os.PathLike | Sequence[str] | None = None,
-        reward_model: str | RewardFn = "vader",
-        reward_model_kwargs: dict[str, Any] | None = None,
-        max_prompt_tokens: int = 64,
-        max_new_tokens: int = 32,
-        chat_template: bool = False,
-        stop_token_ids: Sequence[int] | None = None,
-        prompt_truncation: str = "error",
-        reference_model: str | os.PathLike | None = None,
-        kl_coef: float = 0.0,
-        action_mask: str | None = None,
-        top_k: int = 50,
-        top_p: float = 0.9,
-        reference_device: str | None = None,
-        render_mode: str | None = None,
-    ) -> None:
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        """See *Arguments* above; every argument but ``render_mode`` goes to
+        :class:`~textgym.core.TokenEpisodes`, which the vector env shares."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}."
             )
         self.render_mode = render_mode
-        self.episodes = TokenEpisodes(
-            1,
-            model=model,
-            prompts=prompts,
-            reward_model=reward_model,
-            reward_model_kwargs=reward_model_kwargs,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            chat_template=chat_template,
-            stop_token_ids=stop_token_ids,
-            prompt_truncation=prompt_truncation,
-            reference_model=reference_model,
-            kl_coef=kl_coef,
-            action_mask=action_mask,
-            top_k=top_k,
-            top_p=top_p,
-            reference_device=reference_device,
-        )
+        self.episodes = TokenEpisodes(1, **kwargs)
         self.observation_space = self.episodes.observation_space
         self.action_space = self.episodes.action_space
         self.tokenizer = self.episodes.tokenizer
