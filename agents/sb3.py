@@ -1,0 +1,302 @@
+"""Policies that let Stable-Baselines3 and sb3-contrib train on textgym's environments, unmodified.
+
+* :class:`LMActorCriticPolicy` (``PPO``, ``A2C``) and :class:`MaskableLMActorCriticPolicy` (``MaskablePPO``): a
+  Hugging Face causal LM is the actor, a linear value head on its last hidden state the critic;
+* :class:`TokenGRUExtractor`: token embedding + GRU, for SB3's own ``MultiInputPolicy`` to learn a
+  small-vocabulary task from scratch (a word-level tokenizer: ``textgym.models.make_tiny_model(dir, words=...)``);
+* :class:`~agents.sb3_vec_env.TextGenSB3VecEnv` / :func:`~agents.sb3_vec_env.make_sb3_vec_env`: SB3's ``VecEnv``
+  over textgym's batched vector env.
+
+The LM policies fit SB3's structure as it is: the LM trunk is the features extractor (the hidden state at each
+row's last real token), the LM's own output layer is ``action_net`` and ``value_net`` reads the same features.
+SB3 calls the policy on whole observations, so without a cache every rollout step re-runs the full context. With
+``kv_cache=True`` (the default) the extractor keeps a per-row KV cache while SB3 runs it without gradients in
+eval mode (rollouts, ``predict``): a row whose observation is the previous one plus a token costs one token's
+forward. The cache is keyed by the observations' content, so it needs nothing from the env or the algorithm,
+and it is dropped whenever SB3 switches to training mode or weights are loaded.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from agents.sb3_vec_env import TextGenSB3VecEnv, make_sb3_vec_env
+from textgym.lm_cache import IncrementalLM
+from textgym.models import load_causal_lm, resolve_model_dir, vocab_size_of
+
+__all__ = [
+    "LMActorCriticPolicy",
+    "LMFeaturesExtractor",
+    "MaskableLMActorCriticPolicy",
+    "TextGenSB3VecEnv",
+    "TokenGRUExtractor",
+    "make_sb3_vec_env",
+]
+
+FLOAT32_EXACT_IDS = 2**24
+"""SB3 hands ``Box`` observations over as float32, which holds every integer token id below 2**24 exactly."""
+
+_FIXED_POLICY_KWARGS = ("net_arch", "ortho_init", "features_extractor_class", "features_extractor_kwargs")
+
+
+def _token_context(obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` back as integers (SB3 turned them into floats)."""
+    return obs["input_ids"].long(), obs["attention_mask"].long()
+
+
+def _check_token_observations(observation_space: spaces.Space) -> None:
+    if not (
+        isinstance(observation_space, spaces.Dict) and {"input_ids", "attention_mask"} <= set(observation_space.keys())
+    ):
+        raise ValueError(
+            f"The token policies need Dict observations with 'input_ids' and 'attention_mask' (as TextGen-v0's), "
+            f"got {observation_space}."
+        )
+
+
+class LMFeaturesExtractor(BaseFeaturesExtractor):
+    """A causal LM's last hidden state at each row's last real token, ``(B, H)``: what both heads read.
+
+    Observations are a prompt left-padded to ``P`` columns, the generated tokens, then padding; the last real
+    token is each row's last attended column. Columns no row attends to are cut before the forward pass.
+
+    Args:
+        observation_space: TextGen's ``Dict(input_ids, attention_mask)``.
+        model: a model name or local directory (see :func:`textgym.models.resolve_model_dir`), loaded with its
+            weights; a name or path, so SB3 can pickle it with the policy's kwargs and rebuild the LM on load.
+        kv_cache: keep a per-row KV cache for calls without gradients in eval mode (module docstring).
+    """
+
+    def __init__(self, observation_space: spaces.Dict, model: str = "embedded", kv_cache: bool = True) -> None:
+        _check_token_observations(observation_space)
+        lm = load_causal_lm(model)
+        super().__init__(observation_space, features_dim=lm.config.get_text_config().hidden_size)
+        self.lm = lm
+        self.kv_cache = kv_cache
+        self._cache: IncrementalLM | None = None
+        self._cached_obs: tuple[torch.Tensor, torch.Tensor] | None = None  # the (ids, mask) the cache holds
+        # Loading weights (model.load, set_parameters) makes cached features stale.
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_cache())
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        input_ids, attention_mask = _token_context(obs)
+        if self.kv_cache and not self.training and not torch.is_grad_enabled():
+            return self._cached_features(input_ids, attention_mask)
+        return self._features(input_ids, attention_mask)
+
+    def train(self, mode: bool = True) -> LMFeaturesExtractor:
+        if mode:  # SB3 switches to training mode before every update: the cached keys and values go stale
+            self.clear_cache()
+        return super().train(mode)
+
+    def clear_cache(self) -> None:
+        """Forget the cached contexts; needed only after changing the LM's weights outside SB3's training."""
+        self._cache = self._cached_obs = None
+
+    def _features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        used = attention_mask.any(dim=0).nonzero().flatten()
+        input_ids = input_ids[:, used[0] : used[-1] + 1]  # (B, L') without columns no row attends to
+        attention_mask = attention_mask[:, used[0] : used[-1] + 1]  # (B, L')
+        hidden = self.lm.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(dim=1) - 1).clamp(min=0),  # per-row positions despite left padding
+            use_cache=False,
+        ).last_hidden_state  # (B, L', H)
+        last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(dim=1)  # (B,) last real column
+        return hidden[torch.arange(len(hidden), device=hidden.device), last]  # (B, H)
+
+    def _cached_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = len(input_ids)
+        if self._cache is None or self._cache.num_rows != rows:
+            self._cache = IncrementalLM(_HiddenStates(self.lm.base_model), rows)
+            self._cached_obs = None
+        cache = self._cache
+        if self._cached_obs is None:
+            cache.encode_rows(np.ones(rows, dtype=bool), input_ids, attention_mask)
+        else:
+            old_ids, old_mask = self._cached_obs
+            added = attention_mask - old_mask  # (B, L) 1 where a token was appended
+            kept = ((added >= 0) & ((input_ids == old_ids) | (old_mask == 0))).all(dim=1)  # old context is a prefix
+            grown = (kept & (added.sum(dim=1) == 1)).cpu().numpy()
+            same = (kept & (added.sum(dim=1) == 0)).cpu().numpy()
+            fresh = ~(grown | same)  # a new episode (or anything else): encode the row from scratch
+            if grown.any():
+                same_rows = torch.as_tensor(same, device=cache.device)
+                unchanged = cache.logits[same_rows].clone()  # advance() zeroes the rows it skips
+                new_tokens = input_ids.gather(1, added.argmax(dim=1, keepdim=True)).squeeze(1)  # (B,)
+                cache.advance(new_tokens, grown)
+                with torch.inference_mode():
+                    cache.logits[same_rows] = unchanged
+            if fresh.any():
+                cache.encode_rows(fresh, input_ids, attention_mask)
+        self._cached_obs = (input_ids.clone(), attention_mask.clone())
+        return cache.logits.clone()  # (B, H): IncrementalLM's "logits" are the trunk's hidden states here
+
+
+class _HiddenStates(nn.Module):
+    """A causal-LM-shaped view of an LM trunk whose ``logits`` are the last hidden states.
+
+    It lets :class:`~textgym.lm_cache.IncrementalLM` (which keeps the KV cache and picks each row's last
+    position) cache features instead of vocabulary logits: the value head needs the hidden state too.
+    """
+
+    def __init__(self, trunk: PreTrainedModel) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values: DynamicCache,
+        use_cache: bool = True,
+        logits_to_keep: int | torch.Tensor = 0,
+    ) -> SimpleNamespace:
+        out = self.trunk(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        # The same column selection as transformers' logits_to_keep: the last k columns, or the given ones.
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return SimpleNamespace(logits=out.last_hidden_state[:, keep], past_key_values=out.past_key_values)
+
+
+class _LMPolicyMixin:
+    """What both LM policies add to SB3's actor-critic: the LM as extractor and actor head, a value head.
+
+    Args:
+        model: the policy LM, a name or local directory (see :func:`textgym.models.resolve_model_dir`). Its
+            output layer must match the env's ``Discrete(vocab_size)``; make the env with the same model.
+        kv_cache: see :class:`LMFeaturesExtractor`.
+        **kwargs: the base policy's other arguments (optimizer, ...). ``net_arch``, ``ortho_init`` and the
+            features extractor are fixed: the heads are the LM's own, and orthogonal init would erase the LM.
+    """
+
+    features_extractor: LMFeaturesExtractor
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        model: str = "embedded",
+        kv_cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        fixed = sorted(set(kwargs) & set(_FIXED_POLICY_KWARGS))
+        if fixed:
+            raise ValueError(f"{type(self).__name__} sets {fixed} itself (the heads are the LM's); leave them out.")
+        model = str(model)
+        _check_token_observations(observation_space)
+        vocab = vocab_size_of(resolve_model_dir(model))  # from the config: fail before loading any weights
+        if not isinstance(action_space, spaces.Discrete) or action_space.n != vocab:
+            raise ValueError(
+                f"The policy model {model!r} has a vocabulary of {vocab} tokens, but the env's action space is "
+                f"{action_space}. Make the env with the same model: gym.make('TextGen-v0', model={model!r})."
+            )
+        if vocab > FLOAT32_EXACT_IDS:
+            raise ValueError(
+                f"SB3 passes token ids as float32, exact below {FLOAT32_EXACT_IDS} only; vocab is {vocab}."
+            )
+        self.model_name, self.kv_cache = model, kv_cache
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=[],  # the MLP extractor is the identity: the heads read the LM's hidden state directly
+            ortho_init=False,
+            features_extractor_class=LMFeaturesExtractor,
+            features_extractor_kwargs={"model": model, "kv_cache": kv_cache},
+            **kwargs,
+        )
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self._build_mlp_extractor()
+        lm = self.features_extractor.lm
+        self.action_net = lm.get_output_embeddings()  # (H -> V): the LM's own logits
+        _check_plain_output_layer(lm)
+        self.value_net = nn.Linear(self.features_dim, 1)
+        nn.init.zeros_(self.value_net.weight)  # start at V = 0: no random value targets leak into the advantages
+        nn.init.zeros_(self.value_net.bias)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in _FIXED_POLICY_KWARGS:
+            data.pop(key, None)
+        return {**data, "model": self.model_name, "kv_cache": self.kv_cache}
+
+
+@torch.no_grad()
+def _check_plain_output_layer(lm: PreTrainedModel) -> None:
+    """The policy computes logits as ``output_layer(hidden)``; refuse models that change them afterwards."""
+    ids = torch.tensor([[1, 2, 3]], device=lm.device)
+    expected = lm(input_ids=ids).logits[:, -1]
+    got = lm.get_output_embeddings()(lm.base_model(input_ids=ids).last_hidden_state[:, -1])
+    if not torch.allclose(expected, got, atol=1e-4, rtol=1e-4):
+        raise ValueError(
+            f"{type(lm).__name__} transforms its logits after the output layer (scaling or soft-capping), which "
+            "the SB3 LM policies do not reproduce; use a model whose logits are output_layer(hidden_state)."
+        )
+
+
+class LMActorCriticPolicy(_LMPolicyMixin, ActorCriticPolicy):
+    """SB3 ``ActorCriticPolicy`` whose actor is a causal LM; for ``PPO`` and ``A2C``.
+
+    ``PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "path/or/name"})``; see :class:`_LMPolicyMixin`.
+    """
+
+
+class MaskableLMActorCriticPolicy(_LMPolicyMixin, MaskableActorCriticPolicy):
+    """sb3-contrib ``MaskableActorCriticPolicy`` whose actor is a causal LM; for ``MaskablePPO``.
+
+    Masked tokens get probability 0 in rollouts and updates; the env's ``action_masks()`` (e.g. a reference
+    model's top-p tokens) supplies the masks. See :class:`_LMPolicyMixin` for the arguments.
+    """
+
+
+class TokenGRUExtractor(BaseFeaturesExtractor):
+    """Token embedding + GRU over each row's real tokens: features for SB3's stock policies, learnt from scratch.
+
+    ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": TokenGRUExtractor})``. Meant for
+    small vocabularies (a word-level tokenizer from ``make_tiny_model(dir, words=[...])``): the embedding has one
+    row per token id of the observation space.
+
+    Args:
+        observation_space: TextGen's ``Dict(input_ids, attention_mask)``.
+        embedding_dim: token embedding width.
+        hidden_size: GRU state width, the features' size.
+    """
+
+    def __init__(self, observation_space: spaces.Dict, embedding_dim: int = 32, hidden_size: int = 64) -> None:
+        _check_token_observations(observation_space)
+        super().__init__(observation_space, features_dim=hidden_size)
+        vocab = int(observation_space["input_ids"].high.max()) + 1
+        self.embedding = nn.Embedding(vocab, embedding_dim)
+        self.gru = nn.GRU(embedding_dim, hidden_size, batch_first=True)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        input_ids, attention_mask = _token_context(obs)
+        # Real tokens first, in their order, so the GRU reads exactly the attended tokens and stops after them.
+        order = torch.argsort(attention_mask, dim=1, descending=True, stable=True)  # (B, L)
+        embedded = self.embedding(input_ids.gather(1, order))  # (B, L, E)
+        lengths = attention_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        _, last_state = self.gru(packed)  # (1, B, hidden)
+        return last_state[0]
