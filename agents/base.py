@@ -227,6 +227,15 @@ class LMAgent:
         for start in range(0, size, self.config.minibatch_size):
             yield order[start : start + self.config.minibatch_size]
 
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """Log-probs ``(E, T)`` of the completions under the reference, or ``None`` when β = 0 and fixed: then
+        the reference pass is skipped and ``train/kl_ref`` is logged as NaN."""
+        if self.kl_coef == 0 and getattr(self.config, "kl_target", None) is None:
+            return None
+        width = batch.completion_ids.shape[1]
+        with torch.no_grad(), self.autocast():
+            return self.policy.reference_logprobs(batch.input_ids, batch.attention_mask, width, self.config.temperature)
+
     def optimizer_step(self, loss: torch.Tensor) -> float:
         """One clipped AdamW step on ``loss``; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)

@@ -55,9 +55,8 @@ class GroupAgent(LMAgent):
         width = batch.completion_ids.shape[1]
         mask = batch.completion_mask.float()  # (E, T)
         old_logprobs = batch.logprobs * mask  # the sampler's log-probs are π_old's: no extra forward pass
-        with self.autocast():
-            ref_logprobs = self.policy.reference_logprobs(ids, attn, width, c.temperature)
-        kl = ((old_logprobs - ref_logprobs) * mask).sum(dim=1)  # (E,)
+        ref_logprobs = self.reference_logprobs(batch)
+        kl = torch.zeros_like(mask[:, 0]) if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1)
         advantages = self.advantages(batch.returns.float(), kl)[:, None].expand_as(mask)  # (E, T)
 
         stats: dict[str, list[float]] = {k: [] for k in ("policy", "entropy", "clip", "approx_kl", "norm")}
@@ -69,7 +68,7 @@ class GroupAgent(LMAgent):
                 per_token, clipped, approx_kl = clipped_surrogate(
                     new.logprobs, old_logprobs[index], advantages[index], c.clip_range
                 )
-                if self.kl_in_loss:  # k3 estimator of KL(π‖π_ref): unbiased, always >= 0
+                if self.kl_in_loss and ref_logprobs is not None:  # k3 estimator of KL(π‖π_ref): unbiased, always >= 0
                     log_ratio_ref = ref_logprobs[index] - new.logprobs
                     per_token = per_token + self.kl_coef * (log_ratio_ref.exp() - log_ratio_ref - 1)
                 per_token = per_token - c.ent_coef * new.entropy
@@ -85,6 +84,6 @@ class GroupAgent(LMAgent):
             "train/clip_fraction": float(np.mean(stats["clip"])),
             "train/approx_kl": float(np.mean(stats["approx_kl"])),
             "train/grad_norm": float(np.mean(stats["norm"])),
-            "train/kl_ref": kl.mean().item(),
+            "train/kl_ref": float("nan") if ref_logprobs is None else kl.mean().item(),
             "train/kl_coef": self.kl_coef,
         }

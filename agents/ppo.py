@@ -85,9 +85,10 @@ class PPO(LMAgent):
         mask = batch.completion_mask.float()  # (E, T)
         with torch.no_grad(), self.autocast():
             old = self.policy.evaluate(ids, attn, width, c.temperature, with_values=True)
-            ref_logprobs = self.policy.reference_logprobs(ids, attn, width, c.temperature)
+        ref_logprobs = self.reference_logprobs(batch)
         old_logprobs, old_values = old.logprobs * mask, old.values.float() * mask
-        kl = (old_logprobs - ref_logprobs) * mask  # (E, T) per-token KL estimate to the reference
+        # (E, T) per-token KL estimate to the reference
+        kl = torch.zeros_like(mask) if ref_logprobs is None else (old_logprobs - ref_logprobs) * mask
         rewards = batch.rewards - self.kl_coef * kl
         advantages, returns = gae(rewards, old_values, mask, c.gamma, c.gae_lambda)
         if c.whiten_advantages:
@@ -122,7 +123,7 @@ class PPO(LMAgent):
             if stop:
                 break
 
-        kl_per_episode = kl.sum(dim=1).mean().item()
+        kl_per_episode = float("nan") if ref_logprobs is None else kl.sum(dim=1).mean().item()
         if c.kl_target is not None:  # proportional controller on log β
             error = float(np.clip(kl_per_episode / c.kl_target - 1, -0.2, 0.2))
             self.kl_coef *= 1 + error * len(batch) / c.kl_horizon

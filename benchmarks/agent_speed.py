@@ -2,8 +2,8 @@
 
 Equal settings for all: the same model, the VADER positivity reward, 8 completions of up to ``--new-tokens``
 tokens per step (GRPO: one prompt × 8; PPO: 8 prompts), one gradient step per batch (one epoch, one
-minibatch). TRL runs with its defaults otherwise (its default β = 0 loads no reference model), with
-gradient checkpointing off. TRL is an optional dependency: ``pip install trl`` (or ``.[bench]``).
+minibatch), β = 0 as TRL's default (no reference pass; ``--kl-coef 0.05`` adds it on textgym's side). TRL
+runs with its defaults otherwise, with gradient checkpointing off. TRL is an optional dependency: ``pip install trl`` (or ``.[bench]``).
 
     python benchmarks/agent_speed.py                  # embedded SmolLM2-135M on CPU
     python benchmarks/agent_speed.py --skip-trl       # textgym only
@@ -29,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--completions", type=int, default=8, help="completions per step")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    parser.add_argument("--kl-coef", type=float, default=0.05, help="textgym's β (a reference forward per step)")
+    parser.add_argument("--kl-coef", type=float, default=0.0, help="textgym β; 0 as TRL (no reference pass)")
     parser.add_argument("--skip-trl", action="store_true")
     return parser.parse_args()
 

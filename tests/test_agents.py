@@ -204,3 +204,15 @@ def test_nan_reward_stops_training_with_the_reward_models_name(words_model_dir):
     agent = GRPO(words_model_dir, make_envs(words_model_dir, reward_model=broken), batch_size=16)
     with pytest.raises(ValueError, match="NaN"):
         agent.learn(16, progress_bar=False)
+
+
+@pytest.mark.parametrize("algo", [PPO, GRPO])
+def test_zero_kl_coef_skips_the_reference_pass(words_model_dir, algo):
+    agent = algo(words_model_dir, make_envs(words_model_dir), batch_size=16, kl_coef=0.0)
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference pass ran although β = 0")
+
+    agent.policy.reference_logprobs = no_reference
+    agent.learn(16, progress_bar=False)
+    assert np.isnan(agent.history[-1]["train/kl_ref"])
