@@ -105,17 +105,37 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         self._cache = self._cached_obs = None
 
     def _features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Features from full forward passes, one per distinct longest context.
+
+        SB3 trains on single states, so a minibatch holds many states of one episode, each the previous one plus a
+        token. A causal LM's hidden state at a position depends only on the tokens up to it, so a row whose
+        context is a prefix of another row's reads its features off that row's pass: a minibatch costs about one
+        forward pass per episode in it, as whole-sequence training does, instead of one per state.
+        """
+        tokens = torch.where(attention_mask.bool(), input_ids, -1)  # (B, L) padding sorts before every token id
+        unique, row_of = torch.unique(tokens, dim=0, return_inverse=True)  # (U, L) in lexicographic order
+        # In lexicographic order a context's extensions come right after it: a row is a prefix of some other row
+        # iff it is a prefix of the next one, and the next row that is no prefix is the longest context holding it.
+        last = _last_real_column(unique >= 0)  # (U,)
+        columns = torch.arange(unique.shape[1], device=unique.device)
+        is_prefix = ((unique[:-1] == unique[1:]) | (columns > last[:-1, None])).all(dim=1)  # (U - 1,) of the next
+        longest = torch.cat([~is_prefix, is_prefix.new_ones(1)]).nonzero().flatten()  # (M,) rows to run
+        runner = torch.searchsorted(longest, torch.arange(len(unique), device=unique.device))  # (U,)
+        hidden, start = self._hidden_states(unique[longest].clamp(min=0), (unique[longest] >= 0).long())
+        return hidden[runner[row_of], last[row_of] - start]  # (B, H)
+
+    def _hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Last hidden states ``(M, L', H)`` over the columns some row attends to, and the first such column."""
         used = attention_mask.any(dim=0).nonzero().flatten()
-        input_ids = input_ids[:, used[0] : used[-1] + 1]  # (B, L') without columns no row attends to
-        attention_mask = attention_mask[:, used[0] : used[-1] + 1]  # (B, L')
+        start, end = int(used[0]), int(used[-1]) + 1
+        attention_mask = attention_mask[:, start:end]  # (M, L')
         hidden = self.lm.base_model(
-            input_ids=input_ids,
+            input_ids=input_ids[:, start:end],
             attention_mask=attention_mask,
             position_ids=(attention_mask.cumsum(dim=1) - 1).clamp(min=0),  # per-row positions despite left padding
             use_cache=False,
-        ).last_hidden_state  # (B, L', H)
-        last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(dim=1)  # (B,) last real column
-        return hidden[torch.arange(len(hidden), device=hidden.device), last]  # (B, H)
+        ).last_hidden_state
+        return hidden, start
 
     def _cached_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         rows = len(input_ids)
@@ -143,6 +163,11 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
                 cache.encode_rows(fresh, input_ids, attention_mask)
         self._cached_obs = (input_ids.clone(), attention_mask.clone())
         return cache.logits.clone()  # (B, H): IncrementalLM's "logits" are the trunk's hidden states here
+
+
+def _last_real_column(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last attended column, ``(B,)``."""
+    return attention_mask.shape[1] - 1 - attention_mask.long().flip(1).argmax(dim=1)
 
 
 class _HiddenStates(nn.Module):
