@@ -76,11 +76,21 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         model: a model name or local directory (see :func:`textgym.models.resolve_model_dir`), loaded with its
             weights; a name or path, so SB3 can pickle it with the policy's kwargs and rebuild the LM on load.
         kv_cache: keep a per-row KV cache for calls without gradients in eval mode (module docstring).
+        attn_implementation: the LM's attention kernel, e.g. ``"eager"`` for sb3-contrib's ``TRPO``, whose
+            Hessian-vector products need a second derivative that PyTorch's fused CPU attention lacks.
     """
 
-    def __init__(self, observation_space: spaces.Dict, model: str = "embedded", kv_cache: bool = True) -> None:
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        model: str = "embedded",
+        kv_cache: bool = True,
+        attn_implementation: str | None = None,
+    ) -> None:
         _check_token_observations(observation_space)
         lm = load_causal_lm(model)
+        if attn_implementation is not None:
+            lm.set_attn_implementation(attn_implementation)
         super().__init__(observation_space, features_dim=lm.config.get_text_config().hidden_size)
         self.lm = lm
         self.kv_cache = kv_cache
@@ -208,7 +218,7 @@ class _LMPolicyMixin:
     Args:
         model: the policy LM, a name or local directory (see :func:`textgym.models.resolve_model_dir`). Its
             output layer must match the env's ``Discrete(vocab_size)``; make the env with the same model.
-        kv_cache: see :class:`LMFeaturesExtractor`.
+        kv_cache, attn_implementation: see :class:`LMFeaturesExtractor`.
         **kwargs: the base policy's other arguments (optimizer, ...). ``net_arch``, ``ortho_init`` and the
             features extractor are fixed: the heads are the LM's own, and orthogonal init would erase the LM.
     """
@@ -222,6 +232,7 @@ class _LMPolicyMixin:
         lr_schedule: Schedule,
         model: str = "embedded",
         kv_cache: bool = True,
+        attn_implementation: str | None = None,
         **kwargs: Any,
     ) -> None:
         fixed = sorted(set(kwargs) & set(_FIXED_POLICY_KWARGS))
@@ -239,7 +250,7 @@ class _LMPolicyMixin:
             raise ValueError(
                 f"SB3 passes token ids as float32, exact below {FLOAT32_EXACT_IDS} only; vocab is {vocab}."
             )
-        self.model_name, self.kv_cache = model, kv_cache
+        self.lm_kwargs = {"model": model, "kv_cache": kv_cache, "attn_implementation": attn_implementation}
         super().__init__(
             observation_space,
             action_space,
@@ -247,7 +258,7 @@ class _LMPolicyMixin:
             net_arch=[],  # the MLP extractor is the identity: the heads read the LM's hidden state directly
             ortho_init=False,
             features_extractor_class=LMFeaturesExtractor,
-            features_extractor_kwargs={"model": model, "kv_cache": kv_cache},
+            features_extractor_kwargs=dict(self.lm_kwargs),
             **kwargs,
         )
 
@@ -265,7 +276,7 @@ class _LMPolicyMixin:
         data = super()._get_constructor_parameters()
         for key in _FIXED_POLICY_KWARGS:
             data.pop(key, None)
-        return {**data, "model": self.model_name, "kv_cache": self.kv_cache}
+        return {**data, **self.lm_kwargs}
 
 
 @torch.no_grad()

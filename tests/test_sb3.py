@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode, VectorWrapper
-from sb3_contrib import MaskablePPO
+from sb3_contrib import TRPO, MaskablePPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
@@ -147,35 +147,29 @@ def test_vec_env_adapter_settings(words_model_dir):
 
 # --- learning the synthetic task ----------------------------------------------------------------------------------
 # Seed 0, 8 sub-envs; the threshold is a mean return of 0.5 over 64 sampled episodes (random policy: about 1/16).
-LEARNERS = {
-    "PPO": (PPO, LMActorCriticPolicy, 4096, {"n_steps": 32, "batch_size": 64, "n_epochs": 4, "learning_rate": 3e-3}),
-    "A2C": (A2C, LMActorCriticPolicy, 6144, {"n_steps": 8, "learning_rate": 3e-3}),
-    "MaskablePPO": (
-        MaskablePPO,
-        MaskableLMActorCriticPolicy,
-        4096,
-        {"n_steps": 32, "batch_size": 64, "n_epochs": 4, "learning_rate": 3e-3},
-    ),
+PPO_SETTINGS = {"n_steps": 32, "batch_size": 64, "n_epochs": 4, "learning_rate": 3e-3}
+LEARNERS = {  # algorithm, policy, timesteps, algorithm settings, extra policy kwargs
+    "PPO": (PPO, LMActorCriticPolicy, 4096, PPO_SETTINGS, {}),
+    "A2C": (A2C, LMActorCriticPolicy, 6144, {"n_steps": 8, "learning_rate": 3e-3}, {}),
+    "MaskablePPO": (MaskablePPO, MaskableLMActorCriticPolicy, 4096, PPO_SETTINGS, {}),
+    # TRPO's Hessian-vector products need attention with a second derivative: the eager kernel.
+    "TRPO": (TRPO, LMActorCriticPolicy, 6144, {"n_steps": 32, "batch_size": 64}, {"attn_implementation": "eager"}),
 }
 
 
 @pytest.mark.parametrize("name", list(LEARNERS))
 def test_lm_policy_learns_the_synthetic_task(words_model_dir, name):
-    algo, policy, steps, settings = LEARNERS[name]
+    algo, policy, steps, settings, extra = LEARNERS[name]
     masked = algo is MaskablePPO
     if masked:  # the masks come from the vector env through env_method("action_masks")
-        venv = TextGenSB3VecEnv(
-            WordsOnly(
-                gym.make_vec(
-                    "TextGen-v0", num_envs=8, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs(words_model_dir)
-                )
-            )
+        vector_env = gym.make_vec(
+            "TextGen-v0", num_envs=8, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs(words_model_dir)
         )
-        venv = VecMonitor(venv)
+        venv = VecMonitor(TextGenSB3VecEnv(WordsOnly(vector_env)))
         venv.seed(0)
     else:
         venv = make_sb3_vec_env("TextGen-v0", 8, seed=0, **env_kwargs(words_model_dir))
-    model = algo(policy, venv, policy_kwargs={"model": words_model_dir}, seed=0, **settings)
+    model = algo(policy, venv, policy_kwargs={"model": words_model_dir, **extra}, seed=0, **settings)
     before = mean_return(model, venv, 64, masked)
     model.learn(steps)
     after = mean_return(model, venv, 64, masked)
@@ -255,7 +249,7 @@ def test_save_load_predict_round_trip(words_model_dir, tmp_path):
         torch.testing.assert_close(model.policy.predict_values(tensors), loaded.policy.predict_values(tensors))
     model.policy.save(tmp_path / "policy.pth")  # the policy alone, too
     alone = LMActorCriticPolicy.load(tmp_path / "policy.pth")
-    assert alone.model_name == words_model_dir
+    assert alone.lm_kwargs["model"] == words_model_dir
     with torch.no_grad():
         torch.testing.assert_close(alone.predict_values(tensors), model.policy.predict_values(tensors))
 
