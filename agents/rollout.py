@@ -279,8 +279,11 @@ class RolloutCollector:
     def _start_episodes(self, rows: np.ndarray) -> None:
         for row in np.flatnonzero(rows):
             ids, mask = self._obs["input_ids"][row], self._obs["attention_mask"][row]
-            prompt_width = int(np.flatnonzero(mask)[-1]) + 1  # the prompt ends at the last real token
-            self._records[row] = _EpisodeRecord(prompt_ids=np.where(mask[:prompt_width] == 1, ids[:prompt_width], -1))
+            real = np.flatnonzero(mask)
+            prompt_end = int(real[-1]) + 1  # the prompt ends at the last real token
+            # Keep the prompt from its first real token: a batch is then only as wide as its longest prompt.
+            window = slice(int(real[0]), prompt_end)
+            self._records[row] = _EpisodeRecord(prompt_ids=np.where(mask[window] == 1, ids[window], -1))
         self._lm.encode_rows(rows, self._obs["input_ids"], self._obs["attention_mask"])
 
     # --- sampling and batching -------------------------------------------------------------------------------

@@ -116,3 +116,18 @@ def test_render(tiny_model_dir):
     envs = gym.make_vec("TextGen-v0", num_envs=2, render_mode="ansi", **kwargs(tiny_model_dir))
     envs.reset(options={"prompts": ["one", "two"]})
     assert [text.split("\u2502")[0] for text in envs.render()] == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("same_step", AutoresetMode.SAME_STEP),
+        ("NextStep", AutoresetMode.NEXT_STEP),
+        ("DISABLED", AutoresetMode.DISABLED),
+    ],
+)
+def test_autoreset_mode_by_name(tiny_model_dir, name, mode):
+    envs = gym.make_vec("TextGen-v0", num_envs=2, autoreset_mode=name, **kwargs(tiny_model_dir))
+    assert envs.metadata["autoreset_mode"] == mode
+    with pytest.raises(ValueError, match="autoreset_mode must be"):
+        gym.make_vec("TextGen-v0", num_envs=2, autoreset_mode="sometimes", **kwargs(tiny_model_dir))

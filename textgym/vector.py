@@ -41,7 +41,7 @@ class TextGenVectorEnv(VectorEnv):
     ) -> None:
         if render_mode not in (None, "ansi", "human"):
             raise ValueError(f"render_mode must be 'ansi', 'human' or None, got {render_mode!r}.")
-        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.metadata = {"render_modes": ["ansi", "human"], "render_fps": 4, "autoreset_mode": self.autoreset_mode}
         self.render_mode = render_mode
         self.episodes = TokenEpisodes(num_envs, **kwargs)
@@ -175,3 +175,14 @@ class TextGenVectorEnv(VectorEnv):
     def _render_if_human(self) -> None:
         if self.render_mode == "human":
             self.render()
+
+
+def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
+    """An ``AutoresetMode``, or its name in any case (``"same_step"``) or its value (``"SameStep"``)."""
+    if isinstance(mode, AutoresetMode):
+        return mode
+    for member in AutoresetMode:
+        if str(mode) in (member.value, member.name, member.name.lower()):
+            return member
+    names = [m.name.lower() for m in AutoresetMode]
+    raise ValueError(f"autoreset_mode must be an AutoresetMode or one of {names}, got {mode!r}.")
