@@ -3,7 +3,8 @@
 Equal settings for all: the same model, the VADER positivity reward, 8 completions of up to ``--new-tokens``
 tokens per step (GRPO: one prompt × 8; PPO: 8 prompts), one gradient step per batch (one epoch, one
 minibatch), β = 0 as TRL's default (no reference pass; ``--kl-coef 0.05`` adds it on textgym's side). TRL
-runs with its defaults otherwise, with gradient checkpointing off. TRL is an optional dependency: ``pip install trl`` (or ``.[bench]``).
+runs with its defaults otherwise, with gradient checkpointing off. TRL is an optional dependency:
+``pip install trl`` (or ``.[bench]``).
 
     python benchmarks/agent_speed.py                  # embedded SmolLM2-135M on CPU
     python benchmarks/agent_speed.py --skip-trl       # textgym only

@@ -36,8 +36,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def evaluate(agent: LMAgent, prompts: list[str], new_tokens: int) -> tuple[float, float]:
-    """Mean reward of one sampled completion per prompt, and the mean KL to the reference on them."""
+def evaluate(agent: LMAgent, prompts: list[str], new_tokens: int) -> tuple[float, float, list[str]]:
+    """Mean reward of one sampled completion per prompt, the mean KL to the reference on them, and a few."""
     envs = gym.make_vec("TextGen-v0", num_envs=len(prompts) // 4, prompts=prompts, max_new_tokens=new_tokens)
     collector = RolloutCollector(agent.policy.generator_model, envs, SamplingConfig(), seed=1234)
     batch = collector.collect_prompts(prompts)
@@ -46,7 +46,8 @@ def evaluate(agent: LMAgent, prompts: list[str], new_tokens: int) -> tuple[float
         logprobs = agent.policy.evaluate(batch.input_ids, batch.attention_mask, width).logprobs
         ref = agent.policy.reference_logprobs(batch.input_ids, batch.attention_mask, width)
     kl = ((logprobs - ref) * batch.completion_mask).sum(dim=1).mean().item()
-    return batch.returns.mean().item(), kl
+    samples = [f"{p!r} -> {c!r}" for p, c in zip(batch.prompts[:3], batch.completions[:3])]
+    return batch.returns.mean().item(), kl, samples
 
 
 def main() -> None:
@@ -65,6 +66,8 @@ def main() -> None:
     print(f"{'held-out openings (64)':<28}{'positivity':>12}{'KL to ref':>12}")
     print(f"{'before training':<28}{before[0]:>12.3f}{before[1]:>12.2f}")
     print(f"{'after training':<28}{after[0]:>12.3f}{after[1]:>12.2f}")
+    print("samples before:", *before[2], sep="\n  ")
+    print("samples after:", *after[2], sep="\n  ")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,25 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def words_model_dir(tmp_path_factory) -> str:
+    """A tiny Llama whose vocabulary is the synthetic task's words (plus special tokens)."""
+    from synthetic_task import WORDS
+
+    from textgym.models import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("words"), words=WORDS, hidden_size=32))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Models this small run fastest on one thread; several threads mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
 def tiny_policy(tiny_model_dir):
     from textgym.models import load_causal_lm
 

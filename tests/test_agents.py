@@ -8,34 +8,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from synthetic_task import NEW_TOKENS, yes_rate
 
 import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO
 from agents.ppo import gae
 
-WORDS = ["yes", "no", "maybe", "say", "please", "ok", "fine", "sure", "nope", "well"]
-NEW_TOKENS = 6
-
-
-def yes_rate(prompts: list[str], completions: list[str]) -> list[float]:
-    """The synthetic task: say "yes" at every step. A random policy scores about 1/16, the best policy 1."""
-    return [c.split().count("yes") / NEW_TOKENS for c in completions]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run fastest on one thread; several threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def words_model_dir(tmp_path_factory) -> str:
-    from textgym.models import make_tiny_model
-
-    return str(make_tiny_model(tmp_path_factory.mktemp("words"), words=WORDS, hidden_size=32))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_envs(model_dir: str, num_envs: int = 8, reward_model=yes_rate):

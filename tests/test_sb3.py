@@ -14,6 +14,7 @@ from gymnasium.vector import AutoresetMode, VectorWrapper
 from sb3_contrib import TRPO, MaskablePPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
+from synthetic_task import NEW_TOKENS, WORDS, yes_rate
 
 import textgym  # noqa: F401
 from agents.sb3 import (
@@ -24,30 +25,8 @@ from agents.sb3 import (
     make_sb3_vec_env,
 )
 
-WORDS = ["yes", "no", "maybe", "say", "please", "ok", "fine", "sure", "nope", "well"]
-NEW_TOKENS = 6
 EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def yes_rate(prompts: list[str], completions: list[str]) -> list[float]:
-    """The synthetic task: say "yes" at every step. A random policy scores about 1/16, the best policy 1."""
-    return [c.split().count("yes") / NEW_TOKENS for c in completions]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run fastest on one thread; several threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def words_model_dir(tmp_path_factory) -> str:
-    from textgym.models import make_tiny_model
-
-    return str(make_tiny_model(tmp_path_factory.mktemp("words"), words=WORDS, hidden_size=32))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def env_kwargs(model_dir: str, **extra) -> dict:
