@@ -237,11 +237,11 @@ class RolloutCollector:
 
     # --- one env step --------------------------------------------------------------------------------------
     def _step(self) -> None:
-        if self._lm.logits is None:  # invalidated: re-encode every row from its current observation
+        if self._lm.outputs is None:  # invalidated: re-encode every row from its current observation
             self._lm.encode_rows(
                 np.ones(self.num_envs, dtype=bool), self._obs["input_ids"], self._obs["attention_mask"]
             )
-        actions, logprobs = self._sample(self._lm.logits)
+        actions, logprobs = self._sample(self._lm.outputs)
         actions_np = actions.cpu().numpy()
         obs, rewards, terminated, truncated, infos = self.envs.step(actions_np)
         self.tokens_generated += int((~self._pending_reset).sum())

@@ -18,7 +18,6 @@ and it is dropped whenever SB3 switches to training mode or weights are loaded.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,10 +28,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from agents.sb3_vec_env import TextGenSB3VecEnv, make_sb3_vec_env
-from textgym.lm_cache import IncrementalLM
+from textgym.lm_cache import IncrementalLM, last_real_column
 from textgym.models import load_causal_lm, resolve_model_dir, vocab_size_of
 
 __all__ = [
@@ -126,7 +125,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         unique, row_of = torch.unique(tokens, dim=0, return_inverse=True)  # (U, L) in lexicographic order
         # In lexicographic order a context's extensions come right after it: a row is a prefix of some other row
         # iff it is a prefix of the next one, and the next row that is no prefix is the longest context holding it.
-        last = _last_real_column(unique >= 0)  # (U,)
+        last = last_real_column(unique >= 0)  # (U,)
         columns = torch.arange(unique.shape[1], device=unique.device)
         is_prefix = ((unique[:-1] == unique[1:]) | (columns > last[:-1, None])).all(dim=1)  # (U - 1,) of the next
         longest = torch.cat([~is_prefix, is_prefix.new_ones(1)]).nonzero().flatten()  # (M,) rows to run
@@ -150,7 +149,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
     def _cached_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         rows = len(input_ids)
         if self._cache is None or self._cache.num_rows != rows:
-            self._cache = IncrementalLM(_HiddenStates(self.lm.base_model), rows)
+            self._cache = IncrementalLM(self.lm, rows, hidden_states=True)
             self._cached_obs = None
         cache = self._cache
         if self._cached_obs is None:
@@ -163,53 +162,12 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             same = (kept & (added.sum(dim=1) == 0)).cpu().numpy()
             fresh = ~(grown | same)  # a new episode (or anything else): encode the row from scratch
             if grown.any():
-                same_rows = torch.as_tensor(same, device=cache.device)
-                unchanged = cache.logits[same_rows].clone()  # advance() zeroes the rows it skips
                 new_tokens = input_ids.gather(1, added.argmax(dim=1, keepdim=True)).squeeze(1)  # (B,)
-                cache.advance(new_tokens, grown)
-                with torch.inference_mode():
-                    cache.logits[same_rows] = unchanged
+                cache.advance(new_tokens, grown)  # rows that stayed the same keep their features
             if fresh.any():
                 cache.encode_rows(fresh, input_ids, attention_mask)
         self._cached_obs = (input_ids.clone(), attention_mask.clone())
-        return cache.logits.clone()  # (B, H): IncrementalLM's "logits" are the trunk's hidden states here
-
-
-def _last_real_column(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Each row's last attended column, ``(B,)``."""
-    return attention_mask.shape[1] - 1 - attention_mask.long().flip(1).argmax(dim=1)
-
-
-class _HiddenStates(nn.Module):
-    """A causal-LM-shaped view of an LM trunk whose ``logits`` are the last hidden states.
-
-    It lets :class:`~textgym.lm_cache.IncrementalLM` (which keeps the KV cache and picks each row's last
-    position) cache features instead of vocabulary logits: the value head needs the hidden state too.
-    """
-
-    def __init__(self, trunk: PreTrainedModel) -> None:
-        super().__init__()
-        self.trunk = trunk
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        past_key_values: DynamicCache,
-        use_cache: bool = True,
-        logits_to_keep: int | torch.Tensor = 0,
-    ) -> SimpleNamespace:
-        out = self.trunk(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
-        # The same column selection as transformers' logits_to_keep: the last k columns, or the given ones.
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        return SimpleNamespace(logits=out.last_hidden_state[:, keep], past_key_values=out.past_key_values)
+        return cache.outputs.clone()  # (B, H)
 
 
 class _LMPolicyMixin:

@@ -17,6 +17,7 @@ an observation at any time, e.g. after the model's weights changed.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,22 +28,26 @@ from transformers.cache_utils import DynamicLayer
 class IncrementalLM:
     """A causal LM advanced one token at a time over ``num_rows`` contexts.
 
-    ``logits`` holds each row's next-token logits ``(N, V)`` (float32), or ``None`` until rows are encoded.
+    ``outputs`` holds, per row, the next-token logits ``(N, V)``, or with ``hidden_states=True`` the trunk's
+    last hidden state at the row's last token ``(N, H)`` (what a value head or an SB3 policy reads); float32,
+    ``None`` until rows are encoded.
     """
 
-    def __init__(self, model: PreTrainedModel, num_rows: int) -> None:
+    def __init__(self, model: PreTrainedModel, num_rows: int, hidden_states: bool = False) -> None:
         self.model = model
         self.num_rows = num_rows
+        self.hidden_states = hidden_states
         self.device = next(model.parameters()).device
-        self._keeps_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.logits: torch.Tensor | None = None  # (N, V)
+        # The output layer runs only on the columns whose logits are needed, where the model supports it.
+        self._keeps_columns = not hidden_states and "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.outputs: torch.Tensor | None = None  # (N, V) or (N, H)
         self._cache: DynamicCache | None = None
         self._cache_mask: torch.Tensor | None = None  # (N, S)
         self._positions = torch.zeros(num_rows, dtype=torch.long, device=self.device)  # next position id
 
     def clear(self) -> None:
         """Forget every row (e.g. after a weight update); encode rows again before advancing."""
-        self._cache = self._cache_mask = self.logits = None
+        self._cache = self._cache_mask = self.outputs = None
 
     @torch.inference_mode()
     def encode_rows(self, rows: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
@@ -55,50 +60,55 @@ class IncrementalLM:
         index = np.flatnonzero(rows)
         ids = torch.as_tensor(input_ids[index], device=self.device)  # (R, L)
         mask = torch.as_tensor(attention_mask[index], device=self.device)  # (R, L)
-        last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)  # (R,) column of each row's last real token
+        last = last_real_column(mask)  # (R,)
         width = int(last.max()) + 1
         ids, mask = ids[:, :width], mask[:, :width]
-        keep = torch.unique(last)  # the positions whose logits are needed, shared across rows
-        out = self.model(
+        keep = torch.unique(last)  # the positions whose outputs are needed, shared across rows
+        outputs, cache = self._forward(
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
             past_key_values=DynamicCache(),
-            use_cache=True,
-            **({"logits_to_keep": keep} if self._keeps_last_logits else {}),
+            **({"logits_to_keep": keep} if self._keeps_columns else {}),
         )
-        column = torch.searchsorted(keep, last) if self._keeps_last_logits else last
-        logits = out.logits[torch.arange(len(index), device=self.device), column].float()  # (R, V)
-        if self.logits is None:
-            self.logits = torch.zeros(self.num_rows, logits.shape[-1], device=self.device)
-        self.logits[torch.as_tensor(index, device=self.device)] = logits
+        column = torch.searchsorted(keep, last) if self._keeps_columns else last
+        outputs = outputs[torch.arange(len(index), device=self.device), column]  # (R, V) or (R, H)
+        if self.outputs is None:
+            self.outputs = torch.zeros(self.num_rows, outputs.shape[-1], device=self.device)
+        self.outputs[torch.as_tensor(index, device=self.device)] = outputs
         self._positions[torch.as_tensor(index, device=self.device)] = mask.sum(dim=1)
-        self._write_rows(index, out.past_key_values, mask)
+        self._write_rows(index, cache, mask)
 
     @torch.inference_mode()
     def advance(self, tokens: torch.Tensor, active: np.ndarray) -> None:
-        """Append ``tokens[i]`` to the context of each active row; inactive rows' logits become 0.
+        """Append ``tokens[i]`` to the context of each active row; inactive rows keep their outputs.
 
         Args:
             tokens: ``(N,)`` token ids (any value on inactive rows).
             active: ``(N,)`` bool, the rows whose context grows.
         """
-        if self.logits is None:
+        if self.outputs is None:
             raise RuntimeError("advance() before encode_rows(): encode the rows' contexts first.")
-        next_logits = torch.zeros_like(self.logits)
-        if active.any():
-            active_t = torch.as_tensor(active, device=self.device)
-            self._cache_mask = torch.cat([self._cache_mask, active_t.long()[:, None]], dim=1)  # (N, S + 1)
-            out = self.model(
-                input_ids=torch.as_tensor(tokens, device=self.device)[:, None],  # (N, 1)
-                attention_mask=self._cache_mask,
-                position_ids=self._positions[:, None],
-                past_key_values=self._cache,
-                use_cache=True,
-            )
-            self._positions += active_t.long()
-            next_logits[active_t] = out.logits[:, -1].float()[active_t]
-        self.logits = next_logits
+        if not active.any():
+            return
+        active_t = torch.as_tensor(active, device=self.device)
+        self._cache_mask = torch.cat([self._cache_mask, active_t.long()[:, None]], dim=1)  # (N, S + 1)
+        outputs, self._cache = self._forward(
+            input_ids=torch.as_tensor(tokens, device=self.device)[:, None],  # (N, 1)
+            attention_mask=self._cache_mask,
+            position_ids=self._positions[:, None],
+            past_key_values=self._cache,
+        )
+        self._positions += active_t.long()
+        self.outputs[active_t] = outputs[:, -1][active_t]
+
+    def _forward(self, **inputs: Any) -> tuple[torch.Tensor, DynamicCache]:
+        """Outputs ``(R, L', V or H)`` in float32 over the kept columns, and the grown KV cache."""
+        if self.hidden_states:
+            out = self.model.base_model(**inputs, use_cache=True)
+            return out.last_hidden_state.float(), out.past_key_values
+        out = self.model(**inputs, use_cache=True)
+        return out.logits.float(), out.past_key_values
 
     def _write_rows(self, index: np.ndarray, rows_cache: DynamicCache, rows_mask: torch.Tensor) -> None:
         if self._cache is None or len(index) == self.num_rows:
@@ -120,6 +130,11 @@ class IncrementalLM:
             self._cache_mask = self._cache_mask[:, first_used:]
             for layer in _layers(self._cache):
                 layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+
+
+def last_real_column(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last attended column, ``(B,)``: where a left-padded context ends."""
+    return attention_mask.shape[1] - 1 - attention_mask.long().flip(1).argmax(dim=1)
 
 
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:

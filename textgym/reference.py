@@ -75,13 +75,13 @@ class ReferenceModel:
         """Log-probs ``(N, V)`` of every next token under the reference, for the running rows' contexts."""
         import torch
 
-        if self.lm.logits is None:
+        if self.lm.outputs is None:
             self._stale[:] = True
         stale = self._stale & running
         if stale.any():
             self.lm.encode_rows(stale, input_ids, attention_mask)
             self._stale[stale] = False
-        return torch.log_softmax(self.lm.logits, dim=-1).cpu().numpy()
+        return torch.log_softmax(self.lm.outputs, dim=-1).cpu().numpy()
 
     def masks(self, logprobs: np.ndarray) -> np.ndarray:
         """Allowed actions ``(N, V)`` bool from the reference's log-probs; all True without an ``action_mask``."""
