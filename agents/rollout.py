@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from textgym.lm_cache import IncrementalLM
+from textgym.vector import unbatch_infos
 
 
 @dataclass
@@ -255,8 +256,9 @@ class RolloutCollector:
             record.logprobs.append(float(logprobs_np[row]))
             record.rewards.append(float(rewards[row]))
         final_infos = infos.get("final_info", {}) if self.autoreset_mode == AutoresetMode.SAME_STEP else infos
+        row_infos = unbatch_infos(final_infos, self.num_envs) if done.any() else []
         for row in np.flatnonzero(done):
-            info = _row_info(final_infos, row)
+            info = row_infos[row]
             self._finished.append(_FinishedEpisode(self._records[row], bool(terminated[row]), info))
             self._records[row] = None
 
@@ -369,17 +371,3 @@ def sample_tokens(
     u = torch.minimum(uniform * total, below_total)
     actions = torch.searchsorted(cdf, u, right=True).squeeze(1)  # first cdf above u: never a p = 0 token
     return actions, logprobs.gather(1, actions[:, None]).squeeze(1)
-
-
-def _row_info(infos: dict[str, Any], row: int) -> dict[str, Any]:
-    """One sub-env's info out of a Gymnasium vector info dict (values batched, ``_key`` masks)."""
-    info = {}
-    for key, value in infos.items():
-        if key.startswith("_"):
-            continue
-        if isinstance(value, dict):
-            info[key] = _row_info(value, row)
-        elif infos.get(f"_{key}", np.ones(row + 1, dtype=bool))[row]:
-            item = value[row]
-            info[key] = item.item() if isinstance(item, np.generic) else item
-    return info

@@ -17,6 +17,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from textgym.vector import unbatch_infos
+
 PER_ENV_METHODS = ("action_masks", "render")
 """Vector-env methods whose result has one entry per sub-env; ``env_method`` hands each index its own entry."""
 
@@ -127,20 +129,6 @@ class TextGenSB3VecEnv(VecEnv):
                 'same dict for all, e.g. {"prompts": [one prompt per sub-env]}.'
             )
         return first or None
-
-
-def unbatch_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
-    """Turn a Gymnasium vector env's info (arrays with ``_key`` masks, nested dicts) into one dict per sub-env."""
-    rows: list[dict[str, Any]] = [{} for _ in range(num_envs)]
-    for key, value in infos.items():
-        if key.startswith("_"):
-            continue
-        present = infos.get(f"_{key}", np.ones(num_envs, dtype=bool))
-        per_row = unbatch_infos(value, num_envs) if isinstance(value, dict) else value
-        for row in np.flatnonzero(present):
-            item = per_row[row]
-            rows[row][key] = item.item() if isinstance(item, np.generic) else item
-    return rows
 
 
 def make_sb3_vec_env(

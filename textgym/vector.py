@@ -186,3 +186,17 @@ def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
             return member
     names = [m.name.lower() for m in AutoresetMode]
     raise ValueError(f"autoreset_mode must be an AutoresetMode or one of {names}, got {mode!r}.")
+
+
+def unbatch_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
+    """Turn a Gymnasium vector env's info (arrays with ``_key`` masks, nested dicts) into one dict per sub-env."""
+    rows: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        present = infos.get(f"_{key}", np.ones(num_envs, dtype=bool))
+        per_row = unbatch_infos(value, num_envs) if isinstance(value, dict) else value
+        for row in np.flatnonzero(present):
+            item = per_row[row]
+            rows[row][key] = item.item() if isinstance(item, np.generic) else item
+    return rows
