@@ -104,7 +104,7 @@ class LMAgent:
         run_dir: str | os.PathLike | None = None,
         **overrides: Any,
     ) -> None:
-        from textgym.models import load_causal_lm, load_tokenizer, resolve_model_dir
+        from textgym.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
 
         base = config or self.config_class()
         if not isinstance(base, self.config_class):
@@ -124,7 +124,7 @@ class LMAgent:
         self.model_name = str(resolve_model_dir(model))
         self.tokenizer = load_tokenizer(model)
         _check_same_tokenizer(self.tokenizer, envs.tokenizer, self.model_name)
-        self.device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(resolve_device(c.device))
         torch.manual_seed(c.seed)
         self.envs = envs
         self.kl_coef = c.kl_coef  # adaptive controllers change it during training

@@ -107,11 +107,11 @@ class SFT:
         config: SFTConfig | None = None,
         **overrides: Any,
     ) -> None:
-        from textgym.models import load_causal_lm, load_tokenizer
+        from textgym.models import load_causal_lm, load_tokenizer, resolve_device
 
         self.config = replace(config or SFTConfig(), **overrides)
         c = self.config
-        self.device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(resolve_device(c.device))
         self.tokenizer = load_tokenizer(model)
         self.use_template = c.chat_template if c.chat_template is not None else bool(self.tokenizer.chat_template)
         if self.use_template and not self.tokenizer.chat_template:

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from textgym.models import resolve_device
+
 ENTRY_POINT_GROUP = "textgym.reward_models"
 """Entry-point group through which other packages add reward models: ``name = "pkg.module:factory"``."""
 
@@ -141,15 +143,6 @@ class BatchedRewardModel:
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         scores = self.raw_scores(prompts, completions)
         return self.normalization(scores) if self.normalization else scores
-
-
-def resolve_device(device: str | None) -> str:
-    """``device`` itself, or ``"cuda"`` when it is ``None`` and a GPU is visible, else ``"cpu"``."""
-    if device is not None:
-        return str(device)
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 _REGISTRY: dict[str, str | Callable[..., RewardFn]] = {

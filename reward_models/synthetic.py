@@ -75,8 +75,7 @@ def sample_completions(
     import torch
     from tqdm.auto import tqdm
 
-    from reward_models.base import resolve_device
-    from textgym.models import load_causal_lm, load_tokenizer
+    from textgym.models import load_causal_lm, load_tokenizer, resolve_device
 
     device = resolve_device(device)
     tokenizer = load_tokenizer(model)

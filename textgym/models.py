@@ -68,6 +68,15 @@ def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def resolve_device(device: str | None) -> str:
+    """``device`` itself, or ``"cuda"`` when it is ``None`` and a GPU is visible, else ``"cpu"``."""
+    if device is not None:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_tokenizer(model: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model (see :func:`resolve_model_dir` for the accepted names)."""
     from transformers import AutoTokenizer
