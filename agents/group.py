@@ -8,6 +8,7 @@ reward).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,7 +60,7 @@ class GroupAgent(LMAgent):
         kl = torch.zeros_like(mask[:, 0]) if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1)
         advantages = self.advantages(batch.returns.float(), kl)[:, None].expand_as(mask)  # (E, T)
 
-        stats: dict[str, list[float]] = {k: [] for k in ("policy", "entropy", "clip", "approx_kl", "norm")}
+        stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         for _ in range(c.epochs):
             for index in self.minibatches(len(batch)):
                 m = mask[index]
@@ -73,17 +74,13 @@ class GroupAgent(LMAgent):
                     per_token = per_token + self.kl_coef * (log_ratio_ref.exp() - log_ratio_ref - 1)
                 per_token = per_token - c.ent_coef * new.entropy
                 loss = masked_mean(per_token, m, dim=1).mean()  # each completion weighs the same
-                stats["norm"].append(self.optimizer_step(loss))
-                stats["policy"].append(loss.item())
-                stats["entropy"].append(masked_mean(new.entropy, m).item())
-                stats["clip"].append(masked_mean(clipped, m).item())
-                stats["approx_kl"].append(masked_mean(approx_kl, m).item())
+                stats["train/grad_norm"].append(self.optimizer_step(loss))
+                stats["train/policy_loss"].append(loss.item())
+                stats["train/entropy"].append(masked_mean(new.entropy, m).item())
+                stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
+                stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
         return {
-            "train/policy_loss": float(np.mean(stats["policy"])),
-            "train/entropy": float(np.mean(stats["entropy"])),
-            "train/clip_fraction": float(np.mean(stats["clip"])),
-            "train/approx_kl": float(np.mean(stats["approx_kl"])),
-            "train/grad_norm": float(np.mean(stats["norm"])),
+            **{name: float(np.mean(values)) for name, values in stats.items()},
             "train/kl_ref": float("nan") if ref_logprobs is None else kl.mean().item(),
             "train/kl_coef": self.kl_coef,
         }

@@ -6,6 +6,7 @@ task reward on the last token; advantages come from GAE over these per-token rew
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +95,7 @@ class PPO(LMAgent):
         if c.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        stats: dict[str, list[float]] = {k: [] for k in ("policy", "value", "entropy", "clip", "approx_kl", "norm")}
+        stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
         for _ in range(c.epochs):
             for index in self.minibatches(len(batch)):
@@ -111,13 +112,13 @@ class PPO(LMAgent):
                 value_loss = 0.5 * torch.maximum((values - returns[index]) ** 2, (values_clipped - returns[index]) ** 2)
                 entropy = masked_mean(new.entropy, m)
                 loss = masked_mean(policy_loss, m) + c.vf_coef * masked_mean(value_loss, m) - c.ent_coef * entropy
-                stats["norm"].append(self.optimizer_step(loss))
-                stats["policy"].append(masked_mean(policy_loss, m).item())
-                stats["value"].append(masked_mean(value_loss, m).item())
-                stats["entropy"].append(entropy.item())
-                stats["clip"].append(masked_mean(clipped, m).item())
-                stats["approx_kl"].append(masked_mean(approx_kl, m).item())
-                if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:
+                stats["train/grad_norm"].append(self.optimizer_step(loss))
+                stats["train/policy_loss"].append(masked_mean(policy_loss, m).item())
+                stats["train/value_loss"].append(masked_mean(value_loss, m).item())
+                stats["train/entropy"].append(entropy.item())
+                stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
+                stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
+                if c.target_kl is not None and stats["train/approx_kl"][-1] > 1.5 * c.target_kl:
                     stop = True
                     break
             if stop:
@@ -130,12 +131,7 @@ class PPO(LMAgent):
         residual_var = masked_mean((returns - old_values - masked_mean(returns - old_values, mask)) ** 2, mask)
         returns_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
         return {
-            "train/policy_loss": float(np.mean(stats["policy"])),
-            "train/value_loss": float(np.mean(stats["value"])),
-            "train/entropy": float(np.mean(stats["entropy"])),
-            "train/clip_fraction": float(np.mean(stats["clip"])),
-            "train/approx_kl": float(np.mean(stats["approx_kl"])),
-            "train/grad_norm": float(np.mean(stats["norm"])),
+            **{name: float(np.mean(values)) for name, values in stats.items()},
             "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
             "train/kl_ref": kl_per_episode,
             "train/kl_coef": self.kl_coef,
