@@ -144,6 +144,7 @@ class LMAgent:
         self.iteration = 0
         self.episodes_seen = 0
         self.history: list[dict[str, float]] = []
+        self._log: RunLog | None = None  # open while learn() runs with a run_dir
 
     # --- what an algorithm supplies ------------------------------------------------------------------------
     def collect(self) -> RolloutBatch:
@@ -265,7 +266,7 @@ class LMAgent:
             {
                 "optimizer": self.optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "sampler_rng": self.collector._generator.get_state(),
+                "sampler_rng": self.collector.generator.get_state(),
             },
             out / "optimizer.pt",
         )
@@ -289,13 +290,11 @@ class LMAgent:
         extra = torch.load(src / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(extra["optimizer"])
         torch.set_rng_state(extra["torch_rng"].cpu())
-        self.collector._generator.set_state(extra["sampler_rng"].cpu())
+        self.collector.generator.set_state(extra["sampler_rng"].cpu())
         self.rng.bit_generator.state = state["numpy_rng"]
         self.iteration, self.episodes_seen, self.kl_coef = state["iteration"], state["episodes_seen"], state["kl_coef"]
         # A fresh env stream, different from the one the run started with, so prompts do not repeat.
         self.collector.seed = self.config.seed + self.iteration
-
-    _log: RunLog | None = None
 
     def _open_run(self, resume: bool) -> RunLog | None:
         if self.run_dir is None:

@@ -152,9 +152,9 @@ class RolloutCollector:
         self._check_spaces()
         self.autoreset_mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         self._warpers = self.sampling.warpers()
-        self._generator = torch.Generator(device=self.device)
+        self.generator = torch.Generator(device=self.device)
         if seed is not None:
-            self._generator.manual_seed(seed)
+            self.generator.manual_seed(seed)
         self._obs: dict[str, np.ndarray] | None = None
         self._records: list[_EpisodeRecord | None] = [None] * self.num_envs
         self._finished: list[_FinishedEpisode] = []
@@ -290,7 +290,7 @@ class RolloutCollector:
 
     # --- sampling and batching -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return sample_tokens(logits, self.sampling, self._warpers, self._generator)
+        return sample_tokens(logits, self.sampling, self._warpers, self.generator)
 
     def _to_batch(self, episodes: list[_FinishedEpisode]) -> RolloutBatch:
         n = len(episodes)
