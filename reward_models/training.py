@@ -121,9 +121,8 @@ def pairwise_accuracy(reward_fn: RewardFn, pairs: Sequence[PreferencePair]) -> P
     """Score each distinct ``(prompt, completion)`` of ``pairs`` once, with any reward model, and compare."""
     if not pairs:
         raise ValueError("pairwise_accuracy needs at least one pair.")
-    items = list(dict.fromkeys(pair_items(pairs)))
-    index = {item: i for i, item in enumerate(items)}
-    scores = np.asarray(reward_fn([p for p, _ in items], [c for _, c in items]), dtype=np.float64)
+    prompts, completions, index = distinct_items(pairs)
+    scores = np.asarray(reward_fn(prompts, completions), dtype=np.float64)
     gaps = np.array([scores[index[(p.prompt, p.chosen)]] - scores[index[(p.prompt, p.rejected)]] for p in pairs])
     accuracy = float(np.mean((gaps > 0) + 0.5 * (gaps == 0)))
     return PairwiseReport(accuracy, float(gaps.mean()), len(pairs), len({p.prompt for p in pairs}))
@@ -132,6 +131,13 @@ def pairwise_accuracy(reward_fn: RewardFn, pairs: Sequence[PreferencePair]) -> P
 def pair_items(pairs: Sequence[PreferencePair]) -> list[tuple[str, str]]:
     """The ``(prompt, completion)`` of every chosen and rejected side, in order."""
     return [item for p in pairs for item in ((p.prompt, p.chosen), (p.prompt, p.rejected))]
+
+
+def distinct_items(pairs: Sequence[PreferencePair]) -> tuple[list[str], list[str], dict[tuple[str, str], int]]:
+    """Prompts and completions of the distinct ``(prompt, completion)`` of ``pairs`` (each scored once), and
+    each one's position in them."""
+    items = list(dict.fromkeys(pair_items(pairs)))
+    return [p for p, _ in items], [c for _, c in items], {item: i for i, item in enumerate(items)}
 
 
 def train_reward_model(
@@ -183,8 +189,8 @@ def train_reward_model(
         history.append(entry)
     bar.close()
 
-    train_items = list(dict.fromkeys(pair_items(train)))
-    model.normalization = Normalization.of(model.raw_scores([p for p, _ in train_items], [c for _, c in train_items]))
+    train_prompts, train_completions, _ = distinct_items(train)
+    model.normalization = Normalization.of(model.raw_scores(train_prompts, train_completions))
     report = {
         "config": asdict(config),
         "train": asdict(pairwise_accuracy(model, train)),
@@ -237,9 +243,8 @@ def _bradley_terry_loss(
     import torch
     import torch.nn.functional as F
 
-    items = list(dict.fromkeys(pair_items(batch)))
-    index = {item: i for i, item in enumerate(items)}
-    scores = model.forward([p for p, _ in items], [c for _, c in items])  # (U,) U distinct completions
+    prompts, completions, index = distinct_items(batch)
+    scores = model.forward(prompts, completions)  # (U,) U distinct completions
     winners = torch.tensor([index[(p.prompt, p.chosen)] for p in batch], device=scores.device)
     losers = torch.tensor([index[(p.prompt, p.rejected)] for p in batch], device=scores.device)
     margins = torch.tensor([p.margin + margin for p in batch], device=scores.device, dtype=scores.dtype)
