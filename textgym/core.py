@@ -179,8 +179,7 @@ class TokenEpisodes:
         """Allowed actions of ``rows``, bool ``(len(rows), V)``; all True without an ``action_mask``."""
         if self.reference is None or self.reference.action_mask is None:
             return np.ones((len(rows), self.vocab_size), dtype=bool)
-        logprobs = self.reference.logprobs(self.input_ids, self.attention_mask, self.running)
-        return self.reference.masks(logprobs[rows])
+        return self.reference.masks(self.input_ids, self.attention_mask, self.running)[rows]
 
     def check_actions(self, actions: Any, expected: int) -> np.ndarray:
         """Validate actions as integer token ids in range; return them as an int64 array."""
@@ -211,10 +210,10 @@ class TokenEpisodes:
             raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
         ref_logprobs = np.zeros(len(rows))
         if self.reference is not None:
-            all_logprobs = self.reference.logprobs(self.input_ids, self.attention_mask, self.running)[rows]  # (R, V)
-            ref_logprobs = all_logprobs[np.arange(len(rows)), actions]
+            context = self.input_ids, self.attention_mask, self.running
+            ref_logprobs = self.reference.logprobs(*context)[rows, actions]
             if self.reference.action_mask is not None:
-                allowed = self.reference.masks(all_logprobs)[np.arange(len(rows)), actions]
+                allowed = self.reference.masks(*context)[rows, actions]
                 if not allowed.all():
                     raise ValueError(
                         f"Action(s) {actions[~allowed].tolist()} are not allowed by the {self.reference.action_mask} "

@@ -66,10 +66,15 @@ class ReferenceModel:
         self.always_allowed = np.asarray([] if always_allowed is None else always_allowed, dtype=np.int64)
         self.lm = IncrementalLM(load_causal_lm(model, device=device or "cpu"), num_rows)
         self._stale = np.ones(num_rows, dtype=bool)  # rows whose context changed outside step()
+        # This step's log-probs and masks, computed once however often they are asked for (SB3's MaskablePPO
+        # asks for the masks, then steps, which checks the action against them).
+        self._logprobs: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
 
     def restart(self, row: int) -> None:
         """Row ``row`` starts a new episode; it is encoded lazily, batched with the other restarted rows."""
         self._stale[row] = True
+        self._logprobs = self._masks = None
 
     def logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray, running: np.ndarray) -> np.ndarray:
         """Log-probs ``(N, V)`` of every next token under the reference, for the running rows' contexts."""
@@ -81,10 +86,19 @@ class ReferenceModel:
         if stale.any():
             self.lm.encode_rows(stale, input_ids, attention_mask)
             self._stale[stale] = False
-        return torch.log_softmax(self.lm.outputs, dim=-1).cpu().numpy()
+            self._logprobs = self._masks = None
+        if self._logprobs is None:
+            self._logprobs = torch.log_softmax(self.lm.outputs, dim=-1).cpu().numpy()
+        return self._logprobs
 
-    def masks(self, logprobs: np.ndarray) -> np.ndarray:
-        """Allowed actions ``(N, V)`` bool from the reference's log-probs; all True without an ``action_mask``."""
+    def masks(self, input_ids: np.ndarray, attention_mask: np.ndarray, running: np.ndarray) -> np.ndarray:
+        """Allowed actions ``(N, V)`` bool under ``action_mask``, from the reference's current log-probs."""
+        logprobs = self.logprobs(input_ids, attention_mask, running)
+        if self._masks is None:
+            self._masks = self._allowed(logprobs)
+        return self._masks
+
+    def _allowed(self, logprobs: np.ndarray) -> np.ndarray:
         if self.action_mask is None:
             return np.ones(logprobs.shape, dtype=bool)
         order = np.argsort(-logprobs, axis=1, kind="stable")  # (N, V) most likely first
@@ -105,3 +119,4 @@ class ReferenceModel:
         import torch
 
         self.lm.advance(torch.as_tensor(tokens), active)
+        self._logprobs = self._masks = None
