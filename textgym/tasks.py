@@ -1,0 +1,88 @@
+"""The benchmark suite's task registry: what the benchmark runner needs to know about each language task.
+
+A task is a registered environment id plus what a benchmark needs beyond the env itself: its levels, how to
+turn the task's gold score into a normalised score, and a scripted solver that defines the optimum. Every
+task env takes ``split="train" | "test"`` (disjoint instances; results report ``test``) and ``level=...``;
+the info of an episode's last step holds ``score`` (the training reward's raw score) and ``gold_score`` (what
+the benchmark reports)::
+
+    from textgym.tasks import get_task, task_names
+
+    spec = get_task("positivity")
+    env = gym.make(spec.env_id, split="test", level=spec.default_level)
+    spec.normalized(gold_score, level)  # 100 · (score − random) / (optimum − random)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One benchmark task.
+
+    Args:
+        name: the short name the benchmark runner takes (``textgym bench --tasks NAME``).
+        env_id: the registered Gymnasium id; ``gym.make(env_id, split=..., level=...)`` builds it.
+        description: one line for ``--help`` and tables.
+        levels: the valid ``level`` values, easiest first.
+        default_level: the level benchmarks use unless told otherwise.
+        random_score: per level, the mean gold score of the random policy (uniform tokens): normalised 0.
+        optimum_score: per level, the gold score of the scripted solver (or the known optimum): normalised 100.
+        solver: ``solver(prompt) -> completion``, the scripted policy that reaches ``optimum_score``, given the
+            env's prompt text (``info["prompt"]``) and level; ``None`` when the optimum is known analytically.
+    """
+
+    name: str
+    env_id: str
+    description: str
+    levels: tuple[int, ...]
+    default_level: int
+    random_score: Mapping[int, float]
+    optimum_score: Mapping[int, float]
+    solver: Callable[[str, int], str] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.default_level not in self.levels:
+            raise ValueError(f"Task {self.name!r}: default_level {self.default_level} is not in {self.levels}.")
+        for level in self.levels:
+            if level not in self.random_score or level not in self.optimum_score:
+                raise ValueError(f"Task {self.name!r}: level {level} lacks a random or optimum score.")
+            if self.optimum_score[level] <= self.random_score[level]:
+                raise ValueError(f"Task {self.name!r}: level {level}'s optimum does not exceed its random score.")
+
+    def check_level(self, level: int | None) -> int:
+        """``level`` itself (``None``: the default), or a ``ValueError`` naming the valid levels."""
+        if level is None:
+            return self.default_level
+        if level not in self.levels:
+            raise ValueError(f"Task {self.name!r} has levels {list(self.levels)}, got {level!r}.")
+        return level
+
+    def normalized(self, gold_score: float, level: int | None = None) -> float:
+        """``100 · (score − random) / (optimum − random)`` at ``level``: 0 is random, 100 the optimum."""
+        level = self.check_level(level)
+        low, high = self.random_score[level], self.optimum_score[level]
+        return 100.0 * (gold_score - low) / (high - low)
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> None:
+    """Add a task to the suite (re-registering the same name replaces it, so re-imports are harmless)."""
+    _TASKS[spec.name] = spec
+
+
+def task_names() -> list[str]:
+    """Names of the registered tasks, in registration order."""
+    return list(_TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task called ``name``, or a ``KeyError`` listing the valid names."""
+    if name not in _TASKS:
+        raise KeyError(f"Unknown task {name!r}; the tasks are: {', '.join(task_names()) or '(none registered)'}.")
+    return _TASKS[name]
