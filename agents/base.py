@@ -1,14 +1,18 @@
-"""What every LM agent shares: model set-up, the training loop, logging and resumable checkpoints.
+"""What every LM agent shares: model set-up, the training loop, reward shaping, logging and resumable checkpoints.
 
-An algorithm subclasses :class:`LMAgent` and supplies two methods, as Stable-Baselines3's algorithms do over
-``OnPolicyAlgorithm``: :meth:`LMAgent.collect` (a batch of finished episodes from the rollout engine) and
-:meth:`LMAgent.train_on_batch` (the update, returning its metrics). :meth:`LMAgent.learn` is the loop.
+An algorithm subclasses :class:`LMAgent` and supplies :meth:`LMAgent.train_on_batch` (the update, returning its
+metrics), as Stable-Baselines3's algorithms do over ``OnPolicyAlgorithm``; :meth:`LMAgent.learn` is the loop.
+
+Every batch is on-policy: :meth:`LMAgent.collect` draws ``batch_size`` prompts with the agent's own random
+generator and the rollout engine runs each to its end with the current weights, so every token of an update
+was sampled by the weights its log-prob is credited to, and a resumed run continues the same prompt stream.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -30,6 +34,9 @@ STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest.json"
 # Settings that may change between a run and its resumption without making it another run.
 _RESUMABLE_CHANGES = {"device", "reference_device", "checkpoint_every", "tensorboard", "samples_per_log"}
+KL_ESTIMATORS = ("k1", "k2", "k3")
+PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -37,25 +44,49 @@ class AgentConfig:
     """Settings every LM agent shares. Algorithms extend it with their own."""
 
     learning_rate: float = 1e-5
-    """AdamW step size."""
+    """AdamW step size (the peak, with a schedule)."""
+    lr_schedule: str = "constant"
+    """``"constant"``, ``"linear"`` (decay to 0 at the end of ``learn``) or ``"cosine"``, after the warm-up."""
+    warmup_steps: int = 0
+    """Optimizer steps over which the learning rate rises linearly from 0 to ``learning_rate``."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay. 0, as the RLHF references use: decay pulls the weights toward zero, not
+    toward the reference."""
     batch_size: int = 16
     """Finished episodes per iteration (one rollout, then the update); a multiple of the env's ``num_envs``."""
     minibatch_size: int = 8
     """Episodes per gradient step; each minibatch is one forward pass over its whole sequences."""
+    eval_batch_size: int | None = None
+    """Episodes per chunk of the passes without gradients (old log-probs and values, reference); ``None``:
+    ``minibatch_size``. It bounds their memory: one chunk's full-vocabulary logits exist at a time."""
     epochs: int = 1
     """Passes over each batch."""
     max_grad_norm: float = 1.0
     """Gradient clipping (global L2 norm)."""
     clip_range: float = 0.2
-    """PPO-style clipping of the probability ratio ``π/π_old``."""
+    """Clipping of the probability ratio ``π/π_old`` to ``[1 − clip_range, 1 + clip_range]``."""
     kl_coef: float = 0.05
     """β, the weight of the KL divergence to the frozen reference model."""
+    kl_estimator: str = "k1"
+    """Per-token estimator of KL(π‖π_ref) (Schulman 2020): ``"k1"`` = ``log π − log π_ref``, ``"k2"`` = half
+    its square, ``"k3"`` = ``r − 1 − log r`` with ``r = π_ref/π`` (never negative). ``train/kl_ref`` logs k1."""
     ent_coef: float = 0.0
     """Weight of the entropy bonus."""
     target_kl: float | None = None
-    """Stop an iteration's epochs early once the approximate KL to the rollout policy exceeds 1.5× this."""
+    """Stop an iteration's epochs early once a minibatch's approximate KL to π_old exceeds 1.5× this."""
     temperature: float = 1.0
     """Sampling temperature; log-probs in the loss use the same temperature, so ratios stay consistent."""
+    precision: str = "auto"
+    """``"fp32"``, or ``"bf16"``: sampling, the passes and the update under bfloat16 autocast, the weights and
+    optimizer staying float32; ``"auto"``: bf16 on a GPU that supports it, else fp32."""
+    missing_eos_penalty: float | None = None
+    """Subtract this from the last reward of every completion that was truncated, not ended by a stop token."""
+    mask_truncated_completions: bool = False
+    """Leave truncated completions out of the loss (the score of a text cut off says little about it)."""
+    normalize_rewards: bool = False
+    """Divide rewards by the running standard deviation of episode returns (its statistics are checkpointed)."""
+    reward_clip: float | None = None
+    """Clip each (normalised) per-token reward to ``[−reward_clip, reward_clip]``."""
     lora_rank: int = 0
     """Train LoRA adapters of this rank (``peft``) instead of all weights; 0 trains everything."""
     seed: int = 0
@@ -63,7 +94,8 @@ class AgentConfig:
     device: str | None = None
     """Policy device; default ``cuda`` when available, else ``cpu``."""
     reference_device: str | None = None
-    """Device of the frozen reference model; default: the policy's."""
+    """Device of the frozen reference model; default: the policy's. Not with LoRA, whose reference is the
+    policy's own weights with the adapters off."""
     checkpoint_every: int = 10
     """Iterations between checkpoints (a final one is always written) when the agent has a ``run_dir``."""
     tensorboard: bool = True
@@ -77,8 +109,22 @@ class AgentConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) exceeds batch_size ({self.batch_size}).")
-        if self.kl_coef < 0 or self.ent_coef < 0 or self.clip_range <= 0:
-            raise ValueError("kl_coef and ent_coef must be >= 0 and clip_range > 0.")
+        if self.eval_batch_size is not None and self.eval_batch_size <= 0:
+            raise ValueError(f"eval_batch_size must be positive (or None), got {self.eval_batch_size}.")
+        if self.kl_coef < 0 or self.ent_coef < 0 or self.clip_range <= 0 or self.weight_decay < 0:
+            raise ValueError("kl_coef, ent_coef and weight_decay must be >= 0 and clip_range > 0.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
+        if self.reward_clip is not None and self.reward_clip <= 0:
+            raise ValueError(f"reward_clip must be positive (or None), got {self.reward_clip}.")
+        for name, valid in (("kl_estimator", KL_ESTIMATORS), ("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}.")
+        if self.lora_rank > 0 and self.reference_device is not None:
+            raise ValueError(
+                "reference_device has no effect with lora_rank > 0: the reference is the policy's own weights with "
+                "the adapters switched off, on the policy's device. Drop one of the two settings."
+            )
 
 
 class LMAgent:
@@ -86,7 +132,8 @@ class LMAgent:
 
     Args:
         model: the policy's starting weights: ``None``/``"embedded"`` for SmolLM2-135M-Instruct, ``"tiny"``,
-            or a local Hugging Face model directory. Its tokenizer must be the env's.
+            or a local Hugging Face model directory (loaded as float32 whatever dtype it was saved in). Its
+            tokenizer must be the env's.
         envs: a textgym vector env, e.g. ``gym.make_vec("TextGen-v0", num_envs=8)``.
         config: the algorithm's config; ``overrides`` replace single fields (``PPO(m, envs, kl_coef=0.1)``).
         run_dir: where logs and checkpoints go; ``None`` keeps them in memory only (``agent.history``).
@@ -111,35 +158,29 @@ class LMAgent:
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(base).__name__}.")
         self.config = dataclasses.replace(base, **overrides)
         c = self.config
-        if not hasattr(envs, "num_envs") or not hasattr(envs, "tokenizer"):
-            raise TypeError(
-                f"{type(self).__name__} needs a textgym vector env (gym.make_vec('TextGen-v0', num_envs=N)); "
-                f"got {type(envs).__name__}."
-            )
-        if c.batch_size % envs.num_envs:
-            raise ValueError(
-                f"batch_size={c.batch_size} is not a multiple of the env's num_envs={envs.num_envs}: every rollout "
-                "fills whole waves of sub-envs. Change one of them."
-            )
+        _check_env(envs, c, type(self).__name__)
         self.model_name = str(resolve_model_dir(model))
         self.tokenizer = load_tokenizer(model)
         _check_same_tokenizer(self.tokenizer, envs.tokenizer, self.model_name)
         self.device = torch.device(resolve_device(c.device))
+        self.precision = _resolve_precision(c.precision, self.device)
         torch.manual_seed(c.seed)
         self.envs = envs
         self.kl_coef = c.kl_coef  # adaptive controllers change it during training
         self.policy = ActorCritic(
-            load_causal_lm(model, device=self.device),
+            load_causal_lm(model, device=self.device, dtype=torch.float32),  # master weights in fp32
             value_head=self.uses_value_head,
             separate_critic=getattr(c, "separate_critic", False),
             lora_rank=c.lora_rank,
             reference_device=c.reference_device,
         )
-        self.optimizer = make_optimizer(self.policy.trainable_parameters(), c.learning_rate, self.device)
+        self.optimizer = make_optimizer(self.parameter_groups(), c.learning_rate, self.device, c.weight_decay)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # built by learn(), which knows its length
         self.collector = RolloutCollector(
             self.policy.generator_model, envs, SamplingConfig(temperature=c.temperature), seed=c.seed
         )
         self.rng = np.random.default_rng(c.seed)
+        self.return_stats = RunningMoments()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.iteration = 0
         self.episodes_seen = 0
@@ -148,24 +189,39 @@ class LMAgent:
 
     # --- what an algorithm supplies ------------------------------------------------------------------------
     def collect(self) -> RolloutBatch:
-        """A batch of ``batch_size`` finished episodes (default: streamed from all sub-envs)."""
-        return self.collector.collect(self.config.batch_size)
+        """``batch_size`` finished episodes, all sampled by the current weights, of prompts drawn uniformly from
+        the env's prompt set with the agent's generator (distinct while the set is large enough)."""
+        pool = self.envs.prompts
+        n = self.config.batch_size
+        chosen = self.rng.choice(len(pool), size=n, replace=len(pool) < n)
+        return self.collect_prompts([pool[i] for i in chosen])
+
+    def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
+        """One episode per prompt, sampled under the agent's precision."""
+        with self.autocast():
+            return self.collector.collect_prompts(prompts)
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
         raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (PPO gives the critic its own learning rate)."""
+        return [{"params": self.policy.trainable_parameters()}]
 
     # --- the loop ------------------------------------------------------------------------------------------
     def learn(self, total_episodes: int, resume: bool = False, progress_bar: bool = True) -> LMAgent:
         """Train until ``total_episodes`` episodes have been used, counting those of a resumed run.
 
         Args:
-            total_episodes: episodes (completions) to train on in all.
+            total_episodes: episodes (completions) to train on in all; the learning-rate schedule spans them.
             resume: continue from the last checkpoint in ``run_dir`` (written by a run of the same algorithm,
                 model and settings). Without it, a ``run_dir`` that already holds a checkpoint is an error.
             progress_bar: show a tqdm bar with the mean reward and KL.
         """
         from tqdm.auto import tqdm
 
+        if self.scheduler is None:
+            self.scheduler = self._make_scheduler(total_episodes)
         log = self._open_run(resume)
         initial = min(self.episodes_seen, total_episodes)
         bar = tqdm(total=total_episodes, initial=initial, unit="episode", desc=self.algo, disable=not progress_bar)
@@ -195,9 +251,9 @@ class LMAgent:
             stats = self.train_on_batch(batch)
         except torch.OutOfMemoryError as err:
             raise RuntimeError(
-                f"Out of GPU memory in a {self.algo} update. Lower minibatch_size (now "
-                f"{self.config.minibatch_size}), batch_size ({self.config.batch_size}) or the env's "
-                "max_new_tokens, train LoRA adapters (lora_rank=16), or put the reference elsewhere "
+                f"Out of GPU memory in a {self.algo} update. Lower minibatch_size (now {self.config.minibatch_size}) "
+                f"for the update, eval_batch_size (now {self.eval_batch_size}) for the passes without gradients, "
+                "or the env's max_new_tokens; train LoRA adapters (lora_rank=16), or put the reference elsewhere "
                 "(reference_device='cpu')."
             ) from err
         self.collector.invalidate_cache()  # the cached keys/values came from the old weights
@@ -214,7 +270,9 @@ class LMAgent:
             "rollout/reward_mean": returns.mean().item(),
             "rollout/reward_std": returns.std().item() if len(batch) > 1 else 0.0,
             "rollout/ep_len_mean": lengths.mean().item(),
+            "rollout/truncated_fraction": (~batch.terminated).float().mean().item(),
             **stats,
+            "train/learning_rate": self.optimizer.param_groups[0]["lr"],
             "time/rollout_seconds": rollout_seconds,
             "time/iteration_seconds": seconds,
             "time/completions_per_s": len(batch) / seconds,
@@ -222,11 +280,38 @@ class LMAgent:
         }
 
     # --- shared pieces of updates --------------------------------------------------------------------------
+    @property
+    def eval_batch_size(self) -> int:
+        return self.config.eval_batch_size or self.config.minibatch_size
+
     def minibatches(self, size: int) -> Iterator[torch.Tensor]:
         """Index tensors of shuffled minibatches of ``minibatch_size`` over ``size`` episodes."""
         order = torch.as_tensor(self.rng.permutation(size), device=self.device)
         for start in range(0, size, self.config.minibatch_size):
             yield order[start : start + self.config.minibatch_size]
+
+    def loss_mask(self, batch: RolloutBatch) -> torch.Tensor:
+        """``(E, T)`` float: the completion tokens the loss sees (truncated ones left out if so configured)."""
+        mask = batch.completion_mask.float()
+        if self.config.mask_truncated_completions:
+            mask = mask * batch.terminated[:, None].float()
+        return mask
+
+    def task_rewards(self, batch: RolloutBatch) -> torch.Tensor:
+        """Per-token task rewards ``(E, T)``: the env's, with the missing-EOS penalty, normalisation and clipping
+        of the config applied (in that order)."""
+        c = self.config
+        rewards = batch.rewards.float().clone()
+        if c.missing_eos_penalty is not None:
+            last = batch.completion_mask.sum(dim=1) - 1  # (E,) each episode's last step
+            rows = torch.arange(len(batch), device=rewards.device)
+            rewards[rows, last] -= c.missing_eos_penalty * (~batch.terminated).float()
+        if c.normalize_rewards:
+            self.return_stats.update(rewards.sum(dim=1))
+            rewards = rewards / self.return_stats.std
+        if c.reward_clip is not None:
+            rewards = rewards.clamp(-c.reward_clip, c.reward_clip) * batch.completion_mask
+        return rewards
 
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
         """Log-probs ``(E, T)`` of the completions under the reference, or ``None`` when β = 0 and fixed: then
@@ -234,22 +319,43 @@ class LMAgent:
         if self.kl_coef == 0 and getattr(self.config, "kl_target", None) is None:
             return None
         width = batch.completion_ids.shape[1]
-        with torch.no_grad(), self.autocast():
-            return self.policy.reference_logprobs(batch.input_ids, batch.attention_mask, width, self.config.temperature)
+        with self.autocast():
+            return self.policy.reference_logprobs(
+                batch.input_ids, batch.attention_mask, width, self.config.temperature, chunk_size=self.eval_batch_size
+            )
+
+    def kl_penalty(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+        """Per-token KL(π‖π_ref) estimate of the configured ``kl_estimator`` (differentiable in ``logprobs``)."""
+        return kl_estimate(logprobs, ref_logprobs, self.config.kl_estimator)
+
+    def kl_exceeded(self, approx_kl: float) -> bool:
+        """Whether a minibatch's approximate KL to π_old calls for stopping this iteration's epochs."""
+        return self.config.target_kl is not None and approx_kl > 1.5 * self.config.target_kl
 
     def optimizer_step(self, loss: torch.Tensor) -> float:
-        """One clipped AdamW step on ``loss``; returns the gradient norm before clipping."""
+        """One clipped AdamW step on ``loss`` (and one step of the schedule); returns the gradient norm."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return float(norm)
 
     def autocast(self) -> Any:
-        """bf16 autocast on GPUs that support it; full precision on CPU."""
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bfloat16 autocast when ``precision`` resolved to bf16 (on any device), else full precision."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def _make_scheduler(self, total_episodes: int) -> torch.optim.lr_scheduler.LRScheduler:
+        from transformers import get_scheduler
+
+        c = self.config
+        steps_per_batch = c.epochs * math.ceil(c.batch_size / c.minibatch_size)
+        total_steps = max(1, math.ceil(total_episodes / c.batch_size) * steps_per_batch)
+        name = "constant_with_warmup" if c.lr_schedule == "constant" else c.lr_schedule
+        return get_scheduler(name, self.optimizer, num_warmup_steps=c.warmup_steps, num_training_steps=total_steps)
 
     # --- saving and resuming -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -265,8 +371,9 @@ class LMAgent:
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "sampler_rng": self.collector.generator.get_state(),
+                "sampler_rng": self.collector.generator.get_state(),  # a CPU generator: loads on any device
             },
             out / "optimizer.pt",
         )
@@ -277,24 +384,29 @@ class LMAgent:
             "iteration": self.iteration,
             "episodes_seen": self.episodes_seen,
             "kl_coef": self.kl_coef,
+            "return_stats": dataclasses.asdict(self.return_stats),
             "numpy_rng": self.rng.bit_generator.state,
         }
         write_json_atomic(out / STATE_FILE, state)
 
     def load(self, path: str | os.PathLike) -> None:
-        """Restore weights, optimizer, counters and random state written by :meth:`save` of this run."""
+        """Restore everything :meth:`save` wrote for this run, so training continues as if never stopped: the
+        weights (policy, value head), optimizer and schedule, β, the counters, the running reward statistics,
+        and every random stream (prompt order, minibatch order, sampling, torch's). The env itself is not
+        restored: each batch starts its episodes with a reset that sets the prompts, so it needs no state."""
         src = Path(path)
         state = json.loads((src / STATE_FILE).read_text())
         self._check_same_run(state, src)
         self.policy.load_weights(src)
         extra = torch.load(src / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(extra["optimizer"])
+        if self.scheduler is not None and extra.get("scheduler") is not None:
+            self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"].cpu())
         self.collector.generator.set_state(extra["sampler_rng"].cpu())
         self.rng.bit_generator.state = state["numpy_rng"]
+        self.return_stats = RunningMoments(**state.get("return_stats", {}))
         self.iteration, self.episodes_seen, self.kl_coef = state["iteration"], state["episodes_seen"], state["kl_coef"]
-        # A fresh env stream, different from the one the run started with, so prompts do not repeat.
-        self.collector.seed = self.config.seed + self.iteration
 
     def _open_run(self, resume: bool) -> RunLog | None:
         if self.run_dir is None:
@@ -340,9 +452,47 @@ class LMAgent:
             )
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    params: list[torch.nn.Parameter] | list[dict[str, Any]], lr: float, device: torch.device, weight_decay: float = 0.0
+) -> torch.optim.AdamW:
     """AdamW, fused into one kernel where torch has it: a 135M model's step takes 0.08 s instead of 0.8 s on CPU."""
-    return torch.optim.AdamW(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+@dataclass
+class RunningMoments:
+    """Running count, mean and variance of a stream of values (Chan et al.'s parallel update)."""
+
+    count: float = 0.0
+    mean: float = 0.0
+    var: float = 1.0
+
+    def update(self, values: torch.Tensor) -> None:
+        n = values.numel()
+        if n == 0:
+            return
+        batch_mean, batch_var = values.float().mean().item(), values.float().var(unbiased=False).item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.var = (self.count * self.var + n * batch_var + delta**2 * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return max(math.sqrt(self.var), 1e-4)  # a constant reward must not divide by zero
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(π‖π_ref) from the sampled tokens' log-probs (Schulman, "Approximating KL")."""
+    log_ratio = logprobs - ref_logprobs  # log π/π_ref
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio  # r − 1 − log r with r = π_ref/π
+    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}.")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -350,6 +500,13 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     if dim is None:
         return (values * mask).sum() / mask.sum().clamp(min=1)
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def completion_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over each completion's masked tokens, then over the completions that have any: every completion
+    weighs the same, whatever its length."""
+    has_tokens = (mask.sum(dim=1) > 0).float()  # (E,)
+    return (masked_mean(values, mask, dim=1) * has_tokens).sum() / has_tokens.sum().clamp(min=1)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -360,15 +517,60 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def clipped_surrogate(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_range: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    clip_range_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped policy loss per token, with the ratio's clip indicator and approximate KL (k3) per token."""
+    """PPO's clipped policy loss per token, with the ratio's clip indicator and approximate KL (k3) per token.
+
+    The ratio is clipped to ``[1 − clip_range, 1 + clip_range_high]`` (``clip_range_high`` defaults to
+    ``clip_range``; DAPO raises it so unlikely tokens can gain probability faster than likely ones lose it).
+    """
+    high = clip_range if clip_range_high is None else clip_range_high
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
-    loss = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
-    clipped = ((ratio - 1).abs() > clip_range).float()
+    loss = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + high))
+    clipped = ((ratio < 1 - clip_range) | (ratio > 1 + high)).float()
     approx_kl = (ratio - 1) - log_ratio
     return loss, clipped, approx_kl
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision='bf16', but this GPU does not support bfloat16; use precision='fp32'.")
+    return precision
+
+
+def _check_env(envs: VectorEnv, config: AgentConfig, agent: str) -> None:
+    """Refuse envs the LM agents cannot train on correctly, saying what to change."""
+    if not hasattr(envs, "num_envs") or not hasattr(envs, "tokenizer") or not hasattr(envs, "prompts"):
+        raise TypeError(
+            f"{agent} needs a textgym vector env (gym.make_vec('TextGen-v0', num_envs=N)); got {type(envs).__name__}."
+        )
+    if config.batch_size % envs.num_envs:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not a multiple of the env's num_envs={envs.num_envs}: every rollout "
+            "fills whole waves of sub-envs. Change one of them."
+        )
+    episodes = getattr(envs, "episodes", None)
+    if getattr(episodes, "kl_coef", 0.0) and config.kl_coef:
+        raise ValueError(
+            f"The env adds a KL reward (kl_coef={episodes.kl_coef}) and {agent} a KL penalty "
+            f"(kl_coef={config.kl_coef}): the policy would be penalised twice. Make the env without kl_coef (the "
+            f"agent's penalty is the usual one), or pass kl_coef=0 to {agent}."
+        )
+    reference = getattr(episodes, "reference", None)
+    if getattr(reference, "action_mask", None) is not None:
+        raise ValueError(
+            f"The env restricts actions with action_mask={reference.action_mask!r}, but {agent} samples from the "
+            "policy's whole distribution, so its actions would be refused. Make the env without action_mask; "
+            "to sample from the most likely tokens only, use the rollout engine's SamplingConfig(top_k=..., "
+            "top_p=...), or train with sb3-contrib's MaskablePPO (agents.sb3)."
+        )
 
 
 def _check_same_tokenizer(policy_tokenizer: Any, env_tokenizer: Any, model_name: str) -> None:

@@ -1,21 +1,22 @@
-"""What GRPO and RLOO share: several completions per prompt, and a baseline from the other members of a group.
+"""What GRPO and RLOO share: several completions per prompt, a baseline from the other members of a group, and
+the update loop. Each algorithm's file holds its whole objective: :meth:`GroupAgent.advantages` and
+:meth:`GroupAgent.policy_loss`.
 
 Both are critic-free: a completion's advantage compares its reward with the rewards of the other completions
-of the same prompt, so no value head is trained. They differ only in how the advantage is formed and where
-the KL to the reference enters (:class:`~agents.grpo.GRPO`: in the loss; :class:`~agents.rloo.RLOO`: in the
-reward).
+of the same prompt, so no value head is trained and no extra forward pass is needed for π_old: the sampler's
+log-probs are π_old's. Under bf16 autocast the sampler's and the update's numerics differ, so π_old is then
+recomputed by a pass in the update's precision (``recompute_old_logprobs``), making the first ratio exactly 1.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 
-from agents.base import AgentConfig, LMAgent, clipped_surrogate, masked_mean
+from agents.base import AgentConfig, LMAgent, masked_mean
 from agents.rollout import RolloutBatch
 
 
@@ -25,6 +26,9 @@ class GroupConfig(AgentConfig):
 
     group_size: int = 4
     """Completions sampled per prompt; ``batch_size`` must be a multiple of it."""
+    recompute_old_logprobs: bool | None = None
+    """Compute π_old by a pass without gradients in the update's precision instead of taking the sampler's
+    log-probs; ``None``: only under bf16 (in fp32 the two agree to about 1e-5, and the pass is saved)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,54 +37,89 @@ class GroupConfig(AgentConfig):
 
 
 class GroupAgent(LMAgent):
-    """Collects ``batch_size / group_size`` prompts ``group_size`` times each, and updates with per-episode
-    advantages from :meth:`advantages`."""
+    """Collects ``batch_size / group_size`` prompts ``group_size`` times each, and updates with per-completion
+    advantages from :meth:`advantages` and the per-minibatch loss of :meth:`policy_loss`."""
 
     config: GroupConfig
-    kl_in_loss: ClassVar[bool] = True
 
     def collect(self) -> RolloutBatch:
         c = self.config
         pool = self.envs.prompts
         n = c.batch_size // c.group_size
         chosen = self.rng.choice(len(pool), size=n, replace=len(pool) < n)  # distinct prompts when there are enough
-        return self.collector.collect_prompts([pool[i] for i in chosen for _ in range(c.group_size)])
+        return self.collect_prompts([pool[i] for i in chosen for _ in range(c.group_size)])
 
     def advantages(self, scores: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
-        """Per-episode advantages ``(E,)`` from task scores and KL to the reference, both ``(E,)``."""
+        """Per-completion advantages ``(E,)`` from task scores and the KL to the reference (the configured
+        estimator, summed over each completion's tokens), both ``(E,)``."""
+        raise NotImplementedError
+
+    def policy_loss(
+        self,
+        logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss of one minibatch (a scalar), with the ratio's clip indicator and approximate KL per token.
+
+        Args:
+            logprobs: ``(B, T)`` under the policy being trained (with gradients).
+            old_logprobs, ref_logprobs: ``(B, T)`` under π_old and the reference (``None`` when β = 0).
+            advantages: ``(B,)`` from :meth:`advantages`.
+            mask: ``(B, T)`` the tokens the loss sees.
+        """
         raise NotImplementedError
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
         c = self.config
         ids, attn = batch.input_ids, batch.attention_mask
         width = batch.completion_ids.shape[1]
-        mask = batch.completion_mask.float()  # (E, T)
-        old_logprobs = batch.logprobs * mask  # the sampler's log-probs are π_old's: no extra forward pass
+        mask = batch.completion_mask.float()  # (E, T) the episodes' steps
+        loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
+        recompute = c.recompute_old_logprobs if c.recompute_old_logprobs is not None else self.precision == "bf16"
+        if recompute:
+            with self.autocast():
+                old_logprobs = self.policy.evaluate_in_chunks(
+                    ids, attn, width, c.temperature, chunk_size=self.eval_batch_size
+                ).logprobs
+        else:
+            old_logprobs = batch.logprobs  # the sampler's log-probs are π_old's: no extra forward pass
+        old_logprobs = old_logprobs * mask
         ref_logprobs = self.reference_logprobs(batch)
-        kl = torch.zeros_like(mask[:, 0]) if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1)
-        advantages = self.advantages(batch.returns.float(), kl)[:, None].expand_as(mask)  # (E, T)
+        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
+        advantages = self.advantages(self.task_rewards(batch).sum(dim=1), kl.sum(dim=1))  # (E,)
 
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
+        stop = False
         for _ in range(c.epochs):
             for index in self.minibatches(len(batch)):
-                m = mask[index]
+                m = loss_mask[index]
                 with self.autocast():
-                    new = self.policy.evaluate(ids[index], attn[index], width, c.temperature)
-                per_token, clipped, approx_kl = clipped_surrogate(
-                    new.logprobs, old_logprobs[index], advantages[index], c.clip_range
+                    new = self.policy.evaluate(
+                        ids[index], attn[index], width, c.temperature, entropy_grad=c.ent_coef > 0
+                    )
+                ref = None if ref_logprobs is None else ref_logprobs[index]
+                loss, clipped, approx_kl = self.policy_loss(
+                    new.logprobs, old_logprobs[index], ref, advantages[index], m
                 )
-                if self.kl_in_loss and ref_logprobs is not None:  # k3 estimator of KL(π‖π_ref): unbiased, always >= 0
-                    log_ratio_ref = ref_logprobs[index] - new.logprobs
-                    per_token = per_token + self.kl_coef * (log_ratio_ref.exp() - log_ratio_ref - 1)
-                per_token = per_token - c.ent_coef * new.entropy
-                loss = masked_mean(per_token, m, dim=1).mean()  # each completion weighs the same
+                entropy = masked_mean(new.entropy, m)
+                loss = loss - c.ent_coef * entropy
                 stats["train/grad_norm"].append(self.optimizer_step(loss))
                 stats["train/policy_loss"].append(loss.item())
-                stats["train/entropy"].append(masked_mean(new.entropy, m).item())
+                stats["train/entropy"].append(entropy.item())
                 stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
                 stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
+                if self.kl_exceeded(stats["train/approx_kl"][-1]):
+                    stop = True
+                    break
+            if stop:
+                break
+        kl_ref = float("nan") if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item()
         return {
             **{name: float(np.mean(values)) for name, values in stats.items()},
-            "train/kl_ref": float("nan") if ref_logprobs is None else kl.mean().item(),
+            "train/sampler_logprob_error": masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
+            "train/kl_ref": kl_ref,
             "train/kl_coef": self.kl_coef,
         }

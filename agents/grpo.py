@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from agents.base import clipped_surrogate, completion_mean, masked_mean
 from agents.group import GroupAgent, GroupConfig
+
+LOSS_TYPES = ("sequence", "token")
 
 
 @dataclass
@@ -20,6 +23,21 @@ class GRPOConfig(GroupConfig):
     scale_rewards: bool = True
     """Divide by the group's reward std (the original GRPO); ``False`` only subtracts the group mean, which
     avoids over-weighting prompts whose completions all score nearly the same (Dr. GRPO)."""
+    kl_estimator: str = "k3"
+    """GRPO's KL term in the loss uses k3 (non-negative, unbiased); see :class:`~agents.base.AgentConfig`."""
+    loss_type: str = "sequence"
+    """``"sequence"``: average each completion's tokens, then the completions (the original GRPO: every
+    completion weighs the same, so long ones' tokens weigh less); ``"token"``: average all tokens of the
+    minibatch (DAPO: every token weighs the same)."""
+    clip_range_high: float | None = None
+    """Upper clip of the ratio, ``1 + clip_range_high`` (DAPO's ε_high, e.g. 0.28); ``None``: ``clip_range``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}.")
+        if self.clip_range_high is not None and self.clip_range_high <= 0:
+            raise ValueError(f"clip_range_high must be positive (or None), got {self.clip_range_high}.")
 
 
 class GRPO(GroupAgent):
@@ -36,3 +54,21 @@ class GRPO(GroupAgent):
         if self.config.scale_rewards:
             centred = centred / (groups.std(dim=1, keepdim=True) + 1e-4)
         return centred.flatten()
+
+    def policy_loss(
+        self,
+        logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.config
+        per_token, clipped, approx_kl = clipped_surrogate(
+            logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), c.clip_range, c.clip_range_high
+        )  # (B, T)
+        if ref_logprobs is not None:
+            per_token = per_token + self.kl_coef * self.kl_penalty(logprobs, ref_logprobs)
+        if c.loss_type == "token":
+            return masked_mean(per_token, mask), clipped, approx_kl
+        return completion_mean(per_token, mask), clipped, approx_kl

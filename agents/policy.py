@@ -4,6 +4,12 @@ Training never runs the model token by token: :meth:`ActorCritic.evaluate` score
 a :class:`~agents.rollout.RolloutBatch` in one forward pass over the whole sequences (prompt left-padded to
 ``P``, completion right-padded to ``T``), computing the output layer only on the ``T`` positions that chose a
 completion token.
+
+Dropout is off for good (the modules stay in eval mode, gradients flow all the same): the rollout engine samples
+without dropout, so training with it would score the samples under another policy, and the first step's ratio
+``π/π_old`` would not be 1. Log-probs are ``logit − logsumexp``, never a full-vocabulary ``log_softmax``
+(one ``(E, T, V)`` tensor less), and passes without gradients run in chunks of rows, so memory is bounded by
+the chunk, not the batch.
 """
 
 from __future__ import annotations
@@ -61,13 +67,23 @@ class ActorCritic(nn.Module):
             lm = get_peft_model(lm, lora)
         else:
             self.reference = copy.deepcopy(lm).to(reference_device or self.device).eval().requires_grad_(False)
-        self.lm = lm.train()
+        self.lm = lm
         self.critic_trunk = copy.deepcopy(lm) if (value_head and separate_critic) else None
         hidden = lm.config.get_text_config().hidden_size
         self.value_head = nn.Linear(hidden, 1).to(self.device) if value_head else None
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)  # start at V = 0: no random value targets leak into GAE
             nn.init.zeros_(self.value_head.bias)
+        self.eval()
+
+    def train(self, mode: bool = True) -> ActorCritic:
+        """Stays in eval mode whatever ``mode`` is: dropout must be off while training too (module docstring)."""
+        return super().train(False)
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        """The critic's own trainable parameters: the value head, and the separate critic trunk if any."""
+        modules = [m for m in (self.value_head, self.critic_trunk) if m is not None]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
 
     @property
     def uses_lora(self) -> bool:
@@ -85,15 +101,18 @@ class ActorCritic(nn.Module):
         completion_width: int,
         temperature: float = 1.0,
         with_values: bool = False,
+        entropy_grad: bool = True,
     ) -> SequenceEval:
         """Log-probs, entropies and (optionally) values of the last ``completion_width`` tokens of each row.
 
-        ``values[:, t]`` estimates the return from the state before completion token ``t``.
+        ``values[:, t]`` estimates the return from the state before completion token ``t``. With
+        ``entropy_grad=False`` the entropy is a metric only: computed without a graph, row by row.
         """
         logits, hidden = _completion_logits(
             self.lm, input_ids, attention_mask, completion_width, need_hidden=with_values and not self.critic_trunk
         )
-        logprobs, entropy = _logprobs_and_entropy(logits / temperature, input_ids[:, -completion_width:])
+        tokens = input_ids[:, -completion_width:]
+        logprobs, entropy = _logprobs_and_entropy(_tempered(logits, temperature), tokens, entropy_grad)
         values = None
         if with_values:
             if self.value_head is None:
@@ -106,10 +125,36 @@ class ActorCritic(nn.Module):
         return SequenceEval(logprobs, entropy, values)
 
     @torch.no_grad()
+    def evaluate_in_chunks(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_width: int,
+        temperature: float = 1.0,
+        with_values: bool = False,
+        chunk_size: int = 8,
+    ) -> SequenceEval:
+        """:meth:`evaluate` without gradients, ``chunk_size`` rows at a time: the full-vocabulary logits of
+        only one chunk exist at once."""
+        parts = [
+            self.evaluate(input_ids[i : i + chunk_size], attention_mask[i : i + chunk_size], completion_width,
+                          temperature, with_values, entropy_grad=False)
+            for i in range(0, len(input_ids), chunk_size)
+        ]  # fmt: skip
+        values = torch.cat([p.values for p in parts]) if with_values else None
+        return SequenceEval(torch.cat([p.logprobs for p in parts]), torch.cat([p.entropy for p in parts]), values)
+
+    @torch.no_grad()
     def reference_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int, temperature: float = 1.0
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_width: int,
+        temperature: float = 1.0,
+        chunk_size: int = 8,
     ) -> torch.Tensor:
-        """Log-probs ``(E, T)`` of the completion tokens under the frozen reference model."""
+        """Log-probs ``(E, T)`` of the completion tokens under the frozen reference model, ``chunk_size`` rows
+        at a time."""
         if self.reference is None:  # LoRA: the base weights are the reference
             context = self.lm.disable_adapter()
             model = self.lm
@@ -117,13 +162,17 @@ class ActorCritic(nn.Module):
             context = nullcontext()
             model = self.reference
         device = next(model.parameters()).device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        tokens = input_ids[:, -completion_width:]
+        parts = []
         with context:
-            logits, _ = _completion_logits(
-                model, input_ids.to(device), attention_mask.to(device), completion_width, need_hidden=False
-            )
-        tokens = input_ids[:, -completion_width:].to(device)
-        logprobs, _ = _logprobs_and_entropy(logits / temperature, tokens)
-        return logprobs.to(self.device)
+            for i in range(0, len(input_ids), chunk_size):
+                rows = slice(i, i + chunk_size)
+                logits, _ = _completion_logits(
+                    model, input_ids[rows], attention_mask[rows], completion_width, need_hidden=False
+                )
+                parts.append(_token_logprobs(_tempered(logits, temperature), tokens[rows]))
+        return torch.cat(parts).to(self.device)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -179,11 +228,30 @@ def _completion_logits(
     return logits, hidden
 
 
-def _logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logp_all = torch.log_softmax(logits, dim=-1)  # (E, T, V)
-    logprobs = logp_all.gather(2, tokens[..., None]).squeeze(-1)  # (E, T)
-    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (E, T)
-    return logprobs, entropy
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1.0 else logits / temperature  # no copy of (E, T, V) at temperature 1
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[token]`` as ``logit − logsumexp``: no ``(E, T, V)`` log-softmax is materialised."""
+    return logits.gather(2, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (E, T)
+
+
+def _logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, entropy_grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probs and entropies ``(E, T)``; without ``entropy_grad`` the entropy is computed row by row
+    without a graph, so it costs one row's ``(T, V)`` temporaries instead of the batch's."""
+    logprobs = _token_logprobs(logits, tokens)
+    if entropy_grad:
+        return logprobs, _entropy(logits)
+    with torch.no_grad():
+        return logprobs, torch.stack([_entropy(row) for row in logits])
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """``H = logsumexp(z) − Σ softmax(z)·z`` over the last dimension."""
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
 
 
 def _load_hf_weights(model_dir: Path, device: torch.device) -> dict[str, torch.Tensor]:

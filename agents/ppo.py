@@ -1,13 +1,16 @@
 """PPO for language models, as in InstructGPT: value head, GAE, KL penalty to a frozen reference.
 
-Each token is an action. The reward of token ``t`` is ``-β (log π_old(a_t|s_t) − log π_ref(a_t|s_t))``, plus the
-task reward on the last token; advantages come from GAE over these per-token rewards and the value head.
+Each token is an action. The reward of token ``t`` is ``−β·KL_t`` (the configured per-token estimate of
+KL(π_old‖π_ref), by default ``log π_old(a_t|s_t) − log π_ref(a_t|s_t)``), plus the task reward on the last
+token; advantages come from GAE over these per-token rewards and the value head.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +31,9 @@ class PPOConfig(AgentConfig):
     """GAE's λ: 1 gives Monte Carlo returns, 0 one-step TD."""
     vf_coef: float = 0.1
     """Weight of the value loss (the trunk is shared, so a large value loss would disturb the policy)."""
+    value_learning_rate: float | None = None
+    """Learning rate of the value head (and separate critic trunk); ``None``: ``learning_rate``. A fresh head
+    starts at zero and usually wants a larger one than the pretrained policy. Follows the same schedule."""
     clip_range_value: float = 0.2
     """Clip the new value to within this of the old one, as PPO's reference implementation does."""
     whiten_advantages: bool = True
@@ -38,6 +44,16 @@ class PPOConfig(AgentConfig):
     """Episodes over which the adaptive controller may change β by a factor of about e^0.2."""
     separate_critic: bool = False
     """Give the value head its own trunk (a copy of the policy's) instead of sharing the policy's."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kl_target is not None and (self.kl_target <= 0 or self.kl_coef == 0):
+            raise ValueError(
+                f"kl_target={self.kl_target} needs kl_target > 0 and a starting kl_coef > 0: the controller scales "
+                "β by a factor, so from 0 it would stay 0. Start from e.g. kl_coef=0.05."
+            )
+        if self.value_learning_rate is not None and self.value_learning_rate <= 0:
+            raise ValueError(f"value_learning_rate must be positive (or None), got {self.value_learning_rate}.")
 
 
 def gae(
@@ -79,29 +95,40 @@ class PPO(LMAgent):
     uses_value_head = True
     config: PPOConfig
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        critic = self.policy.value_parameters()
+        critic_ids = {id(p) for p in critic}
+        actor = [p for p in self.policy.trainable_parameters() if id(p) not in critic_ids]
+        value_lr = self.config.value_learning_rate or self.config.learning_rate
+        return [{"params": actor}, {"params": critic, "lr": value_lr}]
+
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
         c = self.config
         ids, attn = batch.input_ids, batch.attention_mask
         width = batch.completion_ids.shape[1]
-        mask = batch.completion_mask.float()  # (E, T)
-        with torch.no_grad(), self.autocast():
-            old = self.policy.evaluate(ids, attn, width, c.temperature, with_values=True)
+        mask = batch.completion_mask.float()  # (E, T) the episodes' steps
+        loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
+        with self.autocast():  # π_old in the precision of the update, so the first ratio is 1 in every mode
+            old = self.policy.evaluate_in_chunks(
+                ids, attn, width, c.temperature, with_values=True, chunk_size=self.eval_batch_size
+            )
         ref_logprobs = self.reference_logprobs(batch)
         old_logprobs, old_values = old.logprobs * mask, old.values.float() * mask
-        # (E, T) per-token KL estimate to the reference
-        kl = torch.zeros_like(mask) if ref_logprobs is None else (old_logprobs - ref_logprobs) * mask
-        rewards = batch.rewards - self.kl_coef * kl
+        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
+        rewards = self.task_rewards(batch) - self.kl_coef * kl  # (E, T)
         advantages, returns = gae(rewards, old_values, mask, c.gamma, c.gae_lambda)
         if c.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, loss_mask)
 
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
         for _ in range(c.epochs):
             for index in self.minibatches(len(batch)):
-                m = mask[index]
+                m = loss_mask[index]
                 with self.autocast():
-                    new = self.policy.evaluate(ids[index], attn[index], width, c.temperature, with_values=True)
+                    new = self.policy.evaluate(
+                        ids[index], attn[index], width, c.temperature, with_values=True, entropy_grad=c.ent_coef > 0
+                    )
                 policy_loss, clipped, approx_kl = clipped_surrogate(
                     new.logprobs, old_logprobs[index], advantages[index], c.clip_range
                 )
@@ -118,13 +145,15 @@ class PPO(LMAgent):
                 stats["train/entropy"].append(entropy.item())
                 stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
                 stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
-                if c.target_kl is not None and stats["train/approx_kl"][-1] > 1.5 * c.target_kl:
+                if self.kl_exceeded(stats["train/approx_kl"][-1]):
                     stop = True
                     break
             if stop:
                 break
 
-        kl_per_episode = float("nan") if ref_logprobs is None else kl.sum(dim=1).mean().item()
+        kl_per_episode = (
+            float("nan") if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item()
+        )
         if c.kl_target is not None:  # proportional controller on log β
             error = float(np.clip(kl_per_episode / c.kl_target - 1, -0.2, 0.2))
             self.kl_coef *= 1 + error * len(batch) / c.kl_horizon
@@ -132,6 +161,8 @@ class PPO(LMAgent):
         returns_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
         return {
             **{name: float(np.mean(values)) for name, values in stats.items()},
+            "train/epochs_run": len(stats["train/approx_kl"]) / math.ceil(len(batch) / c.minibatch_size),
+            "train/sampler_logprob_error": masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
             "train/kl_ref": kl_per_episode,
             "train/kl_coef": self.kl_coef,

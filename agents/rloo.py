@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from agents.base import clipped_surrogate, completion_mean
 from agents.group import GroupAgent, GroupConfig
 
 
@@ -16,11 +17,11 @@ class RLOOConfig(GroupConfig):
 
 class RLOO(GroupAgent):
     """REINFORCE Leave-One-Out: the reward is the task score minus ``β·KL(π‖π_ref)`` of the completion, and
-    ``A_i = R_i − mean_{j≠i} R_j`` over the other completions of the same prompt."""
+    ``A_i = R_i − mean_{j≠i} R_j`` over the other completions of the same prompt; the loss is the clipped
+    surrogate (plain REINFORCE when ``epochs=1`` and one minibatch, where the ratio is 1)."""
 
     config_class = RLOOConfig
     algo = "rloo"
-    kl_in_loss = False
     config: RLOOConfig
 
     def advantages(self, scores: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
@@ -28,3 +29,16 @@ class RLOO(GroupAgent):
         rewards = (scores - self.kl_coef * kl).view(-1, g)  # (B, G)
         others_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (g - 1)
         return (rewards - others_mean).flatten()
+
+    def policy_loss(
+        self,
+        logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        per_token, clipped, approx_kl = clipped_surrogate(
+            logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), self.config.clip_range
+        )  # (B, T); the KL is already in the reward
+        return completion_mean(per_token, mask), clipped, approx_kl

@@ -125,7 +125,9 @@ class RolloutCollector:
             ``gym.make_vec("TextGen-v0", num_envs=N)``), in any autoreset mode. The collector owns it: it
             resets it on first use and steps it from then on.
         sampling: temperature, top-k, top-p or greedy.
-        seed: seeds the env's first reset and the sampling generator, for reproducible rollouts.
+        seed: seeds the env's first reset and the sampling generator, for reproducible rollouts. The generator
+            lives on the CPU whatever the policy's device, so its state (``generator.get_state()``) moves
+            between machines: a run checkpointed on a GPU resumes on a CPU and back.
 
     Example::
 
@@ -152,7 +154,7 @@ class RolloutCollector:
         self._check_spaces()
         self.autoreset_mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         self._warpers = self.sampling.warpers()
-        self.generator = torch.Generator(device=self.device)
+        self.generator = torch.Generator()  # on the CPU: its state must resume on any device
         if seed is not None:
             self.generator.manual_seed(seed)
         self._obs: dict[str, np.ndarray] | None = None
@@ -168,7 +170,9 @@ class RolloutCollector:
         """Step the envs until ``num_episodes`` episodes have finished, and return exactly those.
 
         Episodes still running, and any extra that finished on the last step, carry over to the next call,
-        so no sampled token is lost.
+        so no sampled token is lost. Carried-over episodes were partly sampled before the call: after a policy
+        update they are off-policy. Training uses :meth:`collect_prompts`, whose episodes all start and end
+        within the call.
         """
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be at least 1, got {num_episodes}.")
@@ -367,7 +371,8 @@ def sample_tokens(
     cdf = logprobs.exp().double().cumsum(dim=-1)  # (N, V)
     total = cdf[:, -1:]  # (N, 1), 1 up to rounding
     below_total = torch.nextafter(total, torch.zeros_like(total))  # keeps u < total despite rounding
-    uniform = torch.rand(total.shape, generator=generator, dtype=total.dtype, device=total.device)
+    where = generator.device if generator is not None else total.device  # a CPU generator draws on the CPU
+    uniform = torch.rand(total.shape, generator=generator, dtype=total.dtype, device=where).to(total.device)
     u = torch.minimum(uniform * total, below_total)
     actions = torch.searchsorted(cdf, u, right=True).squeeze(1)  # first cdf above u: never a p = 0 token
     return actions, logprobs.gather(1, actions[:, None]).squeeze(1)

@@ -87,12 +87,20 @@ def load_tokenizer(model: str | os.PathLike | None = None) -> PreTrainedTokenize
 def load_causal_lm(
     model: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> PreTrainedModel:
-    """Load a causal language model in eval mode (see :func:`resolve_model_dir` for the accepted names)."""
+    """Load a causal language model in eval mode (see :func:`resolve_model_dir` for the accepted names).
+
+    Args:
+        dtype: the weights' dtype; ``None`` means float32 whatever the checkpoint was saved in. Almost every
+            published checkpoint is bfloat16, and training those weights in bfloat16 rounds most small updates
+            away (at lr 1e-5 none of a weight's bits change), so trainable models need float32 master weights;
+            speed comes from autocast instead. Pass ``"auto"`` for the checkpoint's own dtype (inference).
+    """
+    import torch
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), dtype=dtype)
+    lm = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), dtype=dtype or torch.float32)
     return lm.to(device).eval()
 
 
