@@ -106,14 +106,14 @@ class GroupAgent(LMAgent):
                 )
                 entropy = masked_mean(new.entropy, m)
                 loss = loss - c.ent_coef * entropy
-                stats["train/grad_norm"].append(self.optimizer_step(loss))
                 stats["train/policy_loss"].append(loss.item())
                 stats["train/entropy"].append(entropy.item())
                 stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
                 stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
-                if self.kl_exceeded(stats["train/approx_kl"][-1]):
+                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # before stepping, as SB3 does
                     stop = True
                     break
+                stats["train/grad_norm"].append(self.optimizer_step(loss))
             if stop:
                 break
         kl_ref = float("nan") if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item()

@@ -139,15 +139,15 @@ class PPO(LMAgent):
                 value_loss = 0.5 * torch.maximum((values - returns[index]) ** 2, (values_clipped - returns[index]) ** 2)
                 entropy = masked_mean(new.entropy, m)
                 loss = masked_mean(policy_loss, m) + c.vf_coef * masked_mean(value_loss, m) - c.ent_coef * entropy
-                stats["train/grad_norm"].append(self.optimizer_step(loss))
                 stats["train/policy_loss"].append(masked_mean(policy_loss, m).item())
                 stats["train/value_loss"].append(masked_mean(value_loss, m).item())
                 stats["train/entropy"].append(entropy.item())
                 stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
                 stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
-                if self.kl_exceeded(stats["train/approx_kl"][-1]):
+                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # before stepping, as SB3 does
                     stop = True
                     break
+                stats["train/grad_norm"].append(self.optimizer_step(loss))
             if stop:
                 break
 
@@ -161,7 +161,7 @@ class PPO(LMAgent):
         returns_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
         return {
             **{name: float(np.mean(values)) for name, values in stats.items()},
-            "train/epochs_run": len(stats["train/approx_kl"]) / math.ceil(len(batch) / c.minibatch_size),
+            "train/epochs_run": len(stats["train/grad_norm"]) / math.ceil(len(batch) / c.minibatch_size),
             "train/sampler_logprob_error": masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
             "train/kl_ref": kl_per_episode,

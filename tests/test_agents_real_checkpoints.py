@@ -1,0 +1,282 @@
+"""The LM agents on checkpoints built the way published ones are: bf16 weights, dropout, autocast; and the trainer
+options a real run needs. Each test fails if the behaviour it names is removed."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from synthetic_task import NEW_TOKENS, yes_rate
+
+import textgym  # noqa: F401
+from agents import GRPO, PPO, RLOO
+from agents.base import clipped_surrogate, kl_estimate
+from agents.grpo import GRPOConfig
+from agents.policy import _logprobs_and_entropy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_envs(model_dir, num_envs: int = 4, reward_model=yes_rate, **kwargs):
+    return gym.make_vec(
+        "TextGen-v0",
+        num_envs=num_envs,
+        model=str(model_dir),
+        prompts=["say yes", "please say yes", "say ok", "yes yes", "ok say", "please ok"],
+        max_prompt_tokens=4,
+        max_new_tokens=NEW_TOKENS,
+        reward_model=reward_model,
+        **kwargs,
+    )
+
+
+def resave(src: str, out, dtype: torch.dtype = torch.float32, **config_changes):
+    """The model in ``src`` saved again in ``dtype`` with some config fields changed (e.g. dropout)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **config_changes)
+    model.to(dtype).save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def bf16_model_dir(words_model_dir, tmp_path_factory):
+    return resave(words_model_dir, tmp_path_factory.mktemp("bf16"), torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def dropout_model_dir(words_model_dir, tmp_path_factory):
+    return resave(words_model_dir, tmp_path_factory.mktemp("dropout"), attention_dropout=0.3)
+
+
+def first_minibatch_kl(agent) -> float:
+    """Approximate KL to π_old of an update's only minibatch, before any weight changed: 0 if π_old is π."""
+    assert agent.config.epochs == 1 and agent.config.minibatch_size == agent.config.batch_size
+    agent.learn(agent.config.batch_size, progress_bar=False)
+    return agent.history[0]["train/approx_kl"]
+
+
+# --- bf16 checkpoints, dropout, precision ----------------------------------------------------------------------
+def test_bf16_checkpoint_trains_in_fp32_master_weights(bf16_model_dir):
+    import json
+    from pathlib import Path
+
+    assert json.loads((Path(bf16_model_dir) / "config.json").read_text())["dtype"] == "bfloat16"
+    agent = PPO(bf16_model_dir, make_envs(bf16_model_dir), batch_size=8, minibatch_size=8, learning_rate=1e-5)
+    before = {k: v.float().clone() for k, v in agent.policy.lm.state_dict().items()}
+    agent.learn(8, progress_bar=False)
+    changed = sum((v.float() != before[k]).sum().item() for k, v in agent.policy.lm.state_dict().items())
+    total = sum(v.numel() for v in before.values())
+    assert changed / total > 0.5  # in pure bf16 an update of 1e-5 rounds away: 0.00 of the elements changed
+    assert agent.policy.lm.dtype == torch.float32
+
+
+@pytest.mark.parametrize("algo", [PPO, GRPO, RLOO])
+def test_dropout_is_off_so_the_first_ratio_is_one(dropout_model_dir, algo):
+    group = {} if algo is PPO else {"group_size": 4}
+    agent = algo(dropout_model_dir, make_envs(dropout_model_dir), batch_size=8, minibatch_size=8, epochs=1, **group)
+    assert first_minibatch_kl(agent) < 1e-7  # under dropout: ~1e-3
+    assert agent.policy.lm.config.attention_dropout == 0.3  # the model has dropout; it is just never active
+    assert not agent.policy.lm.training
+
+
+@pytest.mark.parametrize("algo", [GRPO, RLOO])
+def test_bf16_autocast_recomputes_old_logprobs_in_the_update_precision(words_model_dir, algo):
+    settings = {"batch_size": 8, "minibatch_size": 8, "group_size": 4, "precision": "bf16", "kl_coef": 0.1}
+    agent = algo(words_model_dir, make_envs(words_model_dir), **settings)
+    assert first_minibatch_kl(agent) < 1e-10
+    # a sampler in fp32 under a bf16 update (the old behaviour on GPUs), its log-probs taken as π_old: ratio != 1
+    stale = algo(words_model_dir, make_envs(words_model_dir), recompute_old_logprobs=False, **settings)
+    stale.collect_prompts = stale.collector.collect_prompts  # sampling outside the agent's autocast
+    assert first_minibatch_kl(stale) > 1e-8
+
+
+def test_ppo_bf16_autocast_first_ratio_is_one(words_model_dir):
+    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8, epochs=1, precision="bf16")
+    assert first_minibatch_kl(agent) < 1e-7
+
+
+# --- on-policy batches and exact resume ------------------------------------------------------------------------
+@pytest.mark.parametrize("algo", [PPO, GRPO])
+def test_every_token_was_sampled_by_the_weights_it_is_credited_to(words_model_dir, teacher_forced, algo):
+    agent = algo(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=4, learning_rate=3e-3)
+    errors = []
+    train = agent.train_on_batch
+
+    def checked(batch):  # the batch's sampled log-probs must be the current (pre-update) weights' log-probs
+        mask = batch.completion_mask.bool()
+        errors.append((teacher_forced(agent.policy.lm, batch) - batch.logprobs)[mask].abs().max().item())
+        return train(batch)
+
+    agent.train_on_batch = checked
+    agent.learn(40, progress_bar=False)
+    assert max(errors) < 1e-4, errors  # streamed batches carried episodes over updates: errors of ~1
+
+
+@pytest.mark.parametrize("algo", [PPO, GRPO])
+def test_resume_continues_exactly_as_an_uninterrupted_run(words_model_dir, tmp_path, algo):
+    settings = {
+        "batch_size": 8,
+        "minibatch_size": 4,
+        "learning_rate": 1e-3,
+        "checkpoint_every": 1,
+        "lr_schedule": "linear",
+        "warmup_steps": 2,
+        "normalize_rewards": True,
+    }
+    straight = algo(words_model_dir, make_envs(words_model_dir), **settings)
+    straight.learn(32, progress_bar=False)
+
+    first = algo(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    train = first.train_on_batch
+
+    def killed_in_the_third_update(batch):
+        if first.iteration == 2:
+            raise KeyboardInterrupt
+        return train(batch)
+
+    first.train_on_batch = killed_in_the_third_update
+    with pytest.raises(KeyboardInterrupt):
+        first.learn(32, progress_bar=False)
+    resumed = algo(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    resumed.learn(32, resume=True, progress_bar=False)
+
+    keys = ("rollout/reward_mean", "train/policy_loss", "train/learning_rate")
+    assert [[h[k] for k in keys] for h in straight.history] == [[h[k] for k in keys] for h in first.history] + [
+        [h[k] for k in keys] for h in resumed.history
+    ]
+    for name, tensor in straight.policy.state_dict().items():
+        torch.testing.assert_close(resumed.policy.state_dict()[name], tensor, atol=0, rtol=0)
+    assert resumed.return_stats == straight.return_stats
+    assert resumed.collector.generator.device.type == "cpu"  # sampler state loads on any device
+    assert len((tmp_path / "progress.csv").read_text().splitlines()) == 1 + 4
+
+
+# --- memory-light passes -----------------------------------------------------------------------------------------
+def test_chunked_passes_equal_one_pass(words_model_dir):
+    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8)
+    batch = agent.collect()
+    ids, mask, width = batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1]
+    with torch.no_grad():
+        whole = agent.policy.evaluate(ids, mask, width, 0.7, with_values=True)
+    chunked = agent.policy.evaluate_in_chunks(ids, mask, width, 0.7, with_values=True, chunk_size=3)
+    for name in ("logprobs", "entropy", "values"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=1e-5, rtol=0)
+    ref = agent.policy.reference_logprobs(ids, mask, width, 0.7, chunk_size=3)
+    torch.testing.assert_close(ref, whole.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("entropy_grad", [True, False])
+def test_logprobs_and_entropy_match_log_softmax(entropy_grad):
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    tokens = torch.randint(0, 11, (3, 5))
+    logprobs, entropy = _logprobs_and_entropy(logits, tokens, entropy_grad)
+    logp = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(logprobs, logp.gather(2, tokens[..., None]).squeeze(-1))
+    torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1))
+    assert entropy.requires_grad == entropy_grad and logprobs.requires_grad
+
+
+# --- the smaller fixes --------------------------------------------------------------------------------------------
+def test_target_kl_stops_group_methods_early(words_model_dir):
+    settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "epochs": 4, "learning_rate": 1e-2}
+    agent = GRPO(words_model_dir, make_envs(words_model_dir), target_kl=1e-6, **settings)
+    agent.learn(8, progress_bar=False)
+    steps = {int(s["step"]) for s in agent.optimizer.state.values()}
+    assert steps == {1}  # stopped after the first minibatch, not 4 epochs x 2 minibatches
+    full = GRPO(words_model_dir, make_envs(words_model_dir), **settings)
+    full.learn(8, progress_bar=False)
+    assert {int(s["step"]) for s in full.optimizer.state.values()} == {8}
+
+
+def test_refused_settings(words_model_dir):
+    from agents import PPOConfig
+
+    with pytest.raises(ValueError, match="kl_coef > 0"):
+        PPOConfig(kl_coef=0.0, kl_target=6.0)
+    with pytest.raises(ValueError, match="reference_device has no effect"):
+        PPOConfig(lora_rank=4, reference_device="cpu")
+    with pytest.raises(ValueError, match="penalised twice"):
+        PPO(words_model_dir, make_envs(words_model_dir, reference_model=words_model_dir, kl_coef=0.1), batch_size=8)
+    env_kl = make_envs(words_model_dir, reference_model=words_model_dir, kl_coef=0.1)
+    PPO(words_model_dir, env_kl, batch_size=8, kl_coef=0.0)  # one KL, the env's: allowed
+    with pytest.raises(ValueError, match="action_mask"):
+        PPO(words_model_dir, make_envs(words_model_dir, reference_model=words_model_dir, action_mask="top_k"))
+    with pytest.raises(ValueError, match="loss_type"):
+        GRPOConfig(loss_type="tokens")
+
+
+def test_optimizer_defaults_and_value_learning_rate(words_model_dir):
+    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, learning_rate=1e-5, value_learning_rate=1e-3)
+    groups = agent.optimizer.param_groups
+    assert all(g["weight_decay"] == 0.0 for g in groups)
+    assert [g["lr"] for g in groups] == [1e-5, 1e-3]
+    value_ids = {id(p) for p in agent.policy.value_head.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == value_ids
+
+
+def test_warmup_and_linear_schedule(words_model_dir):
+    agent = GRPO(
+        words_model_dir,
+        make_envs(words_model_dir),
+        batch_size=8,
+        minibatch_size=8,
+        group_size=4,
+        learning_rate=1e-3,
+        lr_schedule="linear",
+        warmup_steps=2,
+    )
+    agent.learn(40, progress_bar=False)  # 5 optimizer steps: lr after each is logged
+    lrs = [h["train/learning_rate"] for h in agent.history]
+    np.testing.assert_allclose(lrs, [0.5e-3, 1e-3, 2 / 3 * 1e-3, 1 / 3 * 1e-3, 0.0], atol=1e-9)
+
+
+def test_reward_shaping_options(words_model_dir):
+    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8)
+    batch = agent.collect()
+    truncated = ~batch.terminated
+    assert truncated.any()  # the words model rarely says EOS within 6 tokens
+    plain = agent.task_rewards(batch).sum(1)
+    agent.config.missing_eos_penalty = 1.0
+    penalised = agent.task_rewards(batch).sum(1)
+    torch.testing.assert_close(penalised, plain - truncated.float())
+    agent.config.missing_eos_penalty, agent.config.reward_clip = None, 0.1
+    assert agent.task_rewards(batch).abs().max() <= 0.1
+    agent.config.reward_clip, agent.config.normalize_rewards = None, True
+    normalised = agent.task_rewards(batch).sum(1)
+    torch.testing.assert_close(normalised, plain / plain.std(unbiased=False).clamp(min=1e-4))
+    agent.config.mask_truncated_completions = True
+    assert (agent.loss_mask(batch)[truncated] == 0).all() and (agent.loss_mask(batch)[~truncated].sum(1) > 0).all()
+
+
+def test_grpo_loss_types_and_asymmetric_clipping(words_model_dir):
+    agent = GRPO(words_model_dir, make_envs(words_model_dir), batch_size=8, group_size=4)
+    per_token = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    zeros = torch.zeros(2, 4)
+    advantages = -per_token[:, 0]  # with ratio 1 the surrogate is −A per token: [1, 4]
+    seq, _, _ = agent.policy_loss(zeros, zeros, None, advantages, mask)
+    assert seq.item() == pytest.approx((1 + 4) / 2)  # each completion weighs the same
+    agent.config.loss_type = "token"
+    tok, _, _ = agent.policy_loss(zeros, zeros, None, advantages, mask)
+    assert tok.item() == pytest.approx((4 * 1 + 4) / 5)  # each token weighs the same
+
+    logprobs, old = torch.log(torch.tensor([1.25])), torch.zeros(1)
+    loss, clipped, _ = clipped_surrogate(logprobs, old, torch.ones(1), 0.2)
+    assert clipped.item() == 1 and loss.item() == pytest.approx(-1.2)
+    loss, clipped, _ = clipped_surrogate(logprobs, old, torch.ones(1), 0.2, clip_range_high=0.28)
+    assert clipped.item() == 0 and loss.item() == pytest.approx(-1.25)
+
+
+def test_kl_estimators_are_unbiased_and_k3_non_negative():
+    gen = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(50, generator=gen), 0)
+    q = torch.softmax(torch.randn(50, generator=gen), 0)
+    tokens = torch.multinomial(p, 200_000, replacement=True, generator=gen)
+    true_kl = (p * (p / q).log()).sum()
+    for estimator in ("k1", "k3"):
+        estimate = kl_estimate(p.log()[tokens], q.log()[tokens], estimator)
+        assert estimate.mean().item() == pytest.approx(true_kl.item(), rel=0.02)
+    assert (kl_estimate(p.log()[tokens], q.log()[tokens], "k3") >= 0).all()
