@@ -5,7 +5,9 @@
 * :class:`TokenGRUExtractor`: token embedding + GRU, for SB3's own ``MultiInputPolicy`` to learn a
   small-vocabulary task from scratch (a word-level tokenizer: ``textgym.models.make_tiny_model(dir, words=...)``);
 * :class:`~agents.sb3_vec_env.TextGenSB3VecEnv` / :func:`~agents.sb3_vec_env.make_sb3_vec_env`: SB3's ``VecEnv``
-  over textgym's batched vector env.
+  over textgym's batched vector env;
+* :class:`KLPenaltyCallback`: the policy's half of the KL penalty, ``−kl_coef · log π(a_t | s_t)``, added to the
+  rewards SB3 stores, to complete the env's ``kl_coef · log π_ref(a_t | s_t)``.
 
 The LM policies fit SB3's structure as it is: the LM trunk is the features extractor (the hidden state at each
 row's last real token), the LM's own output layer is ``action_net`` and ``value_net`` reads the same features.
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
@@ -39,6 +42,7 @@ from textgym.lm_cache import IncrementalLM, last_real_column
 from textgym.models import load_causal_lm, resolve_model_dir, vocab_size_of
 
 __all__ = [
+    "KLPenaltyCallback",
     "LMActorCriticPolicy",
     "LMFeaturesExtractor",
     "MaskableLMActorCriticPolicy",
@@ -288,6 +292,32 @@ class MaskableLMActorCriticPolicy(_LMPolicyMixin, MaskableActorCriticPolicy):
     Masked tokens get probability 0 in rollouts and updates; the env's ``action_masks()`` (e.g. a reference
     model's top-p tokens) supplies the masks. See :class:`_LMPolicyMixin` for the arguments.
     """
+
+
+class KLPenaltyCallback(BaseCallback):
+    """Adds ``−kl_coef · log π(a_t | s_t)`` to each step's rewards before SB3 stores them in its rollout buffer.
+
+    With the env's ``kl_coef · log π_ref(a_t | s_t)`` (``TextGen-v0(reference_model=..., kl_coef=β)``, the same
+    ``β`` here) each stored reward is ``r_t − β · log(π / π_ref)(a_t | s_t)``, RLHF's per-token KL penalty: the
+    expected return is ``E[score] − β · Σ_t KL(π ‖ π_ref)(s_t)`` and its policy gradient is that objective's
+    gradient. (SB3's ``ent_coef = β`` instead gives the same value but not the gradient: its entropy bonus sits
+    outside the return, so it ignores how an action changes later states' entropy.) Use ``ent_coef=0`` with it.
+
+    ``PPO``, ``A2C``, ``TRPO`` and ``MaskablePPO`` hand their callbacks the step's locals after ``env.step`` and
+    before ``rollout_buffer.add``; the callback edits that ``rewards`` array in place. Episode returns logged by
+    ``VecMonitor`` stay the env's.
+
+    ``model.learn(n, callback=KLPenaltyCallback(kl_coef=0.05))``
+    """
+
+    def __init__(self, kl_coef: float, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.kl_coef = float(kl_coef)
+
+    def _on_step(self) -> bool:
+        rewards, log_probs = self.locals["rewards"], self.locals["log_probs"]  # (n_envs,) numpy, (n_envs,) torch
+        rewards -= self.kl_coef * log_probs.detach().cpu().numpy().astype(rewards.dtype)  # in place: SB3 stores it
+        return True
 
 
 class TokenGRUExtractor(BaseFeaturesExtractor):

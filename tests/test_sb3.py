@@ -251,16 +251,14 @@ def test_maskable_ppo_with_reference_masks_and_kl_reward(words_model_dir):
     kl_rewards = []
 
     def record(local_vars: dict, _globals: dict) -> bool:
-        kl_rewards.extend(info["kl_reward"] for info in local_vars["infos"])
+        infos = local_vars["infos"]
+        kl_rewards.extend(info["kl_reward"] == pytest.approx(0.05 * info["ref_logprob"]) for info in infos)
         return True  # keep training
 
-    # The env refuses a masked action, so a run that finishes never sampled one. ent_coef = kl_coef makes the
-    # objective E[score] - kl_coef * KL(pi || pi_ref).
-    model = MaskablePPO(
-        MaskableLMActorCriticPolicy, venv, policy_kwargs={"model": words_model_dir}, n_steps=16, ent_coef=0.05, seed=0
-    )
+    # The env refuses a masked action, so a run that finishes never sampled one.
+    model = MaskablePPO(MaskableLMActorCriticPolicy, venv, policy_kwargs={"model": words_model_dir}, n_steps=16, seed=0)
     model.learn(128, callback=record)
-    assert kl_rewards and all(r < 0 for r in kl_rewards)
+    assert len(kl_rewards) == 128 and all(kl_rewards)  # every step's info reached SB3 with its KL reward
     buffer_masks = model.rollout_buffer.action_masks  # float32 (n_steps * n_envs, vocab) after flattening
     assert buffer_masks.dtype == np.float32 and (buffer_masks.sum(axis=-1) <= 5).all()
 
@@ -377,3 +375,28 @@ def test_kv_cache_tells_a_prompt_with_a_token_in_front_from_an_appended_token(wo
     with torch.enable_grad():
         full = extractor(new).detach()
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["PPO", "MaskablePPO"])
+def test_kl_penalty_callback_completes_the_kl_reward_in_the_rollout_buffer(words_model_dir, name):
+    """The buffer's reward is the env's (score + kl_coef · log π_ref) minus kl_coef · log π(a_t | s_t)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents.sb3 import KLPenaltyCallback
+
+    class Recorder(BaseCallback):
+        def _on_step(self) -> bool:
+            env_rewards.append(self.locals["rewards"].copy())
+            return True
+
+    algo, policy = (PPO, LMActorCriticPolicy) if name == "PPO" else (MaskablePPO, MaskableLMActorCriticPolicy)
+    kw = env_kwargs(words_model_dir, reference_model=words_model_dir, kl_coef=0.2)
+    venv = make_sb3_vec_env("TextGen-v0", 2, seed=0, **kw)
+    model = algo(policy, venv, policy_kwargs={"model": words_model_dir}, n_steps=8, batch_size=16, seed=0)
+    env_rewards: list[np.ndarray] = []
+    model.learn(16, callback=[Recorder(), KLPenaltyCallback(0.2)])
+    buffer = model.rollout_buffer
+    log_probs = buffer.log_probs.reshape(2, 8).T  # SB3 flattened it env-major for training; rewards it left
+    expected = np.stack(env_rewards) - 0.2 * log_probs  # (n_steps, n_envs)
+    np.testing.assert_allclose(buffer.rewards, expected, atol=1e-5)
+    assert not np.allclose(buffer.rewards, np.stack(env_rewards))
