@@ -5,7 +5,9 @@
 * :class:`TokenGRUExtractor`: token embedding + GRU, for SB3's own ``MultiInputPolicy`` to learn a
   small-vocabulary task from scratch (a word-level tokenizer: ``textgym.models.make_tiny_model(dir, words=...)``);
 * :class:`~agents.sb3_vec_env.TextGenSB3VecEnv` / :func:`~agents.sb3_vec_env.make_sb3_vec_env`: SB3's ``VecEnv``
-  over textgym's batched vector env.
+  over textgym's batched vector env;
+* :class:`KLPenaltyCallback`: the policy's half of the KL penalty, ``−kl_coef · log π(a_t | s_t)``, added to the
+  rewards SB3 stores, to complete the env's ``kl_coef · log π_ref(a_t | s_t)``.
 
 The LM policies fit SB3's structure as it is: the LM trunk is the features extractor (the hidden state at each
 row's last real token), the LM's own output layer is ``action_net`` and ``value_net`` reads the same features.
@@ -14,6 +16,10 @@ SB3 calls the policy on whole observations, so without a cache every rollout ste
 eval mode (rollouts, ``predict``): a row whose observation is the previous one plus a token costs one token's
 forward. The cache is keyed by the observations' content, so it needs nothing from the env or the algorithm,
 and it is dropped whenever SB3 switches to training mode or weights are loaded.
+
+Real checkpoints: the LM is loaded in float32 whatever dtype it was saved in (the optimizer's master weights;
+bfloat16 weights would swallow small updates), and it stays in eval mode while SB3 toggles ``train()``, so
+dropout never makes the training log-probs differ from the rollout's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
@@ -35,6 +42,7 @@ from textgym.lm_cache import IncrementalLM, last_real_column
 from textgym.models import load_causal_lm, resolve_model_dir, vocab_size_of
 
 __all__ = [
+    "KLPenaltyCallback",
     "LMActorCriticPolicy",
     "LMFeaturesExtractor",
     "MaskableLMActorCriticPolicy",
@@ -87,7 +95,8 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         attn_implementation: str | None = None,
     ) -> None:
         _check_token_observations(observation_space)
-        lm = load_causal_lm(model)
+        # fp32 master weights whatever the checkpoint's dtype: Adam's small steps round to nothing in bfloat16.
+        lm = load_causal_lm(model, dtype=torch.float32)
         if attn_implementation is not None:
             lm.set_attn_implementation(attn_implementation)
         super().__init__(observation_space, features_dim=lm.config.get_text_config().hidden_size)
@@ -107,7 +116,11 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
     def train(self, mode: bool = True) -> LMFeaturesExtractor:
         if mode:  # SB3 switches to training mode before every update: the cached keys and values go stale
             self.clear_cache()
-        return super().train(mode)
+        super().train(mode)
+        # The LM stays in eval mode: SB3 rolls out in eval mode and trains in train mode, so the LM's dropout
+        # would make PPO's ratio differ from 1 before any update (TRL turns dropout off for the same reason).
+        self.lm.eval()
+        return self
 
     def clear_cache(self) -> None:
         """Forget the cached contexts; needed only after changing the LM's weights outside SB3's training."""
@@ -157,8 +170,11 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         else:
             old_ids, old_mask = self._cached_obs
             added = attention_mask - old_mask  # (B, L) 1 where a token was appended
-            kept = ((added >= 0) & ((input_ids == old_ids) | (old_mask == 0))).all(dim=1)  # old context is a prefix
-            grown = (kept & (added.sum(dim=1) == 1)).cpu().numpy()
+            kept = ((added >= 0) & ((input_ids == old_ids) | (old_mask == 0))).all(dim=1)  # old tokens in place
+            # One token more, after the old context's last token: not in front of it (a new episode's prompt
+            # can be the old context with one token before it).
+            after_old = added.argmax(dim=1) > last_real_column(old_mask)  # (B,)
+            grown = (kept & (added.sum(dim=1) == 1) & after_old).cpu().numpy()
             same = (kept & (added.sum(dim=1) == 0)).cpu().numpy()
             fresh = ~(grown | same)  # a new episode (or anything else): encode the row from scratch
             if grown.any():
@@ -225,16 +241,29 @@ class _LMPolicyMixin:
         lm = self.features_extractor.lm
         self.action_net = lm.get_output_embeddings()  # (H -> V): the LM's own logits
         _check_plain_output_layer(lm)
-        self.value_net = nn.Linear(self.features_dim, 1)
+        self.value_net = _ValueHead(self.features_dim, 1)
         nn.init.zeros_(self.value_net.weight)  # start at V = 0: no random value targets leak into the advantages
         nn.init.zeros_(self.value_net.bias)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> Any:
+        """The LM's logits as float32 whatever the trunk's dtype, so log-probs and ratios are exact enough."""
+        weight = self.action_net.weight  # (V, H)
+        logits = self.action_net(latent_pi.to(weight.dtype)).float()  # (B, V)
+        return self.action_dist.proba_distribution(action_logits=logits)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         for key in _FIXED_POLICY_KWARGS:
             data.pop(key, None)
         return {**data, **self.lm_kwargs}
+
+
+class _ValueHead(nn.Linear):
+    """The critic, a linear layer that reads features of any dtype (the LM's) in its own (float32)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features.to(self.weight.dtype))
 
 
 @torch.no_grad()
@@ -263,6 +292,32 @@ class MaskableLMActorCriticPolicy(_LMPolicyMixin, MaskableActorCriticPolicy):
     Masked tokens get probability 0 in rollouts and updates; the env's ``action_masks()`` (e.g. a reference
     model's top-p tokens) supplies the masks. See :class:`_LMPolicyMixin` for the arguments.
     """
+
+
+class KLPenaltyCallback(BaseCallback):
+    """Adds ``−kl_coef · log π(a_t | s_t)`` to each step's rewards before SB3 stores them in its rollout buffer.
+
+    With the env's ``kl_coef · log π_ref(a_t | s_t)`` (``TextGen-v0(reference_model=..., kl_coef=β)``, the same
+    ``β`` here) each stored reward is ``r_t − β · log(π / π_ref)(a_t | s_t)``, RLHF's per-token KL penalty: the
+    expected return is ``E[score] − β · Σ_t KL(π ‖ π_ref)(s_t)`` and its policy gradient is that objective's
+    gradient. (SB3's ``ent_coef = β`` instead gives the same value but not the gradient: its entropy bonus sits
+    outside the return, so it ignores how an action changes later states' entropy.) Use ``ent_coef=0`` with it.
+
+    ``PPO``, ``A2C``, ``TRPO`` and ``MaskablePPO`` hand their callbacks the step's locals after ``env.step`` and
+    before ``rollout_buffer.add``; the callback edits that ``rewards`` array in place. Episode returns logged by
+    ``VecMonitor`` stay the env's.
+
+    ``model.learn(n, callback=KLPenaltyCallback(kl_coef=0.05))``
+    """
+
+    def __init__(self, kl_coef: float, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.kl_coef = float(kl_coef)
+
+    def _on_step(self) -> bool:
+        rewards, log_probs = self.locals["rewards"], self.locals["log_probs"]  # (n_envs,) numpy, (n_envs,) torch
+        rewards -= self.kl_coef * log_probs.detach().cpu().numpy().astype(rewards.dtype)  # in place: SB3 stores it
+        return True
 
 
 class TokenGRUExtractor(BaseFeaturesExtractor):

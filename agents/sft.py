@@ -2,9 +2,12 @@
 
 Data is JSONL, one example per line: ``{"prompt": ..., "completion": ...}`` or chat
 ``{"messages": [{"role": ..., "content": ...}, ...]}`` whose last message (the assistant's) is the
-completion. The loss is the cross-entropy of the completion tokens only. When the tokenizer has a chat
-template, the prompt is wrapped in it exactly as ``TextGen-v0(chat_template=True)`` wraps its prompts, so a
-model tuned here continues the env's observations the way it was taught.
+completion. The loss is the cross-entropy of the completion tokens only.
+
+SFT teaches exactly what ``TextGen-v0`` with the same ``chat_template`` asks for: prompts are encoded by the
+env's own function (:func:`textgym.prompts.encode_prompt`), so their tokens are the env's observations, and
+every reply ends with one of the env's stop tokens (:func:`textgym.prompts.stop_token_ids`): with the chat
+template, the template's end-of-turn token (what follows it is cut, as the env stops there); without it, EOS.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from agents.base import make_optimizer
+from textgym.prompts import encode_prompt, pad_token_id, stop_token_ids
 
 SHIPPED_DATA = {"instructions": Path(__file__).parent / "data" / "instructions.jsonl"}
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
@@ -107,7 +111,7 @@ class SFT:
         config: SFTConfig | None = None,
         **overrides: Any,
     ) -> None:
-        from textgym.models import load_causal_lm, load_tokenizer, resolve_device
+        from textgym.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
 
         self.config = replace(config or SFTConfig(), **overrides)
         c = self.config
@@ -116,6 +120,7 @@ class SFT:
         self.use_template = c.chat_template if c.chat_template is not None else bool(self.tokenizer.chat_template)
         if self.use_template and not self.tokenizer.chat_template:
             raise ValueError("chat_template=True, but this model's tokenizer has no chat template.")
+        self.stop_token_ids = stop_token_ids(self.tokenizer, resolve_model_dir(model), self.use_template)
         self.examples = self.encode(data)
         self.model = load_causal_lm(model, device=self.device)
         self.optimizer = make_optimizer(list(self.model.parameters()), c.learning_rate, self.device)
@@ -128,6 +133,8 @@ class SFT:
 
     def _encode(self, messages: list[dict[str, str]], completion: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
+        prompt_ids = encode_prompt(tok, messages, self.use_template)
+        reply = completion
         if self.use_template:
             prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             full = tok.apply_chat_template([*messages, {"role": "assistant", "content": completion}], tokenize=False)
@@ -136,11 +143,7 @@ class SFT:
                     "The chat template does not extend the prompt with the reply; use chat_template=False."
                 )
             reply = full[len(prompt) :]
-        else:
-            prompt = "\n".join(m["content"] for m in messages)
-            reply = completion + (tok.eos_token or "")
-        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tok(reply, add_special_tokens=False)["input_ids"]
+        reply_ids = self._end_at_stop_token(tok(reply, add_special_tokens=False)["input_ids"])
         excess = len(prompt_ids) + len(reply_ids) - self.config.max_length
         if excess > 0:
             if not self.config.truncate:
@@ -152,6 +155,14 @@ class SFT:
             prompt_ids = prompt_ids[cut:]
             reply_ids = reply_ids[: self.config.max_length - len(prompt_ids)]
         return prompt_ids, reply_ids
+
+    def _end_at_stop_token(self, reply_ids: list[int]) -> list[int]:
+        """The reply up to its first stop token (the env ends the episode there), else with EOS appended."""
+        stops = [i for i, token in enumerate(reply_ids) if token in self.stop_token_ids]
+        if stops:
+            return reply_ids[: stops[0] + 1]
+        eos = self.tokenizer.eos_token_id
+        return reply_ids if eos is None else [*reply_ids, eos]
 
     def learn(self, progress_bar: bool = True) -> SFT:
         """Train for ``epochs`` passes; the mean loss of each step is appended to ``self.losses``."""
@@ -178,7 +189,7 @@ class SFT:
     def loss(self, examples: list[tuple[list, list]]) -> torch.Tensor:
         """Mean cross-entropy of the completion tokens of ``examples`` (one forward pass, right-padded)."""
         width = max(len(p) + len(r) for p, r in examples)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(self.tokenizer)
         ids = torch.full((len(examples), width), pad, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)

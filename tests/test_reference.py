@@ -115,3 +115,18 @@ def test_bad_reference_settings_fail_at_construction(tiny_model_dir, tmp_path):
     other = str(make_tiny_model(tmp_path / "words", words=["yes", "no"]))
     with pytest.raises(ValueError, match="another tokenizer"):
         gym.make("TextGen-v0", **settings(tiny_model_dir, reference_model=other))
+
+
+def test_vector_env_first_reset_of_some_sub_envs(tiny_model_dir, tiny_policy):
+    """A first reset of only some sub-envs, masks asked for, then the others reset and all stepped together."""
+    kw = settings(tiny_model_dir, reference_model=tiny_model_dir, kl_coef=1.0, action_mask="top_k", top_k=512)
+    envs = gym.make_vec("TextGen-v0", num_envs=3, autoreset_mode="disabled", **kw)
+    obs, _ = envs.reset(seed=0, options={"reset_mask": np.array([True, False, True])})
+    envs.unwrapped.action_masks()
+    obs, _ = envs.reset(options={"reset_mask": np.array([False, True, False])})
+    actions = np.array([7, 8, 9])
+    _, _, _, _, infos = envs.step(actions)
+    for row in range(3):
+        single = {key: value[row] for key, value in obs.items()}
+        expected = reference_logprob(tiny_policy, single, actions[row])
+        assert infos["ref_logprob"][row] == pytest.approx(expected, abs=1e-4)

@@ -251,16 +251,14 @@ def test_maskable_ppo_with_reference_masks_and_kl_reward(words_model_dir):
     kl_rewards = []
 
     def record(local_vars: dict, _globals: dict) -> bool:
-        kl_rewards.extend(info["kl_reward"] for info in local_vars["infos"])
+        infos = local_vars["infos"]
+        kl_rewards.extend(info["kl_reward"] == pytest.approx(0.05 * info["ref_logprob"]) for info in infos)
         return True  # keep training
 
-    # The env refuses a masked action, so a run that finishes never sampled one. ent_coef = kl_coef makes the
-    # objective E[score] - kl_coef * KL(pi || pi_ref).
-    model = MaskablePPO(
-        MaskableLMActorCriticPolicy, venv, policy_kwargs={"model": words_model_dir}, n_steps=16, ent_coef=0.05, seed=0
-    )
+    # The env refuses a masked action, so a run that finishes never sampled one.
+    model = MaskablePPO(MaskableLMActorCriticPolicy, venv, policy_kwargs={"model": words_model_dir}, n_steps=16, seed=0)
     model.learn(128, callback=record)
-    assert kl_rewards and all(r < 0 for r in kl_rewards)
+    assert len(kl_rewards) == 128 and all(kl_rewards)  # every step's info reached SB3 with its KL reward
     buffer_masks = model.rollout_buffer.action_masks  # float32 (n_steps * n_envs, vocab) after flattening
     assert buffer_masks.dtype == np.float32 and (buffer_masks.sum(axis=-1) <= 5).all()
 
@@ -295,3 +293,110 @@ def test_sb3_example_runs(tmp_path, script, extra):
     )
     assert result.returncode == 0, result.stderr
     assert "reward" in result.stdout
+
+
+# --- real checkpoints: bfloat16, dropout, GPT-2 -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bf16_words_dir(words_model_dir, tmp_path_factory):
+    from checkpoints import save_bf16_copy
+
+    return save_bf16_copy(words_model_dir, tmp_path_factory.mktemp("bf16"))
+
+
+@pytest.mark.parametrize("name", ["PPO", "MaskablePPO"])
+def test_lm_policy_trains_fp32_master_weights_of_a_bf16_checkpoint(bf16_words_dir, name):
+    """A bfloat16 checkpoint trains (no dtype clash of the LM and the value head), and with a small learning rate
+    its weights still move: updates to bfloat16 weights would round to nothing."""
+    algo, policy = (PPO, LMActorCriticPolicy) if name == "PPO" else (MaskablePPO, MaskableLMActorCriticPolicy)
+    lengths = env_kwargs(bf16_words_dir, reward_model=lambda prompts, completions: [len(c) / 9 for c in completions])
+    venv = make_sb3_vec_env("TextGen-v0", 2, seed=0, **lengths)
+    model = algo(policy, venv, policy_kwargs={"model": bf16_words_dir}, n_steps=8, batch_size=16, learning_rate=1e-5)
+    assert all(p.dtype == torch.float32 for p in model.policy.parameters())
+    before = {key: p.detach().clone() for key, p in model.policy.named_parameters()}
+    model.learn(16)
+    weight = "features_extractor.lm.model.layers.0.self_attn.q_proj.weight"
+    moved = (model.policy.get_parameter(weight) != before[weight]).float().mean()
+    assert moved > 0.5  # in bfloat16 only the weights smaller than about 128 * lr would move
+    # The heads follow whatever dtype the trunk is in (here cast to bfloat16 after loading).
+    model.policy.features_extractor.lm.to(torch.bfloat16)
+    tensors, _ = model.policy.obs_to_tensor(venv.reset())
+    with torch.no_grad():
+        _, values, log_probs = model.policy(tensors)
+    assert values.dtype == log_probs.dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def dropout_dirs(words_model_dir, tmp_path_factory):
+    from checkpoints import make_gpt2_model, save_with_attention_dropout
+
+    return {
+        "llama-attention-dropout": save_with_attention_dropout(words_model_dir, tmp_path_factory.mktemp("dropout")),
+        "gpt2": make_gpt2_model(words_model_dir, tmp_path_factory.mktemp("gpt2"), dropout=0.3),
+    }
+
+
+@pytest.mark.parametrize("kind", ["llama-attention-dropout", "gpt2"])
+def test_dropout_is_off_so_training_log_probs_equal_rollout_log_probs(dropout_dirs, kind):
+    """SB3 rolls out in eval mode and trains in train mode: with the LM's dropout on, the ratio at PPO's first
+    step would not be 1."""
+    model_dir = dropout_dirs[kind]
+    venv = make_sb3_vec_env("TextGen-v0", 4, seed=0, **env_kwargs(model_dir))
+    policy = PPO(LMActorCriticPolicy, venv, policy_kwargs={"model": model_dir}, seed=0).policy
+    obs, _ = policy.obs_to_tensor(venv.reset())
+    actions = torch.arange(4, 8)
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        rollout = policy.get_distribution(obs).log_prob(actions)
+    policy.set_training_mode(True)
+    _, training, _ = policy.evaluate_actions(obs, actions)
+    torch.testing.assert_close(training.detach(), rollout, atol=1e-6, rtol=0)
+
+
+def test_kv_cache_tells_a_prompt_with_a_token_in_front_from_an_appended_token(words_model_dir):
+    """A new episode whose prompt is the old context with one more token in front is no one-token extension."""
+    venv = make_sb3_vec_env("TextGen-v0", 2, **env_kwargs(words_model_dir))
+    policy = PPO(LMActorCriticPolicy, venv, policy_kwargs={"model": words_model_dir}).policy
+    extractor = policy.features_extractor
+    policy.set_training_mode(False)
+    tok = venv.get_attr("tokenizer")[0]
+    width = venv.observation_space["input_ids"].shape[0]
+
+    def observation(prompts: list[str]) -> dict[str, torch.Tensor]:
+        ids, mask = np.zeros((2, width), dtype=np.int64), np.zeros((2, width), dtype=np.int64)
+        for row, text in enumerate(prompts):
+            tokens = tok(text)["input_ids"]
+            ids[row, 4 - len(tokens) : 4], mask[row, 4 - len(tokens) : 4] = tokens, 1
+        return {"input_ids": torch.as_tensor(ids).float(), "attention_mask": torch.as_tensor(mask).float()}
+
+    with torch.no_grad():
+        extractor(observation(["say yes", "say ok"]))
+        new = observation(["please say yes", "say ok"])
+        cached = extractor(new)
+    with torch.enable_grad():
+        full = extractor(new).detach()
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["PPO", "MaskablePPO"])
+def test_kl_penalty_callback_completes_the_kl_reward_in_the_rollout_buffer(words_model_dir, name):
+    """The buffer's reward is the env's (score + kl_coef · log π_ref) minus kl_coef · log π(a_t | s_t)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents.sb3 import KLPenaltyCallback
+
+    class Recorder(BaseCallback):
+        def _on_step(self) -> bool:
+            env_rewards.append(self.locals["rewards"].copy())
+            return True
+
+    algo, policy = (PPO, LMActorCriticPolicy) if name == "PPO" else (MaskablePPO, MaskableLMActorCriticPolicy)
+    kw = env_kwargs(words_model_dir, reference_model=words_model_dir, kl_coef=0.2)
+    venv = make_sb3_vec_env("TextGen-v0", 2, seed=0, **kw)
+    model = algo(policy, venv, policy_kwargs={"model": words_model_dir}, n_steps=8, batch_size=16, seed=0)
+    env_rewards: list[np.ndarray] = []
+    model.learn(16, callback=[Recorder(), KLPenaltyCallback(0.2)])
+    buffer = model.rollout_buffer
+    log_probs = buffer.log_probs.reshape(2, 8).T  # SB3 flattened it env-major for training; rewards it left
+    expected = np.stack(env_rewards) - 0.2 * log_probs  # (n_steps, n_envs)
+    np.testing.assert_allclose(buffer.rewards, expected, atol=1e-5)
+    assert not np.allclose(buffer.rewards, np.stack(env_rewards))

@@ -26,10 +26,10 @@ def test_loss_counts_completion_tokens_only(tiny_model_dir):
         logits = sft.model(input_ids=ids).logits[0, :-1]  # (L - 1, V)
         expected = torch.nn.functional.cross_entropy(logits[len(prompt) - 1 :], ids[0, len(prompt) :])
         torch.testing.assert_close(sft.loss([sft.examples[0]]), expected)
-    # the chat template wraps the prompt, and the reply ends the assistant turn
+    # the chat template wraps the prompt, and the reply ends the assistant turn where the env stops
     text = sft.tokenizer.decode(prompt)
     assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_start|>assistant\n")
-    assert sft.tokenizer.decode(reply).endswith("<|im_end|>\n")
+    assert sft.tokenizer.decode(reply) == "You are doing great.<|im_end|>"
 
 
 def test_training_lowers_the_loss(tiny_model_dir, tmp_path):
@@ -72,3 +72,59 @@ def test_cli_runs_sft_then_grpo(tiny_model_dir, tmp_path, capsys):
     assert "mean reward" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         train_main([*args[:-2], "--set", "no_such_field=1"])
+
+
+# --- SFT teaches exactly what the env asks for --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bos_model_dir(tiny_model_dir, tmp_path_factory):
+    from checkpoints import save_with_bos_tokenizer
+
+    return save_with_bos_tokenizer(tiny_model_dir, tmp_path_factory.mktemp("bos"))
+
+
+@pytest.mark.parametrize("chat_template", [False, True])
+@pytest.mark.parametrize("which", ["tiny", "bos"])
+def test_sft_prompts_are_the_env_observations_and_replies_end_with_a_stop_token(
+    tiny_model_dir, bos_model_dir, which, chat_template
+):
+    import gymnasium as gym
+
+    import textgym  # noqa: F401
+
+    model_dir = {"tiny": tiny_model_dir, "bos": bos_model_dir}[which]
+    data = [d for d in DATA if "prompt" in d]
+    sft = SFT(model_dir, data, chat_template=chat_template, device="cpu")
+    env = gym.make("TextGen-v0", model=model_dir, chat_template=chat_template, max_prompt_tokens=48).unwrapped
+    for record, (prompt_ids, reply_ids) in zip(data, sft.examples):
+        obs, _ = env.reset(options={"prompt": record["prompt"]})
+        assert prompt_ids == obs["input_ids"][obs["attention_mask"] == 1].tolist()
+        assert reply_ids[-1] in env.episodes.stop_token_ids
+        assert not set(reply_ids[:-1]) & set(env.episodes.stop_token_ids)  # nothing after the stop token
+
+
+@pytest.fixture(scope="module")
+def gpt2_model_dir(words_model_dir, tmp_path_factory):
+    from checkpoints import make_gpt2_model
+
+    return make_gpt2_model(words_model_dir, tmp_path_factory.mktemp("gpt2"))
+
+
+def test_gpt2_style_model_without_template_or_pad_token_through_env_and_sft(gpt2_model_dir):
+    """Learned positions, no chat template, no pad token: the env pads with EOS, SFT ends replies with EOS."""
+    import gymnasium as gym
+
+    import textgym  # noqa: F401
+
+    env = gym.make("TextGen-v0", model=gpt2_model_dir, prompts=["say yes"], max_prompt_tokens=4, max_new_tokens=3)
+    tok = env.unwrapped.tokenizer
+    obs, _ = env.reset(seed=0)
+    assert (obs["input_ids"][obs["attention_mask"] == 0] == tok.eos_token_id).all()
+    assert env.step(tok.convert_tokens_to_ids("yes"))[2:4] == (False, False)
+    assert env.step(tok.eos_token_id)[2] is True
+    sft = SFT(gpt2_model_dir, [{"prompt": "say yes", "completion": "yes yes"}] * 4, epochs=20, learning_rate=3e-3)
+    prompt_ids, reply_ids = sft.examples[0]
+    assert prompt_ids == obs["input_ids"][obs["attention_mask"] == 1].tolist()
+    assert reply_ids == [tok.convert_tokens_to_ids("yes")] * 2 + [tok.eos_token_id]
+    before = sft.evaluate()
+    sft.learn(progress_bar=False)
+    assert sft.evaluate() < 0.5 * before

@@ -218,3 +218,48 @@ def test_import_is_light_and_module_form_of_make_works(tiny_model_dir):
     )
     out = subprocess.run([sys.executable, "-c", module_form], capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "TextGenEnv", out.stderr
+
+
+def test_chat_template_end_of_turn_token_terminates(tiny_model_dir):
+    """A chat model ends its reply with the template's end-of-turn token (ChatML's <|im_end|>), not EOS."""
+    env = make(tiny_model_dir, chat_template=True, max_prompt_tokens=32, reward_model=lambda p, c: [1.0] * len(c))
+    tok = env.unwrapped.tokenizer
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end != tok.eos_token_id
+    env.reset(seed=0)
+    hello = tok("hello")["input_ids"][0]
+    env.step(hello)
+    _, _, terminated, truncated, info = env.step(im_end)
+    assert (terminated, truncated) == (True, False) and info["completion"] == tok.decode([hello])
+    without_template = make(tiny_model_dir)  # then <|im_end|> is an ordinary token
+    without_template.reset(seed=0)
+    assert without_template.step(im_end)[2:4] == (False, False)
+    explicit = make(tiny_model_dir, chat_template=True, max_prompt_tokens=32, stop_token_ids=[hello])
+    explicit.reset(seed=0)
+    assert explicit.step(im_end)[2] is False and explicit.step(hello)[2] is True
+
+
+def test_every_eos_of_the_generation_config_terminates(tiny_model_dir, tmp_path):
+    """generation_config.json may list several EOS ids (Llama-3 chat: <|end_of_text|> and <|eot_id|>)."""
+    from checkpoints import add_generation_eos
+
+    model_dir = add_generation_eos(tiny_model_dir, tmp_path / "two-eos", eos_token_ids=[7, 9])
+    for action, ends in [(8, False), (7, True), (9, True), (2, True)]:  # 2 is the tokenizer's EOS
+        env = make(model_dir)
+        env.reset(seed=0)
+        assert env.step(action)[2] is ends, action
+
+
+def test_stop_token_ids_of_real_checkpoint_layouts(tiny_model_dir, tmp_path):
+    from checkpoints import add_generation_eos
+    from transformers import AutoTokenizer
+
+    from textgym.prompts import end_of_turn_token_id, stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert end_of_turn_token_id(tok) == tok.convert_tokens_to_ids("<|im_end|>")
+    assert stop_token_ids(tok, tiny_model_dir) == [tok.eos_token_id]
+    assert stop_token_ids(tok, tiny_model_dir, chat_template=True) == [2, 4]
+    assert stop_token_ids(tok, add_generation_eos(tiny_model_dir, tmp_path / "one", 5)) == [2, 5]
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # no special token ends a turn
+    assert end_of_turn_token_id(tok) is None

@@ -22,7 +22,7 @@ from gymnasium import spaces
 
 from reward_models import RewardFn, make_reward_model
 from textgym.models import load_tokenizer, resolve_model_dir, vocab_size_of
-from textgym.prompts import load_prompts
+from textgym.prompts import encode_prompt, load_prompts, pad_token_id, stop_token_ids
 
 PROMPT_TRUNCATION = ("error", "left")
 
@@ -40,7 +40,9 @@ class TokenEpisodes:
         max_prompt_tokens: prompt width ``P``; prompts are left-padded to it.
         max_new_tokens: episode length limit ``T``; reaching it truncates the episode.
         chat_template: wrap each prompt as a user message in the tokenizer's chat template.
-        stop_token_ids: tokens that terminate an episode; ``None`` for the tokenizer's EOS, ``[]`` for none.
+        stop_token_ids: tokens that terminate an episode; ``None`` for the model's (see
+            :func:`textgym.prompts.stop_token_ids`: EOS, the generation config's EOS ids and, with
+            ``chat_template``, the template's end-of-turn token), ``[]`` for none.
         prompt_truncation: what a prompt longer than ``P`` tokens does: ``"error"`` raises (checked for the
             whole prompt set at construction), ``"left"`` keeps its last ``P`` tokens.
         reference_model: a frozen reference LM (``"embedded"``, ``"tiny"`` or a local directory with the env's
@@ -90,7 +92,7 @@ class TokenEpisodes:
         self.chat_template = chat_template
         self.prompt_truncation = prompt_truncation
         self.stop_token_ids = self._stop_tokens(stop_token_ids)
-        self.pad_token_id = self._pad_token()
+        self.pad_token_id = pad_token_id(self.tokenizer)
         self.reward_model = make_reward_model(reward_model, **(reward_model_kwargs or {}))
         if reference_model is None and (action_mask is not None or kl_coef != 0):
             raise ValueError(
@@ -132,15 +134,10 @@ class TokenEpisodes:
 
     # --- prompts -------------------------------------------------------------------------------------------
     def encode_prompt(self, text: str, where: str = "the prompt") -> list[int]:
-        """Token ids of a prompt (chat template applied if enabled), checked against ``max_prompt_tokens``."""
+        """Token ids of a prompt (:func:`textgym.prompts.encode_prompt`), checked against ``max_prompt_tokens``."""
         if not isinstance(text, str):
             raise TypeError(f"{where} must be a str, got {type(text).__name__}.")
-        if self.chat_template:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        else:
-            ids = self.tokenizer(text)["input_ids"]
+        ids = encode_prompt(self.tokenizer, text, self.chat_template)
         if not ids:
             raise ValueError(f"{where} is empty after tokenization: {text!r}.")
         if len(ids) > self.max_prompt_tokens:
@@ -259,17 +256,10 @@ class TokenEpisodes:
         return f"{self.prompt_texts[row]}\u2502{self.tokenizer.decode(generated, skip_special_tokens=False)}"
 
     # --- set-up helpers ------------------------------------------------------------------------------------
-    def _stop_tokens(self, stop_token_ids: Sequence[int] | None) -> np.ndarray:
-        if stop_token_ids is None:
-            eos = self.tokenizer.eos_token_id
-            stop_token_ids = [] if eos is None else [eos]
-        ids = np.asarray(list(stop_token_ids), dtype=np.int64)
+    def _stop_tokens(self, explicit: Sequence[int] | None) -> np.ndarray:
+        if explicit is None:
+            explicit = stop_token_ids(self.tokenizer, self.model_dir, self.chat_template)
+        ids = np.asarray(list(explicit), dtype=np.int64)
         if ((ids < 0) | (ids >= self.vocab_size)).any():
             raise ValueError(f"stop_token_ids {ids.tolist()} are outside the vocabulary [0, {self.vocab_size}).")
         return ids
-
-    def _pad_token(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        if pad is None:  # many causal LM tokenizers have none; EOS is the usual stand-in
-            pad = self.tokenizer.eos_token_id
-        return int(pad or 0)

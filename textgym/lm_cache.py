@@ -53,6 +53,9 @@ class IncrementalLM:
     def encode_rows(self, rows: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
         """(Re)build the contexts of the rows selected by the boolean mask ``rows`` from observation arrays.
 
+        The first call may select only some rows (a vector env's first reset with a ``reset_mask``): the cache
+        is sized for all ``N`` rows at once, those not yet encoded fully masked until they are.
+
         Args:
             rows: ``(N,)`` bool, the rows to encode.
             input_ids, attention_mask: ``(N, L)`` observations of all rows (only selected rows are read).
@@ -111,8 +114,11 @@ class IncrementalLM:
         return out.logits.float(), out.past_key_values
 
     def _write_rows(self, index: np.ndarray, rows_cache: DynamicCache, rows_mask: torch.Tensor) -> None:
-        if self._cache is None or len(index) == self.num_rows:
+        if len(index) == self.num_rows:
             self._cache, self._cache_mask = rows_cache, rows_mask.clone()
+            return
+        if self._cache is None:  # the first rows encoded are not all: the others start as fully masked rows
+            self._cache, self._cache_mask = _spread_rows(rows_cache, rows_mask, index, self.num_rows)
             return
         length, width = self._cache_mask.shape[1], rows_mask.shape[1]
         total = max(length, width)
@@ -130,6 +136,21 @@ class IncrementalLM:
             self._cache_mask = self._cache_mask[:, first_used:]
             for layer in _layers(self._cache):
                 layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+
+
+def _spread_rows(
+    cache: DynamicCache, mask: torch.Tensor, index: np.ndarray, num_rows: int
+) -> tuple[DynamicCache, torch.Tensor]:
+    """``cache`` and ``mask`` of ``len(index)`` rows put at rows ``index`` of ``num_rows``; the rest masked."""
+    rows = torch.as_tensor(index, device=mask.device)
+    spread = mask.new_zeros((num_rows, mask.shape[1]))  # (N, S)
+    spread[rows] = mask
+    for layer in _layers(cache):
+        keys = layer.keys.new_zeros((num_rows, *layer.keys.shape[1:]))  # (N, heads, S, head_dim)
+        values = layer.values.new_zeros((num_rows, *layer.values.shape[1:]))
+        keys[rows], values[rows] = layer.keys, layer.values
+        layer.keys, layer.values = keys, values
+    return cache, spread
 
 
 def last_real_column(attention_mask: torch.Tensor) -> torch.Tensor:

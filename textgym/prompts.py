@@ -1,4 +1,11 @@
-"""Prompt sets: the shipped ones by name, or the user's own list, ``.txt`` or ``.jsonl`` file."""
+"""Prompt sets, and how a model's tokenizer turns a prompt into tokens and ends a reply.
+
+* Prompt sets: the shipped ones by name, or the user's own list, ``.txt`` or ``.jsonl`` file.
+* :func:`encode_prompt`: a prompt's token ids exactly as TextGen's observations hold them (SFT trains on the
+  same ids, so a tuned model continues the env's observations the way it was taught);
+* :func:`stop_token_ids`: the tokens that end a reply (EOS, the generation config's EOS ids, the chat
+  template's end-of-turn token); :func:`pad_token_id`: the token that pads.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,10 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
 DEFAULT_PROMPTS = "openings"
@@ -75,3 +86,70 @@ def _load_prompt_file(path: Path) -> list[str]:
             raise ValueError(f'{path}:{number}: expected a JSON string or an object with a "prompt" string.')
         loaded.append(prompt)
     return loaded
+
+
+# --- tokens of prompts and replies --------------------------------------------------------------------------------
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | Sequence[dict[str, str]], chat_template: bool = False
+) -> list[int]:
+    """A prompt's token ids as TextGen's observations hold them (before any ``max_prompt_tokens`` truncation).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prompt: a text (one user message), or chat messages ``[{"role": ..., "content": ...}, ...]``.
+        chat_template: wrap the messages in the tokenizer's chat template, opening the assistant's turn;
+            without it a text is tokenized as it is, with the tokenizer's special tokens (e.g. BOS), and
+            messages are their contents joined by newlines.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if chat_template:
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(encoded["input_ids"])
+    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in messages)
+    return list(tokenizer(text)["input_ids"])
+
+
+def stop_token_ids(
+    tokenizer: PreTrainedTokenizerBase, model_dir: str | os.PathLike | None = None, chat_template: bool = False
+) -> list[int]:
+    """The tokens that end a reply, sorted: the tokenizer's EOS, every ``eos_token_id`` of the model's
+    ``generation_config.json`` (one id or a list, as Llama-3's ``<|eot_id|>``), and with ``chat_template``
+    the template's end-of-turn token (:func:`end_of_turn_token_id`, e.g. ChatML's ``<|im_end|>``).
+
+    Reads ``generation_config.json`` from ``model_dir`` if it has one; loads no weights.
+    """
+    ids = {tokenizer.eos_token_id}
+    if model_dir is not None and (Path(model_dir) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+        ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    if chat_template:
+        ids.add(end_of_turn_token_id(tokenizer))
+    return sorted(int(i) for i in ids if i is not None)
+
+
+def end_of_turn_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``), found by rendering a conversation; ``None`` without a template or such a token."""
+    if not tokenizer.chat_template:
+        return None
+    marker = "textgym-reply-marker"
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    except Exception:  # a template may refuse this conversation (e.g. it wants a system message first)
+        return None
+    if marker not in text:
+        return None
+    after = tokenizer(text[text.rindex(marker) + len(marker) :], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return next((int(i) for i in after if i in special), None)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad token; many causal LM tokenizers (GPT-2's) have none, and then EOS pads (else 0)."""
+    for token in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return int(token)
+    return 0

@@ -1,13 +1,18 @@
 """A frozen reference LM inside the env: KL-shaped rewards and top-k / top-p action masks.
 
-With a reference model ``π_ref``, each step's reward gains ``kl_coef · log π_ref(a_t | s_t)``. An agent that
-also adds an entropy bonus of the same coefficient maximises
+With a reference model ``π_ref``, each step's reward gains ``kl_coef · log π_ref(a_t | s_t)``. That is half of
+RLHF's per-token KL penalty; the agent adds the other half, ``−kl_coef · log π(a_t | s_t)`` (only it knows π;
+for SB3, :class:`agents.sb3.KLPenaltyCallback`). The return then has expectation
 
-    E[task reward] + kl_coef · (E_π[log π_ref] + H(π)) = E[task reward] − kl_coef · KL(π ‖ π_ref),
+    E[task reward] − kl_coef · Σ_t KL(π ‖ π_ref)(s_t),
 
-since ``KL(π‖π_ref) = −H(π) − E_π[log π_ref]``: the KL-regularised RLHF objective, reached by any RL library
-through the reward alone. Action masks allow only the reference's ``top_k`` tokens, or its smallest set of
-tokens reaching probability ``top_p`` (always with the stop tokens), as NLPO does.
+the KL-regularised objective, and its policy gradient is that objective's gradient. An entropy bonus of the
+same coefficient instead of the ``−log π`` reward (SB3's ``ent_coef``) gives the same objective *value*, since
+``KL(π‖π_ref) = −H(π) − E_π[log π_ref]``, but not its gradient: the bonus is paid per visited state outside
+the return, so it ignores how an action changes the entropy of later states.
+
+Action masks allow only the reference's ``top_k`` tokens, or its smallest set of tokens reaching probability
+``top_p`` (always with the stop tokens), as NLPO does.
 
 The reference keeps one KV cache over the env's rows (:class:`textgym.lm_cache.IncrementalLM`), so scoring a
 step costs one batched single-token forward pass.

@@ -40,10 +40,9 @@ class TextGenEnv(gym.Env):
     Sparse: 0 on every step but the last; on the last step, the reward model's score of
     ``(prompt, completion)``. The completion is decoded without special tokens and without the stop token.
 
-    With a ``reference_model`` and ``kl_coef``, every step also earns ``kl_coef · log π_ref(a_t | s_t)``
-    (KL shaping: with an entropy bonus of the same coefficient in the agent, the return is the task reward
-    minus ``kl_coef · KL(π ‖ π_ref)``; see :mod:`textgym.reference`). Each step's ``info`` then holds
-    ``ref_logprob`` and ``kl_reward``.
+    With a ``reference_model`` and ``kl_coef``, every step also earns ``kl_coef · log π_ref(a_t | s_t)``, half
+    of the KL penalty: the agent adds the other half, ``−kl_coef · log π(a_t | s_t)`` (see
+    :mod:`textgym.reference`). Each step's ``info`` then holds ``ref_logprob`` and ``kl_reward``.
 
     ## Starting State
 
@@ -52,7 +51,10 @@ class TextGenEnv(gym.Env):
 
     ## Episode End
 
-    - Termination: the action is a stop token (the tokenizer's EOS by default).
+    - Termination: the action is a stop token. By default these are the tokenizer's EOS, every
+      ``eos_token_id`` of the model's ``generation_config.json`` (e.g. Llama-3's ``<|eot_id|>``) and, with
+      ``chat_template=True``, the token that closes the template's assistant turn (ChatML's ``<|im_end|>``,
+      Llama-3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``); see :func:`textgym.prompts.stop_token_ids`.
     - Truncation: ``max_new_tokens`` tokens were generated.
 
     The final step's ``info`` holds ``prompt`` (the text), ``completion`` (the text) and ``score`` (the raw
@@ -75,7 +77,8 @@ class TextGenEnv(gym.Env):
       ``(prompts: list[str], completions: list[str]) -> array of float``.
     - ``max_prompt_tokens`` / ``max_new_tokens``: prompt width and episode length limit.
     - ``chat_template``: wrap the prompt as a user message in the tokenizer's chat template.
-    - ``stop_token_ids``: tokens that end an episode; ``None`` for EOS, ``[]`` to always run to the limit.
+    - ``stop_token_ids``: tokens that end an episode; ``None`` for the model's (EOS, the generation config's
+      EOS ids, the chat template's end-of-turn token: see *Episode End*), ``[]`` to always run to the limit.
     - ``prompt_truncation``: ``"error"`` (default; the whole prompt set is checked when the env is made) or
       ``"left"`` (keep the last ``max_prompt_tokens`` tokens of a longer prompt).
     - ``reference_model``: a frozen reference LM with the env's tokenizer (``"embedded"``, ``"tiny"``, a
@@ -90,7 +93,8 @@ class TextGenEnv(gym.Env):
     ## Version History
 
     * v0: Initial version (reference model, KL shaping and action masks are opt-in arguments; the defaults
-      behave as before).
+      behave as before). The default stop tokens grew from the tokenizer's EOS alone to the generation
+      config's EOS ids and, with ``chat_template=True``, the template's end-of-turn token.
     """
 
     # render_fps only informs tools that replay rendered text; the env itself never sleeps.
