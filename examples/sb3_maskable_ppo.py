@@ -18,7 +18,7 @@ import numpy as np
 from sb3_contrib import MaskablePPO
 
 import textgym  # noqa: F401  (registers TextGen-v0)
-from agents.sb3 import MaskableLMActorCriticPolicy, make_sb3_vec_env
+from agents.sb3 import KLPenaltyCallback, MaskableLMActorCriticPolicy, make_sb3_vec_env
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default="embedded", help="'embedded', 'tiny' or a local model directory")
@@ -27,7 +27,7 @@ parser.add_argument("--num-envs", type=int, default=4)
 parser.add_argument("--n-steps", type=int, default=32, help="rollout length per sub-env")
 parser.add_argument("--max-new-tokens", type=int, default=16)
 parser.add_argument("--top-p", type=float, default=0.9)
-parser.add_argument("--kl-coef", type=float, default=0.05, help="KL shaping in the env = entropy bonus in SB3")
+parser.add_argument("--kl-coef", type=float, default=0.05, help="β: KL reward in the env + KLPenaltyCallback in SB3")
 args = parser.parse_args()
 
 env_kwargs = {
@@ -50,11 +50,10 @@ model = MaskablePPO(
     batch_size=32,
     n_epochs=2,
     learning_rate=1e-5,
-    ent_coef=args.kl_coef,
     seed=0,
     verbose=1,
 )
-model.learn(args.timesteps, progress_bar=True)
+model.learn(args.timesteps, callback=KLPenaltyCallback(args.kl_coef), progress_bar=True)
 returns = [episode["r"] for episode in model.ep_info_buffer]
 print(f"{len(returns)} training episodes: mean reward (score + KL shaping) {np.mean(returns):+.3f}")
 

@@ -4,7 +4,8 @@
     python examples/sb3_ppo.py --algo a2c --model tiny   # seconds
 
 The env keeps a frozen reference copy of the model and adds ``kl_coef · log π_ref(a|s)`` to every step's reward;
-with SB3's entropy bonus at the same coefficient (``ent_coef``) PPO maximises E[score] − kl_coef · KL(π‖π_ref).
+``KLPenaltyCallback(kl_coef)`` subtracts ``kl_coef · log π(a|s)`` before SB3 stores the reward, so PPO maximises
+E[score] − kl_coef · KL(π‖π_ref), RLHF's KL-penalised objective, gradient included.
 SB3 steps textgym's batched vector env through ``make_sb3_vec_env``: one reward-model and one reference call per
 step for all sub-envs.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from stable_baselines3 import A2C, PPO
 
 import textgym  # noqa: F401  (registers TextGen-v0)
-from agents.sb3 import LMActorCriticPolicy, make_sb3_vec_env
+from agents.sb3 import KLPenaltyCallback, LMActorCriticPolicy, make_sb3_vec_env
 
 ALGOS = {
     "ppo": (PPO, {"n_steps": 32, "batch_size": 32, "n_epochs": 2}),
@@ -31,7 +32,7 @@ parser.add_argument("--model", default="embedded", help="'embedded', 'tiny' or a
 parser.add_argument("--timesteps", type=int, default=512, help="tokens generated in training")
 parser.add_argument("--num-envs", type=int, default=4)
 parser.add_argument("--max-new-tokens", type=int, default=16)
-parser.add_argument("--kl-coef", type=float, default=0.05, help="KL shaping in the env = entropy bonus in SB3")
+parser.add_argument("--kl-coef", type=float, default=0.05, help="β: KL reward in the env + KLPenaltyCallback in SB3")
 parser.add_argument("--learning-rate", type=float, default=1e-5)
 args = parser.parse_args()
 
@@ -42,13 +43,12 @@ model = algo(
     LMActorCriticPolicy,
     venv,
     policy_kwargs={"model": args.model},  # a name or path: SB3 pickles it, and load() rebuilds the LM from it
-    ent_coef=args.kl_coef,
     learning_rate=args.learning_rate,
     seed=0,
     verbose=1,
     **settings,
 )
-model.learn(args.timesteps, progress_bar=True)
+model.learn(args.timesteps, callback=KLPenaltyCallback(args.kl_coef), progress_bar=True)
 model.save(f"runs/sb3-{args.algo}")
 returns = [episode["r"] for episode in model.ep_info_buffer]
 print(f"{len(returns)} training episodes: mean reward (score + KL shaping) {np.mean(returns):+.3f}")
