@@ -116,14 +116,8 @@ class ActorCritic(nn.Module):
         else:
             context = nullcontext()
             model = self.reference
-        device = next(model.parameters()).device
         with context:
-            logits, _ = _completion_logits(
-                model, input_ids.to(device), attention_mask.to(device), completion_width, need_hidden=False
-            )
-        tokens = input_ids[:, -completion_width:].to(device)
-        logprobs, _ = _logprobs_and_entropy(logits / temperature, tokens)
-        return logprobs.to(self.device)
+            return completion_logprobs(model, input_ids, attention_mask, completion_width, temperature).to(self.device)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -155,6 +149,24 @@ class ActorCritic(nn.Module):
             self.value_head.load_state_dict(load_file(src / VALUE_HEAD_FILE, device=str(self.device)))
         if self.critic_trunk is not None:
             _load_exactly(self.critic_trunk, _load_hf_weights(src / CRITIC_DIR, self.device), src / CRITIC_DIR)
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_width: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probs ``(E, T)`` of the last ``completion_width`` tokens of each row under ``model``, in one pass
+    over whole sequences (on the model's device)."""
+    device = next(model.parameters()).device
+    logits, _ = _completion_logits(
+        model, input_ids.to(device), attention_mask.to(device), completion_width, need_hidden=False
+    )
+    logprobs, _ = _logprobs_and_entropy(logits / temperature, input_ids[:, -completion_width:].to(device))
+    return logprobs
 
 
 def _completion_logits(
