@@ -27,12 +27,14 @@ TRAINED = ("ppo", "grpo", "rloo", "sb3-ppo", "sb3-a2c", "sb3-maskable-ppo")  # o
 Rows = list[dict[str, Any]]
 
 
-def iqm_ci(values: Sequence[float], reps: int) -> tuple[float, float, float]:
-    """IQM of ``values`` (one per seed) and its 95% stratified-bootstrap CI; NaN bounds with one value."""
+def iqm_ci(values: Sequence[float] | np.ndarray, reps: int) -> tuple[float, float, float]:
+    """IQM and its 95% stratified-bootstrap CI of ``values``: one per seed, or ``(seeds, tasks)`` (bootstrapped
+    within each task); NaN bounds with one seed."""
     from rliable import library as rly
     from rliable import metrics
 
-    scores = np.asarray(values, dtype=float)[:, None]  # (seeds, 1 task)
+    scores = np.asarray(values, dtype=float)
+    scores = scores[:, None] if scores.ndim == 1 else scores  # (seeds, tasks)
     if len(scores) == 1 or not np.isfinite(scores).all():
         return float(np.mean(scores)), math.nan, math.nan
     point, interval = rly.get_interval_estimates(
@@ -82,11 +84,16 @@ def results_markdown(rows: Rows, label: Callable[[dict], str], reps: int) -> str
     tasks = sorted({(task, level) for task, level, _ in by_cell})
     algorithms = list(dict.fromkeys(label(r) for r in final))
     header = " | ".join(f"{t} (level {lv})" for t, lv in tasks)
-    lines += ["", "## Normalised score", "", f"| algorithm | {header} |"]
-    lines.append("|---" * (len(tasks) + 1) + "|")
+    several = len(tasks) > 1
+    lines += ["", "## Normalised score", "", f"| algorithm | {header} |{' all tasks |' if several else ''}"]
+    lines.append("|---" * (len(tasks) + 1 + several) + "|")
     for algo in algorithms:
-        cells = [by_cell.get((t, lv, algo)) for t, lv in tasks]
-        entries = [_fmt(*iqm_ci([r["normalized_score"] for r in c], reps)) if c else "–" for c in cells]
+        cells = [sorted(by_cell.get((t, lv, algo), []), key=lambda r: r["seed"]) for t, lv in tasks]
+        scores = [[r["normalized_score"] for r in c] for c in cells]
+        entries = [_fmt(*iqm_ci(s, reps)) if s else "–" for s in scores]
+        if several:  # IQM over seeds × tasks, where every task has the same number of seeds
+            same = len({len(s) for s in scores}) == 1 and scores[0]
+            entries.append(_fmt(*iqm_ci(np.array(scores).T, reps)) if same else "–")
         lines.append(f"| {algo} | " + " | ".join(entries) + " |")
     columns = [
         ("normalised score", "normalized_score", True),

@@ -258,7 +258,10 @@ def read_runs(out: str | os.PathLike) -> list[dict[str, Any]]:
     for path in sorted((Path(out) / CELLS_DIR).glob("*.csv")):
         with path.open(newline="") as f:
             rows += [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return sorted(rows, key=lambda r: (r["task"], r["level"], r["algorithm"], r["setting"], r["seed"], r["point"]))
+    order = {name: i for i, name in enumerate(ALGORITHMS)}  # tables list algorithms in ALGORITHMS' order
+    return sorted(
+        rows, key=lambda r: (r["task"], r["level"], order.get(r["algorithm"], 99), r["setting"], r["seed"], r["point"])
+    )
 
 
 def _claim(out: Path, config: BenchConfig) -> None:
