@@ -177,6 +177,8 @@ def test_cli_runs_and_reports_bad_input(tmp_path, capsys):
     args = ["--tasks", TASK, "--algos", "zero-shot,oracle", "--seeds", "1", "--quick", "--no-progress"]
     assert textgym_main(["bench", *args, "--level", f"{TASK}=2", "--out", str(out)]) == 0
     assert {r["level"] for r in read_runs(out)} == {2}
+    oracle_row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| oracle"))
+    assert oracle_row.startswith("| oracle | 100 |") and "[" not in oracle_row  # one seed: the value, no interval
     with pytest.raises(SystemExit) as exit_info:
         bench_main(["--algos", "zero-shot,sarsa", "--quick", "--out", str(tmp_path / "bad")])
     assert exit_info.value.code == 2

@@ -190,10 +190,11 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
     start = time.perf_counter()
     device = resolve_device(cell.device)
     algorithm = ALGORITHMS[cell.algorithm](cell)
-    test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
+    test: TestSet | None = None
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] | None = None
     try:
+        test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
         for point, fraction in enumerate(config.eval_points):
             target = round(fraction * config.budget_tokens)
             algorithm.train_until(target)
@@ -229,7 +230,8 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
             )
     finally:
         algorithm.close()
-        test.close()
+        if test is not None:
+            test.close()
     return rows
 
 
