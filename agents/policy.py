@@ -161,18 +161,10 @@ class ActorCritic(nn.Module):
         else:
             context = nullcontext()
             model = self.reference
-        device = next(model.parameters()).device
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        tokens = input_ids[:, -completion_width:]
-        parts = []
         with context:
-            for i in range(0, len(input_ids), chunk_size):
-                rows = slice(i, i + chunk_size)
-                logits, _ = _completion_logits(
-                    model, input_ids[rows], attention_mask[rows], completion_width, need_hidden=False
-                )
-                parts.append(_token_logprobs(_tempered(logits, temperature), tokens[rows]))
-        return torch.cat(parts).to(self.device)
+            return completion_logprobs(model, input_ids, attention_mask, completion_width, temperature, chunk_size).to(
+                self.device
+            )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -204,6 +196,31 @@ class ActorCritic(nn.Module):
             self.value_head.load_state_dict(load_file(src / VALUE_HEAD_FILE, device=str(self.device)))
         if self.critic_trunk is not None:
             _load_exactly(self.critic_trunk, _load_hf_weights(src / CRITIC_DIR, self.device), src / CRITIC_DIR)
+
+
+@torch.no_grad()
+@torch.no_grad()
+def completion_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_width: int,
+    temperature: float = 1.0,
+    chunk_size: int = 8,
+) -> torch.Tensor:
+    """Log-probs ``(E, T)`` of the last ``completion_width`` tokens of each row under ``model`` (on its device),
+    by passes over whole sequences of ``chunk_size`` rows, without gradients."""
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    tokens = input_ids[:, -completion_width:]
+    parts = []
+    for i in range(0, len(input_ids), chunk_size):
+        rows = slice(i, i + chunk_size)
+        logits, _ = _completion_logits(
+            model, input_ids[rows], attention_mask[rows], completion_width, need_hidden=False
+        )
+        parts.append(_token_logprobs(_tempered(logits, temperature), tokens[rows]))
+    return torch.cat(parts)
 
 
 def _completion_logits(

@@ -1,7 +1,7 @@
 """The ``textgym`` command: one entry point, each subcommand implemented next to the code it drives.
 
-``textgym reward ...`` runs :mod:`reward_models.cli` and ``textgym train ...`` runs :mod:`agents.cli`; they
-are imported only when named, so ``textgym --help`` answers at once.
+``textgym reward ...`` runs :mod:`reward_models.cli`, ``textgym train ...`` :mod:`agents.cli` and ``textgym bench ...``
+:mod:`agents.bench.cli`; they are imported only when named, so ``textgym --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "reward": ("reward_models.cli", "train and evaluate reward models, make synthetic preference data"),
     "train": ("agents.cli", "train an LM policy (SFT, PPO, GRPO, RLOO) on a textgym environment"),
+    "bench": ("agents.bench.cli", "benchmark algorithms on the task suite (seeds, token budget, rliable)"),
 }
 
 

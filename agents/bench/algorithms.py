@@ -1,0 +1,304 @@
+"""The benchmark's algorithms, each behind the same two calls: train up to a token budget, sample test episodes.
+
+Budgets are counted in env tokens (env steps that generate a token), the one unit every algorithm shares:
+
+* textgym's ``ppo``, ``grpo``, ``rloo`` train whole updates of ``batch_size`` episodes until the rollout
+  engine has generated at least the target number of tokens (GRPO/RLOO's tokens include the episodes a
+  wave drops);
+* SB3's ``sb3-ppo``, ``sb3-a2c``, ``sb3-maskable-ppo`` count one timestep per token; they train until
+  ``num_timesteps`` reaches the target, in whole rollouts of ``n_steps × num_envs`` timesteps;
+* ``random``, ``zero-shot``, ``best-of-n`` and ``oracle`` train nothing (0 tokens). ``best-of-n`` spends its
+  compute at test time instead: ``n`` samples per prompt, growing over the evaluation points.
+
+Each point records the tokens actually used, which may exceed the target by less than one update.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from agents.bench.evaluation import TestSet, best_of_n_kl, scripted_episodes, select
+from agents.rollout import RolloutBatch
+from textgym.tasks import TaskSpec
+
+
+@dataclass
+class Cell:
+    """One algorithm on one task at one level with one seed: the unit the runner computes and saves."""
+
+    task: TaskSpec
+    level: int
+    algorithm: str
+    seed: int
+    model: str
+    hparams: dict[str, Any]
+    device: str | None = None
+
+
+@dataclass
+class TestEpisodes:
+    """What an algorithm hands the evaluation: test episodes, and optionally their exact KL and sample count."""
+
+    batch: RolloutBatch
+    kl: float | None = None
+    samples_per_prompt: int = 1
+
+
+class Algorithm:
+    """Base class: an algorithm that trains nothing, and whose evaluation does not depend on the budget."""
+
+    description: ClassVar[str] = ""
+    trains: ClassVar[bool] = False
+    varies_over_points: ClassVar[bool] = False  # False: evaluated once, the result repeats at every point
+
+    def __init__(self, cell: Cell) -> None:
+        self.cell = cell
+        self.train_tokens = 0
+        self.train_seconds = 0.0
+
+    @classmethod
+    def tokens_per_update(cls, hparams: dict[str, Any], max_new_tokens: int | None) -> int:
+        """The most env tokens one update can take (0: trains nothing); the budget must cover one.
+
+        Also checks ``hparams`` before anything is built, so bad settings fail before a run starts.
+        """
+        return 0
+
+    def train_until(self, tokens: int) -> None:
+        """Train until at least ``tokens`` env tokens have been used in all (nothing, here)."""
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release envs and models."""
+
+
+class Random(Algorithm):
+    description = "uniformly random tokens (normalised score 0 by definition)"
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        import copy
+
+        uniform = copy.deepcopy(test.reference)
+        uniform.get_output_embeddings().weight.data.zero_()  # all logits 0: every token equally likely
+        return TestEpisodes(test.sample(uniform))
+
+
+class ZeroShot(Algorithm):
+    description = "the starting model as it is"
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        return TestEpisodes(test.sample(test.reference))
+
+
+class Oracle(Algorithm):
+    description = "the task's scripted solver (normalised score 100 by definition)"
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        solver = self.cell.task.solver
+        return TestEpisodes(scripted_episodes(test, [solver(prompt, self.cell.level) for prompt in test.prompts]))
+
+
+class BestOfN(Algorithm):
+    description = "n samples of the starting model per prompt, the best by the training reward; n grows with the budget"
+    varies_over_points = True
+
+    def __init__(self, cell: Cell) -> None:
+        super().__init__(cell)
+        self.n_max = int(cell.hparams["n_max"])
+        if self.n_max < 1:
+            raise ValueError(f"best-of-n: n_max must be at least 1, got {self.n_max}.")
+        self._samples: RolloutBatch | None = None
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        n = max(1, round(self.n_max**fraction))
+        if self._samples is None:  # n_max samples per prompt once; each point takes the first n (nested sets)
+            self._samples = test.sample(test.reference, repeat=self.n_max)
+        scores = np.array([info["score"] for info in self._samples.infos]).reshape(-1, self.n_max)[:, :n]
+        rows = [p * self.n_max + int(best) for p, best in enumerate(scores.argmax(axis=1))]
+        return TestEpisodes(select(self._samples, rows), kl=best_of_n_kl(n), samples_per_prompt=n)
+
+
+class LMAgentAlgorithm(Algorithm):
+    """textgym's ``PPO``, ``GRPO`` or ``RLOO`` (:mod:`agents`), evaluated through the rollout engine."""
+
+    trains = True
+    varies_over_points = True
+    agent_name: ClassVar[str]
+
+    def __init__(self, cell: Cell) -> None:
+        super().__init__(cell)
+        import gymnasium as gym
+
+        import agents
+
+        settings = dict(cell.hparams)
+        num_envs = settings.pop("num_envs")
+        agent_class = getattr(agents, self.agent_name)
+        envs = gym.make_vec(cell.task.env_id, num_envs=num_envs, split="train", level=cell.level, model=cell.model)
+        settings = {"seed": cell.seed, "device": cell.device, "tensorboard": False, **settings}
+        self.agent = agent_class(cell.model, envs, **settings)
+
+    @classmethod
+    def tokens_per_update(cls, hparams: dict[str, Any], max_new_tokens: int | None) -> int:
+        import agents
+
+        settings = {k: v for k, v in hparams.items() if k != "num_envs"}
+        config = getattr(agents, cls.agent_name).config_class(**settings)  # validates the settings
+        return config.batch_size * (max_new_tokens or 1)
+
+    def train_until(self, tokens: int) -> None:
+        agent, start = self.agent, time.perf_counter()
+        while agent.collector.tokens_generated < tokens:
+            agent.learn(agent.episodes_seen + agent.config.batch_size, progress_bar=False)  # one more update
+        self.train_seconds += time.perf_counter() - start
+        self.train_tokens = agent.collector.tokens_generated
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        return TestEpisodes(test.sample(self.agent.policy.generator_model))
+
+    def close(self) -> None:
+        self.agent.envs.close()
+
+
+class PPO(LMAgentAlgorithm):
+    description = "textgym PPO (value head, GAE, KL penalty to the starting model)"
+    agent_name = "PPO"
+
+
+class GRPO(LMAgentAlgorithm):
+    description = "textgym GRPO (group-normalised advantages, KL in the loss)"
+    agent_name = "GRPO"
+
+
+class RLOO(LMAgentAlgorithm):
+    description = "textgym RLOO (leave-one-out baseline, KL in the reward)"
+    agent_name = "RLOO"
+
+
+class SB3Algorithm(Algorithm):
+    """Stable-Baselines3 / sb3-contrib with the LM policy (:mod:`agents.sb3`) on the batched SB3 vec env."""
+
+    trains = True
+    varies_over_points = True
+    masked: ClassVar[bool] = False
+
+    def __init__(self, cell: Cell) -> None:
+        super().__init__(cell)
+        from agents.sb3 import make_sb3_vec_env
+
+        settings = dict(cell.hparams)
+        num_envs, kl_coef, top_p = settings.pop("num_envs"), settings.pop("kl_coef", 0.0), settings.pop("top_p", None)
+        env_kwargs: dict[str, Any] = {"split": "train", "level": cell.level, "model": cell.model}
+        self.kl_coef = kl_coef
+        if kl_coef or self.masked:
+            env_kwargs.update(reference_model=cell.model, kl_coef=kl_coef)
+        if self.masked:
+            env_kwargs.update(action_mask="top_p", top_p=top_p)
+        # Masked policies are evaluated under the same mask, on a test env with the reference model.
+        self.eval_env_kwargs = {"reference_model": cell.model, "action_mask": "top_p", "top_p": top_p}
+        venv = make_sb3_vec_env(cell.task.env_id, n_envs=num_envs, seed=cell.seed, **env_kwargs)
+        algorithm_class, policy_class = self._classes()
+        self.model = algorithm_class(
+            policy_class,
+            venv,
+            policy_kwargs={"model": cell.model},
+            seed=cell.seed,
+            device=cell.device or "auto",
+            verbose=0,
+            **settings,
+        )
+
+    @staticmethod
+    def _classes() -> tuple[type, type]:
+        """The SB3 algorithm and policy classes."""
+        raise NotImplementedError
+
+    @classmethod
+    def tokens_per_update(cls, hparams: dict[str, Any], max_new_tokens: int | None) -> int:
+        import inspect
+
+        algorithm_class = cls._classes()[0]
+        n_steps = hparams.get("n_steps", inspect.signature(algorithm_class).parameters["n_steps"].default)
+        return int(n_steps) * int(hparams["num_envs"])
+
+    def train_until(self, tokens: int) -> None:
+        start = time.perf_counter()
+        if tokens > self.model.num_timesteps:
+            from agents.sb3 import KLPenaltyCallback
+
+            callback = KLPenaltyCallback(self.kl_coef) if self.kl_coef else None  # with the env's β·log π_ref: β·KL
+            self.model.learn(
+                tokens - self.model.num_timesteps, callback=callback, reset_num_timesteps=False, progress_bar=False
+            )
+        self.train_seconds += time.perf_counter() - start
+        self.train_tokens = self.model.num_timesteps
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        lm = self.model.policy.features_extractor.lm  # its output layer is the policy's action_net
+        if self.masked:
+            return TestEpisodes(test.sample(lm, masked=True, **self.eval_env_kwargs))
+        return TestEpisodes(test.sample(lm))
+
+    def close(self) -> None:
+        self.model.get_env().close()
+
+
+class SB3PPO(SB3Algorithm):
+    description = "Stable-Baselines3 PPO with the LM actor-critic policy"
+
+    @staticmethod
+    def _classes() -> tuple[type, type]:
+        from stable_baselines3 import PPO
+
+        from agents.sb3 import LMActorCriticPolicy
+
+        return PPO, LMActorCriticPolicy
+
+
+class SB3A2C(SB3Algorithm):
+    description = "Stable-Baselines3 A2C with the LM actor-critic policy"
+
+    @staticmethod
+    def _classes() -> tuple[type, type]:
+        from stable_baselines3 import A2C
+
+        from agents.sb3 import LMActorCriticPolicy
+
+        return A2C, LMActorCriticPolicy
+
+
+class SB3MaskablePPO(SB3Algorithm):
+    description = "sb3-contrib MaskablePPO, actions masked to the starting model's top-p tokens"
+    masked = True
+
+    @staticmethod
+    def _classes() -> tuple[type, type]:
+        from sb3_contrib import MaskablePPO
+
+        from agents.sb3 import MaskableLMActorCriticPolicy
+
+        return MaskablePPO, MaskableLMActorCriticPolicy
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "random": Random,
+    "zero-shot": ZeroShot,
+    "best-of-n": BestOfN,
+    "ppo": PPO,
+    "grpo": GRPO,
+    "rloo": RLOO,
+    "sb3-ppo": SB3PPO,
+    "sb3-a2c": SB3A2C,
+    "sb3-maskable-ppo": SB3MaskablePPO,
+    "oracle": Oracle,
+}
+"""Every algorithm the runner knows, by the name ``--algos`` takes."""
+
+DEFAULT_ALGORITHMS = tuple(name for name in ALGORITHMS if name != "oracle")
+"""What a run compares unless told otherwise; ``oracle`` (the scripted solver) is allowed in any run."""

@@ -1,0 +1,197 @@
+"""Evaluation on a task's test split: sample completions with a policy, then measure them.
+
+Every algorithm is evaluated the same way: it hands over a :class:`~agents.rollout.RolloutBatch` of test
+episodes (sampled by the rollout engine with its current weights, or scripted), whose ``logprobs`` are the
+log-probs of its completions under the policy that produced them; :func:`completion_metrics` then scores
+them against the frozen starting model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from math import gcd
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from agents.policy import completion_logprobs
+from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
+
+
+class MaskedRolloutCollector(RolloutCollector):
+    """The rollout engine sampling only among the env's allowed actions (``envs.action_masks()``), as
+    ``MaskablePPO`` does; the recorded log-probs are those of the masked (renormalised) distribution."""
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        allowed = torch.as_tensor(self.envs.action_masks(), device=logits.device)  # (N, V)
+        return super()._sample(logits.masked_fill(~allowed, float("-inf")))
+
+
+class TestSet:
+    """A task's test split at one level, and the fixed prompts every algorithm and evaluation point is scored on.
+
+    Args:
+        env_id, level, model: the task env (``gym.make_vec(env_id, split="test", level=level, model=model)``).
+        episodes: test prompts per evaluation (drawn once from the test split with a fixed seed).
+        seed: seeds the test env and the sampling of completions.
+        device: where the reference (starting) model runs.
+    """
+
+    def __init__(self, env_id: str, level: int, model: str, episodes: int, seed: int, device: str) -> None:
+        from textgym.models import load_causal_lm
+
+        self.env_id, self.level, self.model, self.seed = env_id, level, model, seed
+        self.num_envs = gcd(episodes, 8)  # collect_prompts runs whole waves of sub-envs
+        self._envs: dict[tuple, Any] = {}
+        pool = list(self.envs().prompts)
+        rng = np.random.default_rng(0)  # the same prompts for every seed and algorithm: paired comparisons
+        self.prompts = [pool[i] for i in rng.choice(len(pool), size=episodes, replace=len(pool) < episodes)]
+        self.reference = load_causal_lm(model, device=device)
+
+    def envs(self, **env_kwargs: Any) -> Any:
+        """The test vector env (one per distinct ``env_kwargs``, e.g. with a reference model for masks)."""
+        import gymnasium as gym
+
+        key = tuple(sorted(env_kwargs.items()))
+        if key not in self._envs:
+            self._envs[key] = gym.make_vec(
+                self.env_id, num_envs=self.num_envs, split="test", level=self.level, model=self.model, **env_kwargs
+            )
+        return self._envs[key]
+
+    def sample(self, policy: PreTrainedModel, repeat: int = 1, masked: bool = False, **env_kwargs: Any) -> RolloutBatch:
+        """Each test prompt ``repeat`` times (consecutively), completed by ``policy`` at temperature 1."""
+        collector_class = MaskedRolloutCollector if masked else RolloutCollector
+        collector = collector_class(policy, self.envs(**env_kwargs), SamplingConfig(), seed=self.seed)
+        return collector.collect_prompts([p for p in self.prompts for _ in range(repeat)])
+
+    def close(self) -> None:
+        for envs in self._envs.values():
+            envs.close()
+
+
+def scripted_episodes(test: TestSet, completions: list[str]) -> RolloutBatch:
+    """Play ``completions`` (one per test prompt) token by token in the test env, then a stop token.
+
+    The policy is deterministic, so every action's log-prob is 0 and the KL to the reference is
+    ``−log π_ref(completion)``.
+    """
+    import gymnasium as gym
+
+    env = gym.make(test.env_id, split="test", level=test.level, model=test.model)
+    tokenizer = env.unwrapped.tokenizer
+    prompt_ids, completion_ids, infos = [], [], []
+    for prompt, completion in zip(test.prompts, completions):
+        obs, _ = env.reset(seed=test.seed, options={"prompt": prompt})
+        prompt_ids.append(obs["input_ids"][obs["attention_mask"] == 1])
+        tokens = list(tokenizer.encode(completion, add_special_tokens=False))
+        actions: list[int] = []
+        done = False
+        while not done:
+            action = tokens[len(actions)] if len(actions) < len(tokens) else tokenizer.eos_token_id
+            _, _, terminated, truncated, info = env.step(action)
+            actions.append(action)
+            done = terminated or truncated
+        completion_ids.append(actions)
+        infos.append(info)
+    env.close()
+    return _pack(prompt_ids, completion_ids, infos, tokenizer.pad_token_id or 0, test.reference.device)
+
+
+def select(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
+    """The episodes ``rows`` of ``batch``."""
+    index = torch.as_tensor(rows, device=batch.prompt_ids.device)
+    tensors = {
+        name: getattr(batch, name)[index]
+        for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs", "rewards")
+    }
+    return RolloutBatch(
+        **tensors,
+        terminated=batch.terminated[index],
+        prompts=[batch.prompts[i] for i in rows],
+        completions=[batch.completions[i] for i in rows],
+        infos=[batch.infos[i] for i in rows],
+    )
+
+
+def completion_metrics(batch: RolloutBatch, reference: PreTrainedModel, kl: float | None = None) -> dict[str, float]:
+    """What the benchmark reports about a batch of test episodes.
+
+    Args:
+        batch: finished test episodes; ``logprobs`` under the policy that sampled them.
+        reference: the frozen starting model.
+        kl: the KL to report instead of the sampled estimate (best-of-n's analytic value).
+
+    Returns:
+        ``reward`` (mean training-reward score), ``gold_score`` (mean), ``kl`` (nats per completion: the mean of
+        ``Σ_t log π(a_t) − log π_ref(a_t)``, an unbiased estimate of KL(π ‖ π_ref) over whole completions),
+        ``ref_perplexity`` (the starting model's per-token perplexity of the completions), ``distinct_1`` and
+        ``distinct_2`` (distinct word n-grams over all n-grams), ``completion_tokens`` (total).
+    """
+    missing = [key for key in ("score", "gold_score") if any(key not in info for info in batch.infos)]
+    if missing:
+        raise KeyError(
+            f"The task env's last-step info lacks {missing}: a benchmark task reports the training reward's "
+            "'score' and the 'gold_score' in the info of every episode's last step (see textgym.tasks)."
+        )
+    mask = batch.completion_mask.float()  # (E, T)
+    width = batch.completion_ids.shape[1]
+    ref = completion_logprobs(reference, batch.input_ids, batch.attention_mask, width).to(mask.device) * mask
+    sampled_kl = ((batch.logprobs - ref) * mask).sum(dim=1).mean().item()
+    tokens = mask.sum().item()
+    return {
+        "reward": float(np.mean([info["score"] for info in batch.infos])),
+        "gold_score": float(np.mean([info["gold_score"] for info in batch.infos])),
+        "kl": sampled_kl if kl is None else kl,
+        "ref_perplexity": math.exp(-ref.sum().item() / max(tokens, 1)),
+        "distinct_1": distinct_n(batch.completions, 1),
+        "distinct_2": distinct_n(batch.completions, 2),
+        "completion_tokens": tokens,
+    }
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct word n-grams over all word n-grams of ``texts`` (Li et al. 2016); 0 when there are none."""
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n ‖ π_ref) = log n − (n − 1)/n nats (Stiennon et al. 2020; exact for distinct samples)."""
+    return math.log(n) - (n - 1) / n
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    """``fn(*args, **kwargs)`` and the seconds it took."""
+    start = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - start
+
+
+def _pack(
+    prompt_ids: list[np.ndarray], completion_ids: list[list[int]], infos: list[dict], pad: int, device: torch.device
+) -> RolloutBatch:
+    """Scripted episodes as a :class:`RolloutBatch`: prompts left-padded, completions right-padded, log-probs 0."""
+    n, width, length = len(prompt_ids), max(map(len, prompt_ids)), max(map(len, completion_ids))
+    prompts = torch.full((n, width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((n, width), dtype=torch.long)
+    completions = torch.full((n, length), pad, dtype=torch.long)
+    completion_mask = torch.zeros((n, length), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        prompts[i, width - len(p) :], prompt_mask[i, width - len(p) :] = torch.as_tensor(p), 1
+        completions[i, : len(c)], completion_mask[i, : len(c)] = torch.as_tensor(c), 1
+    zeros = torch.zeros((n, length))
+    return RolloutBatch(
+        prompt_ids=prompts.to(device),
+        prompt_mask=prompt_mask.to(device),
+        completion_ids=completions.to(device),
+        completion_mask=completion_mask.to(device),
+        logprobs=zeros.to(device),
+        rewards=zeros.to(device),
+        terminated=torch.ones(n, dtype=torch.bool, device=device),
+        prompts=[info.get("prompt", "") for info in infos],
+        completions=[info.get("completion", "") for info in infos],
+        infos=infos,
+    )

@@ -1,0 +1,267 @@
+"""From ``runs.csv``'s rows to ``results.md`` and the plots.
+
+Across seeds, every number is the interquartile mean (IQM) with a 95% stratified-bootstrap confidence interval
+from ``rliable`` (Agarwal et al. 2021); with one seed, the value itself and no interval. Plots use matplotlib's
+Agg backend and are written next to ``results.md``:
+
+* ``learning_curves.png``: normalised score vs training tokens, one panel per task; algorithms that train
+  nothing are dashed horizontal lines;
+* ``reward_kl_frontier.png``: normalised score vs KL to the starting model, every evaluation point;
+* ``overoptimization_<task>.png``, for each task whose proxy ``score`` and ``gold_score`` differ: the change in
+  both from the starting model vs √KL for best-of-n and each RL algorithm, with Gao et al. (2022)'s functional
+  forms fitted by least squares: best-of-n ``d(α − βd)``, RL ``d(α − β log d)``, ``d = √KL``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TRAINED = ("ppo", "grpo", "rloo", "sb3-ppo", "sb3-a2c", "sb3-maskable-ppo")  # over-optimisation panels
+Rows = list[dict[str, Any]]
+
+
+def iqm_ci(values: Sequence[float] | np.ndarray, reps: int) -> tuple[float, float, float]:
+    """IQM and its 95% stratified-bootstrap CI of ``values``: one per seed, or ``(seeds, tasks)`` (bootstrapped
+    within each task); NaN bounds with one seed."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    scores = np.asarray(values, dtype=float)
+    scores = scores[:, None] if scores.ndim == 1 else scores  # (seeds, tasks)
+    if len(scores) == 1 or not np.isfinite(scores).all():
+        return float(np.mean(scores)), math.nan, math.nan
+    point, interval = rly.get_interval_estimates(
+        {"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+    )
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def iqm(values: Sequence[float]) -> float:
+    from rliable import metrics
+
+    return float(metrics.aggregate_iqm(np.asarray(values, dtype=float)[:, None]))
+
+
+def write_reports(out: str | os.PathLike, rows: Rows, bootstrap_reps: int = 10_000) -> None:
+    """Write ``results.md`` and the PNG plots for ``rows`` (as :func:`agents.bench.runner.read_runs` gives them)."""
+    out = Path(out)
+    if not rows:
+        return
+    label = _labeller(rows)
+    (out / "results.md").write_text(results_markdown(rows, label, bootstrap_reps))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plot_learning_curves(rows, label, out / "learning_curves.png")
+    plot_frontier(rows, label, out / "reward_kl_frontier.png")
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        if any(abs(r["reward"] - r["gold_score"]) > 1e-9 for r in task_rows):
+            plot_overoptimization(task_rows, label, out / f"overoptimization_{task}.png")
+
+
+def results_markdown(rows: Rows, label: Callable[[dict], str], reps: int) -> str:
+    """The task × algorithm tables at the end of the budget."""
+    final = [r for r in rows if r["budget_fraction"] == 1.0]
+    by_cell = _group(final, lambda r: (r["task"], r["level"], label(r)))
+    seeds = sorted({len(v) for v in by_cell.values()})
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Model {_one(rows, 'model')}; budget {_one(rows, 'budget_tokens')} env tokens per training algorithm; "
+        f"{_one(rows, 'eval_episodes')} test prompts per evaluation; seeds per cell: {', '.join(map(str, seeds))}.",
+        "Each entry is the IQM over seeds with its 95% stratified-bootstrap CI in brackets (rliable); with one seed,",
+        "the value alone. Normalised score: 0 is the random policy, 100 the task's scripted optimum (gold score).",
+        "KL: nats per completion to the starting model (best-of-n: log n − (n−1)/n).",
+    ]
+    tasks = sorted({(task, level) for task, level, _ in by_cell})
+    algorithms = list(dict.fromkeys(label(r) for r in final))
+    header = " | ".join(f"{t} (level {lv})" for t, lv in tasks)
+    several = len(tasks) > 1
+    lines += ["", "## Normalised score", "", f"| algorithm | {header} |{' all tasks |' if several else ''}"]
+    lines.append("|---" * (len(tasks) + 1 + several) + "|")
+    for algo in algorithms:
+        cells = [sorted(by_cell.get((t, lv, algo), []), key=lambda r: r["seed"]) for t, lv in tasks]
+        scores = [[r["normalized_score"] for r in c] for c in cells]
+        entries = [_fmt(*iqm_ci(s, reps)) if s else "–" for s in scores]
+        if several:  # IQM over seeds × tasks, where every task has the same number of seeds
+            same = len({len(s) for s in scores}) == 1 and scores[0]
+            entries.append(_fmt(*iqm_ci(np.array(scores).T, reps)) if same else "–")
+        lines.append(f"| {algo} | " + " | ".join(entries) + " |")
+    columns = [
+        ("normalised score", "normalized_score", True),
+        ("gold score", "gold_score", False),
+        ("reward", "reward", False),
+        ("KL (nats)", "kl", True),
+        ("distinct-2", "distinct_2", False),
+        ("ref. perplexity", "ref_perplexity", False),
+        ("train tokens", "train_tokens", False),
+        ("train tokens/s", "train_tokens_per_s", False),
+        ("wall time (s)", "wall_seconds", True),
+    ]
+    for task, level in tasks:
+        lines += ["", f"## {task} (level {level})", ""]
+        lines.append("| algorithm | " + " | ".join(name for name, _, _ in columns) + " |")
+        lines.append("|---" * (len(columns) + 1) + "|")
+        for algo in algorithms:
+            cell = by_cell.get((task, level, algo))
+            if not cell:
+                continue
+            entries = []
+            for _, key, with_ci in columns:
+                values = [r[key] for r in cell]
+                entries.append(_fmt(*iqm_ci(values, reps)) if with_ci else _fmt(iqm(values)))
+            lines.append(f"| {algo} | " + " | ".join(entries) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curves(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({(r["task"], r["level"]) for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, (task, level) in zip(axes[0], tasks):
+        curves = _curves([r for r in rows if (r["task"], r["level"]) == (task, level)], label)
+        for (algo, points), color in zip(curves.items(), _colors(len(curves))):
+            x, y = points["train_tokens"], points["normalized_score"]
+            if max(x) == 0:  # trains nothing: its final value as a level line
+                ax.axhline(y[-1], linestyle="--", color=color, label=algo)
+            else:
+                ax.plot(x, y, marker="o", color=color, label=algo)
+        ax.set(title=f"{task} (level {level})", xlabel="training env tokens", ylabel="normalised score (IQM, seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_frontier(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({(r["task"], r["level"]) for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, (task, level) in zip(axes[0], tasks):
+        curves = _curves([r for r in rows if (r["task"], r["level"]) == (task, level)], label)
+        for (algo, points), color in zip(curves.items(), _colors(len(curves))):
+            ax.plot(points["kl"], points["normalized_score"], marker="o", color=color, label=algo)
+        ax.set(
+            title=f"{task} (level {level}): reward–KL frontier",
+            xlabel="KL to the starting model (nats per completion, IQM)",
+            ylabel="normalised score (IQM over seeds)",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_overoptimization(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
+    """Gold and proxy score gains vs √KL per algorithm, with Gao et al.'s fitted forms (one panel each)."""
+    import matplotlib.pyplot as plt
+
+    panels = [a for a in dict.fromkeys(label(r) for r in rows) if _base(a) in ("best-of-n", *TRAINED)]
+    if not panels:
+        return
+    cols = min(len(panels), 4)
+    rows_ = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.8 * cols, 4.2 * rows_), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, algo in zip(axes.flat, panels):
+        form = _bon_form if _base(algo) == "best-of-n" else _rl_form
+        cell = [r for r in rows if label(r) == algo]
+        starts = {r["seed"]: r for r in cell if r["point"] == 0}
+        d = np.sqrt(np.clip([r["kl"] for r in cell], 0, None))
+        grid = np.linspace(0, max(d.max(), 1e-6), 100)
+        for key, name, color in (("gold_score", "gold", "tab:orange"), ("reward", "proxy", "tab:blue")):
+            gain = np.array([r[key] - starts[r["seed"]][key] for r in cell])
+            alpha, beta = fit_gao(d, gain, form)
+            ax.scatter(d, gain, color=color, s=14, alpha=0.7, label=f"{name} (seeds × points)")
+            ax.plot(grid, form(grid, alpha, beta), color=color, label=f"{name} fit: α={alpha:.2g}, β={beta:.2g}")
+        ax.set(
+            title=f"{algo}: {'d(α − βd)' if form is _bon_form else 'd(α − β log d)'}",
+            xlabel="√KL to the starting model (√nats)",
+            ylabel="score change from the starting model",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{rows[0]['task']}: over-optimisation (proxy = training reward, gold = reported score)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fit_gao(d: np.ndarray, gain: np.ndarray, form: Callable) -> tuple[float, float]:
+    """Least-squares ``(α, β)`` of ``gain ≈ form(d, α, β)``; both forms are linear in ``α`` and ``β``."""
+    basis = np.stack([form(d, 1.0, 0.0), form(d, 0.0, 1.0)], axis=1)  # (points, 2): the terms of α and of β
+    (alpha, beta), *_ = np.linalg.lstsq(basis, gain, rcond=None)
+    return float(alpha), float(beta)
+
+
+def _bon_form(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    return d * (alpha - beta * d)
+
+
+def _rl_form(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    safe = np.where(d > 0, d, 1.0)
+    return np.where(d > 0, d * (alpha - beta * np.log(safe)), 0.0)  # d log d → 0 as d → 0
+
+
+def _curves(rows: Rows, label: Callable[[dict], str]) -> dict[str, dict[str, list[float]]]:
+    """Per algorithm, per evaluation point, the IQM over seeds of each plotted column."""
+    curves: dict[str, dict[str, list[float]]] = {}
+    for algo, cell in _group(rows, label).items():
+        points = _group(cell, lambda r: r["point"])
+        curves[algo] = {
+            key: [iqm([r[key] for r in points[p]]) for p in sorted(points)]
+            for key in ("train_tokens", "normalized_score", "kl")
+        }
+    return curves
+
+
+def _labeller(rows: Rows) -> Callable[[dict], str]:
+    """Algorithm names, suffixed by the setting hash only where one folder holds several settings of one."""
+    settings = defaultdict(set)
+    for r in rows:
+        settings[(r["task"], r["level"], r["algorithm"])].add(r["setting"])
+    several = any(len(s) > 1 for s in settings.values())
+    return (lambda r: f"{r['algorithm']} [{r['setting']}]") if several else (lambda r: r["algorithm"])
+
+
+def _base(label: str) -> str:
+    return label.split(" [")[0]
+
+
+def _group(rows: Rows, key: Callable[[dict], Any]) -> dict[Any, Rows]:
+    groups: dict[Any, Rows] = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    return dict(groups)
+
+
+def _one(rows: Rows, key: str) -> str:
+    return ", ".join(str(v) for v in dict.fromkeys(r[key] for r in rows))
+
+
+def _fmt(value: float, low: float = math.nan, high: float = math.nan) -> str:
+    if math.isnan(value):
+        return "–"
+    if math.isnan(low):
+        return f"{value:.3g}"
+    return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def _colors(n: int) -> list:
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i) for i in range(n)]

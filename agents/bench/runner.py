@@ -1,0 +1,315 @@
+"""The benchmark runner: every task × algorithm × seed, evaluated on the test split at fixed points of a token budget.
+
+A *cell* is one algorithm on one task (at one level) with one seed. The runner computes the cells one by one and
+writes each cell's rows to ``OUT/cells/`` atomically when it finishes, so a killed run started again with the
+same configuration skips the finished cells. ``OUT/bench.json`` records the configuration(s) the folder holds;
+another configuration is refused unless ``append=True``, which adds its cells beside the others (cells are named
+by a hash of their settings, so no two settings share a file). After every cell ``runs.csv`` is rewritten from
+the cell files; at the end ``results.md`` and the plots (:mod:`agents.bench.report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.bench.algorithms import ALGORITHMS, DEFAULT_ALGORITHMS, Cell
+from agents.bench.hparams import hparams_for
+from agents.run_log import write_json_atomic
+
+MANIFEST = "bench.json"
+CELLS_DIR = "cells"
+RUNS_CSV = "runs.csv"
+COLUMNS = (
+    "task", "level", "algorithm", "seed", "setting", "model", "point", "budget_fraction", "budget_tokens",
+    "target_tokens", "train_tokens", "samples_per_prompt", "reward", "gold_score", "normalized_score", "kl",
+    "ref_perplexity", "distinct_1", "distinct_2", "train_seconds", "train_tokens_per_s", "eval_seconds",
+    "wall_seconds", "eval_episodes",
+)  # fmt: skip
+"""The columns of ``runs.csv``, one row per task × algorithm × seed × evaluation point (see docs/benchmarks.md)."""
+
+FULL = {"model": "embedded", "budget_tokens": 200_000, "eval_points": (0.0, 0.25, 0.5, 0.75, 1.0), "eval_episodes": 64}
+QUICK = {"model": "tiny", "budget_tokens": 256, "eval_points": (0.0, 0.5, 1.0), "eval_episodes": 8}
+_NOT_RESULTS = ("out", "append", "device", "progress", "bootstrap_reps")  # fields that do not change results
+
+
+@dataclass
+class BenchConfig:
+    """What to run, and where. Fields left ``None`` take the full (or, with ``quick``, the quick) defaults."""
+
+    tasks: list[str] | None = None
+    """Task names (``textgym.tasks.task_names()``); ``None``: every registered task."""
+    algorithms: list[str] = field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
+    """Algorithm names (:data:`agents.bench.algorithms.ALGORITHMS`); ``oracle`` may be added to any run."""
+    seeds: int = 3
+    """Seeds per task × algorithm: ``0 .. seeds-1``."""
+    budget_tokens: int | None = None
+    """Env tokens each training algorithm may use (200,000; quick: 256); see :mod:`agents.bench.algorithms`."""
+    out: str = "bench"
+    """Output folder: ``runs.csv``, ``results.md``, the plots, and the finished cells for resuming."""
+    levels: dict[str, int] = field(default_factory=dict)
+    """A level per task name; a task not named runs at its ``default_level``."""
+    model: str | None = None
+    """The starting model of every algorithm and the reference of KL and perplexity (embedded SmolLM2-135M;
+    quick: ``"tiny"``), or a local Hugging Face model directory."""
+    eval_points: tuple[float, ...] | None = None
+    """Fractions of the budget at which to evaluate (0, .25, .5, .75, 1; quick: 0, .5, 1)."""
+    eval_episodes: int | None = None
+    """Test prompts per evaluation, the same for every algorithm and seed (64; quick: 8)."""
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per algorithm, settings laid over :mod:`agents.bench.hparams`' table, e.g. ``{"ppo": {"kl_coef": 0.1}}``."""
+    quick: bool = False
+    """Tiny model, tiny budget, quick settings: the whole matrix in minutes on a CPU (a smoke test, not results)."""
+    append: bool = False
+    """Add this configuration's cells to an output folder that holds another configuration."""
+    device: str | None = None
+    """Where models run (default: ``cuda`` when available, else ``cpu``)."""
+    bootstrap_reps: int | None = None
+    """Bootstrap resamples of the 95% confidence intervals (10,000; quick: 1,000)."""
+    progress: bool = True
+    """Show a progress bar over the cells."""
+
+    def __post_init__(self) -> None:
+        defaults = QUICK if self.quick else FULL
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.bootstrap_reps is None:
+            self.bootstrap_reps = 1_000 if self.quick else 10_000
+        self.eval_points = tuple(float(f) for f in self.eval_points)
+        self.algorithms = list(self.algorithms)
+        unknown = [a for a in [*self.algorithms, *self.hparams] if a not in ALGORITHMS]
+        if unknown:
+            raise ValueError(f"Unknown algorithm(s) {unknown}; the algorithms are: {', '.join(ALGORITHMS)}.")
+        if not self.algorithms or len(set(self.algorithms)) != len(self.algorithms):
+            raise ValueError(f"algorithms must name each algorithm once, got {self.algorithms}.")
+        if self.seeds < 1 or self.budget_tokens < 1 or self.eval_episodes < 1:
+            raise ValueError(
+                f"seeds, budget_tokens and eval_episodes must be at least 1, got {self.seeds}, {self.budget_tokens} "
+                f"and {self.eval_episodes}."
+            )
+        points = self.eval_points
+        if not points or list(points) != sorted(set(points)) or points[0] < 0 or points[-1] != 1:
+            raise ValueError(f"eval_points must be increasing fractions in [0, 1] ending at 1, got {points}.")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the results (not where they go or how they are shown)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_RESULTS}
+
+
+def run_benchmark(config: BenchConfig) -> Path:
+    """Run (or resume) the benchmark ``config`` describes; return the output folder.
+
+    Example::
+
+        from agents.bench import BenchConfig, run_benchmark
+
+        run_benchmark(BenchConfig(tasks=["positivity"], algorithms=["zero-shot", "ppo"], seeds=3,
+                                  budget_tokens=100_000, out="bench/positivity"))
+    """
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from agents.bench.report import write_reports
+
+    cells = plan(config)  # every check, before anything is written
+    out = Path(config.out)
+    _claim(out, config)
+    done = {path.name for path in (out / CELLS_DIR).glob("*.csv")}
+    todo = [cell for cell in cells if cell_file(cell, config) not in done]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not config.progress)
+    weight_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load would bury the cells' bar
+    try:
+        for cell in todo:
+            bar.set_description(f"{cell.task.name} {cell.algorithm} seed {cell.seed}")
+            rows = run_cell(cell, config)
+            _write_csv(out / CELLS_DIR / cell_file(cell, config), rows)
+            _write_csv(out / RUNS_CSV, read_runs(out))
+            bar.update()
+    finally:
+        bar.close()
+        if weight_bars:
+            hf_logging.enable_progress_bar()
+    if not (out / RUNS_CSV).exists():  # nothing was left to run, e.g. a folder copied without runs.csv
+        _write_csv(out / RUNS_CSV, read_runs(out))
+    write_reports(out, read_runs(out), bootstrap_reps=config.bootstrap_reps)
+    return out
+
+
+def plan(config: BenchConfig) -> list[Cell]:
+    """The cells of ``config``, after checking every name, level, setting and budget (nothing is built but one
+    env per task, to read its episode length)."""
+    import gymnasium as gym
+
+    import textgym  # noqa: F401  (registers the envs and their tasks)
+    from textgym.tasks import get_task, task_names
+
+    names = list(config.tasks) if config.tasks is not None else task_names()
+    if not names:
+        raise ValueError("No benchmark tasks are registered (textgym.tasks.register_task); nothing to run.")
+    unknown = [name for name in [*names, *config.levels] if name not in task_names()]
+    if unknown:
+        raise ValueError(f"Unknown task(s) {unknown}; the tasks are: {', '.join(task_names()) or '(none)'}.")
+    cells: list[Cell] = []
+    for name in names:
+        task = get_task(name)
+        level = task.check_level(config.levels.get(name))
+        if "oracle" in config.algorithms and task.solver is None:
+            raise ValueError(f"Task {name!r} has no scripted solver, so 'oracle' cannot run on it; leave one out.")
+        env = gym.make(task.env_id, split="train", level=level, model=config.model)
+        max_new_tokens = getattr(getattr(env.unwrapped, "episodes", None), "max_new_tokens", None)
+        env.close()
+        for algorithm in config.algorithms:
+            hparams = hparams_for(name, algorithm, config.quick, config.hparams.get(algorithm))
+            needed = ALGORITHMS[algorithm].tokens_per_update(hparams, max_new_tokens)
+            if needed > config.budget_tokens:
+                raise ValueError(
+                    f"budget_tokens={config.budget_tokens} is smaller than one update of {algorithm} on {name} "
+                    f"(up to {needed} env tokens with {_update_size(hparams)}). Raise the budget, or make the "
+                    "updates smaller."
+                )
+            cells += [
+                Cell(task, level, algorithm, seed, config.model, hparams, config.device) for seed in range(config.seeds)
+            ]
+    return cells
+
+
+def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
+    """Train ``cell``'s algorithm through the budget, evaluating at each point; one row per point."""
+    from agents.bench.evaluation import TestSet, completion_metrics
+    from textgym.models import resolve_device
+
+    start = time.perf_counter()
+    device = resolve_device(cell.device)
+    algorithm = ALGORITHMS[cell.algorithm](cell)
+    test: TestSet | None = None
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, Any] | None = None
+    try:
+        test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
+        for point, fraction in enumerate(config.eval_points):
+            target = round(fraction * config.budget_tokens)
+            algorithm.train_until(target)
+            if metrics is None or algorithm.varies_over_points:
+                eval_start = time.perf_counter()
+                episodes = algorithm.test_episodes(test, fraction)
+                metrics = completion_metrics(episodes.batch, test.reference, episodes.kl)
+                metrics.pop("completion_tokens")
+                metrics["samples_per_prompt"] = episodes.samples_per_prompt
+                metrics["eval_seconds"] = time.perf_counter() - eval_start
+            rows.append(
+                {
+                    "task": cell.task.name,
+                    "level": cell.level,
+                    "algorithm": cell.algorithm,
+                    "seed": cell.seed,
+                    "setting": setting_id(cell, config),
+                    "model": str(cell.model),
+                    "point": point,
+                    "budget_fraction": fraction,
+                    "budget_tokens": config.budget_tokens,
+                    "target_tokens": target if algorithm.trains else 0,
+                    "train_tokens": algorithm.train_tokens,
+                    **metrics,
+                    "normalized_score": cell.task.normalized(metrics["gold_score"], cell.level),
+                    "train_seconds": algorithm.train_seconds,
+                    "train_tokens_per_s": (
+                        algorithm.train_tokens / algorithm.train_seconds if algorithm.train_seconds else float("nan")
+                    ),
+                    "wall_seconds": time.perf_counter() - start,
+                    "eval_episodes": config.eval_episodes,
+                }
+            )
+    finally:
+        algorithm.close()
+        if test is not None:
+            test.close()
+    return rows
+
+
+def setting_id(cell: Cell, config: BenchConfig) -> str:
+    """A short hash of everything that determines a cell's results except its seed."""
+    spec = {
+        "task": cell.task.name,
+        "level": cell.level,
+        "algorithm": cell.algorithm,
+        "model": str(cell.model),
+        "hparams": cell.hparams,
+        "budget_tokens": config.budget_tokens,
+        "eval_points": list(config.eval_points),
+        "eval_episodes": config.eval_episodes,
+    }
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def cell_file(cell: Cell, config: BenchConfig) -> str:
+    return f"{cell.task.name}_L{cell.level}_{cell.algorithm}_seed{cell.seed}_{setting_id(cell, config)}.csv"
+
+
+def read_runs(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every finished cell's rows in ``out``, numbers parsed, in a stable order."""
+    rows: list[dict[str, Any]] = []
+    for path in sorted((Path(out) / CELLS_DIR).glob("*.csv")):
+        with path.open(newline="") as f:
+            rows += [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    order = {name: i for i, name in enumerate(ALGORITHMS)}  # tables list algorithms in ALGORITHMS' order
+    return sorted(
+        rows, key=lambda r: (r["task"], r["level"], order.get(r["algorithm"], 99), r["setting"], r["seed"], r["point"])
+    )
+
+
+def _claim(out: Path, config: BenchConfig) -> None:
+    """Make ``out`` hold ``config``: resume it, or append it with ``config.append``; refuse anything else."""
+    manifest = out / MANIFEST
+    mine = json.loads(json.dumps(config.identity()))  # as it reads back from JSON (tuples become lists)
+    if manifest.exists():
+        configurations = json.loads(manifest.read_text())["configurations"]
+        if mine in configurations:
+            return
+        if not config.append:
+            theirs = configurations[-1]
+            differ = ", ".join(f"{k} {theirs.get(k)!r} → {mine[k]!r}" for k in mine if theirs.get(k) != mine[k])
+            raise FileExistsError(
+                f"{out} holds a benchmark of another configuration (differing in {differ}). Nothing was changed. "
+                "Choose another output folder, run the same configuration to resume, or pass --append "
+                "(append=True) to add this configuration's cells to the folder."
+            )
+        configurations.append(mine)
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no benchmark ({MANIFEST}); choose another output folder.")
+    else:
+        configurations = [mine]
+    (out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(manifest, {"configurations": configurations})
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` so that a crash leaves either the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _number(text: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _update_size(hparams: dict[str, Any]) -> str:
+    keys = ("batch_size", "n_steps", "num_envs")
+    return ", ".join(f"{k}={hparams[k]}" for k in keys if k in hparams) or "its settings"

@@ -1,0 +1,199 @@
+"""The benchmark runner (agents.bench, ``textgym bench``) on a test-only task built from TextGen-v0."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from bench_fake_task import ENV_ID, TASK, register_fake_task
+from gymnasium.envs.registration import registry
+
+import agents.bench.runner as runner
+from agents.bench import ALGORITHMS, DEFAULT_ALGORITHMS, BenchConfig, read_runs, run_benchmark
+from agents.bench.cli import main as bench_main
+from agents.bench.evaluation import best_of_n_kl, distinct_n
+from agents.bench.report import _bon_form, _rl_form, fit_gao
+from textgym import tasks
+from textgym.cli import main as textgym_main
+
+pytestmark = pytest.mark.usefixtures("one_thread", "fake_task")
+ALL = [*DEFAULT_ALGORITHMS, "oracle"]
+TRAINED = ("ppo", "grpo", "rloo", "sb3-ppo", "sb3-a2c", "sb3-maskable-ppo")
+
+
+@pytest.fixture(scope="module")
+def fake_task():
+    """Register the fake task for this module only, so suites that check every registered task never see it."""
+    register_fake_task()
+    yield tasks.get_task(TASK)
+    tasks._TASKS.pop(TASK, None)
+    registry.pop(ENV_ID, None)
+
+
+def quick(out, **kwargs) -> BenchConfig:
+    return BenchConfig(**{"tasks": [TASK], "quick": True, "out": str(out), "progress": False, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, fake_task):
+    """The whole algorithm matrix (oracle included) with 2 seeds on the tiny model: the --quick CI run."""
+    out = tmp_path_factory.mktemp("quick")
+    run_benchmark(quick(out, algorithms=ALL, seeds=2))
+    return out
+
+
+# --- the quick run: every algorithm, well-formed outputs, the anchors of the normalised score ----------------------
+def test_quick_run_writes_well_formed_outputs(quick_run):
+    with (quick_run / "runs.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == runner.COLUMNS
+        rows = list(reader)
+    assert len(rows) == len(ALL) * 2 * 3  # algorithms × seeds × evaluation points (quick: 0, 0.5, 1)
+    assert {r["algorithm"] for r in rows} == set(ALL)
+    for row in rows:
+        for key in ("reward", "gold_score", "normalized_score", "kl", "ref_perplexity", "distinct_1", "wall_seconds"):
+            assert np.isfinite(float(row[key])), (row["algorithm"], key)
+    results = (quick_run / "results.md").read_text()
+    for algorithm in ALL:
+        assert f"| {algorithm} |" in results
+    assert "100 [100, 100]" in results  # the oracle, IQM with its bootstrap CI over the 2 seeds
+    for name in ("learning_curves", "reward_kl_frontier", f"overoptimization_{TASK}"):
+        data = (quick_run / f"{name}.png").read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
+
+
+def test_oracle_scores_100_and_random_about_0(quick_run, fake_task):
+    rows = read_runs(quick_run)
+    oracle = [r for r in rows if r["algorithm"] == "oracle"]
+    assert all(r["normalized_score"] == 100 for r in oracle)
+    assert all(r["gold_score"] == fake_task.optimum_score[1] for r in oracle)
+    random = [r["gold_score"] for r in rows if r["algorithm"] == "random"]
+    assert abs(np.mean(random) - fake_task.random_score[1]) < 0.05
+    assert abs(np.mean([r["normalized_score"] for r in rows if r["algorithm"] == "random"])) < 5
+
+
+def test_budget_and_kl_bookkeeping(quick_run):
+    rows = read_runs(quick_run)
+    for r in rows:
+        if r["algorithm"] in TRAINED:
+            assert r["target_tokens"] == round(r["budget_fraction"] * 256) <= r["train_tokens"]
+            assert r["train_tokens"] < r["target_tokens"] + 8 * 8 + 4 * 8  # within one update (and the waves' rest)
+        else:
+            assert r["train_tokens"] == 0
+        if r["algorithm"] == "best-of-n":  # n = n_max ** fraction (quick n_max = 4): 1, 2, 4
+            assert r["samples_per_prompt"] == round(4 ** r["budget_fraction"])
+            assert r["kl"] == pytest.approx(best_of_n_kl(r["samples_per_prompt"]))
+        if r["algorithm"] == "zero-shot":  # the policy is the reference
+            assert abs(r["kl"]) < 1e-4
+        if r["algorithm"] in TRAINED and r["point"] == 0:  # nothing trained yet: the starting model
+            assert abs(r["kl"]) < 1e-4 or r["algorithm"] == "sb3-maskable-ppo"  # the mask alone moves it
+    for algorithm in TRAINED:  # training moved the policy away from the starting model
+        assert any(abs(r["kl"]) > 1e-3 for r in rows if r["algorithm"] == algorithm and r["point"] > 0)
+
+
+# --- resuming ----------------------------------------------------------------------------------------------------
+def test_a_killed_run_resumes_without_recomputing_finished_cells(tmp_path, monkeypatch):
+    config = quick(tmp_path, algorithms=["random", "zero-shot", "oracle"], seeds=1)
+    real_run_cell, computed = runner.run_cell, []
+
+    def run_cell_then_die(cell, config):
+        if len(computed) == 2:
+            raise KeyboardInterrupt  # killed during the third cell
+        computed.append(cell.algorithm)
+        return real_run_cell(cell, config)
+
+    monkeypatch.setattr(runner, "run_cell", run_cell_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(config)
+    finished = sorted((tmp_path / "cells").glob("*.csv"))
+    assert len(finished) == 2 and not list((tmp_path / "cells").glob(".*"))  # no half-written cell
+    before = {p.name: p.read_bytes() for p in finished}
+
+    computed.clear()
+    monkeypatch.setattr(
+        runner, "run_cell", lambda cell, config: computed.append(cell.algorithm) or real_run_cell(cell, config)
+    )
+    run_benchmark(config)
+    assert computed == ["oracle"]  # only the cell that had not finished
+    assert all((tmp_path / "cells" / name).read_bytes() == data for name, data in before.items())
+    assert {r["algorithm"] for r in read_runs(tmp_path)} == {"random", "zero-shot", "oracle"}
+    assert (tmp_path / "results.md").exists()
+
+
+def test_another_configuration_is_refused_unless_appended(tmp_path):
+    run_benchmark(quick(tmp_path, algorithms=["zero-shot"], seeds=1))
+    snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"another configuration.*budget_tokens 256 → 512.*--append"):
+        run_benchmark(quick(tmp_path, algorithms=["zero-shot"], seeds=1, budget_tokens=512))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot  # nothing overwritten
+
+    run_benchmark(quick(tmp_path, algorithms=["zero-shot"], seeds=1, budget_tokens=512, append=True))
+    rows = read_runs(tmp_path)
+    assert sorted({r["budget_tokens"] for r in rows}) == [256, 512]
+    assert len(json.loads((tmp_path / "bench.json").read_text())["configurations"]) == 2
+    assert "zero-shot [" in (tmp_path / "results.md").read_text()  # two settings of one algorithm: labelled apart
+
+
+def test_a_non_empty_folder_without_a_benchmark_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no benchmark"):
+        run_benchmark(quick(tmp_path, algorithms=["zero-shot"], seeds=1))
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tasks": ["nope"]}, ValueError, f"Unknown task.*'nope'.*the tasks are: .*{TASK}"),
+        ({"algorithms": ["ppo", "dqn"]}, ValueError, "Unknown algorithm.*'dqn'.*random, zero-shot, best-of-n, ppo"),
+        ({"budget_tokens": 16}, ValueError, "smaller than one update of ppo on fake-repeat"),
+        ({"levels": {TASK: 7}}, ValueError, r"has levels \[1, 2\], got 7"),
+        ({"eval_points": (0.5, 0.25, 1)}, ValueError, "eval_points must be increasing"),
+    ],
+    ids=["task", "algorithm", "budget", "level", "eval-points"],
+)
+def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, kwargs, error, match):
+    out = tmp_path / "out"
+    with pytest.raises(error, match=match):
+        run_benchmark(quick(out, **kwargs))
+    assert not out.exists()
+
+
+def test_cli_help_lists_every_task_and_algorithm(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in [TASK, *ALGORITHMS]:
+        assert name in text
+    assert textgym_main(["--help"]) == 0 and "bench" in capsys.readouterr().out
+
+
+def test_cli_runs_and_reports_bad_input(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["--tasks", TASK, "--algos", "zero-shot,oracle", "--seeds", "1", "--quick", "--no-progress"]
+    assert textgym_main(["bench", *args, "--level", f"{TASK}=2", "--out", str(out)]) == 0
+    assert {r["level"] for r in read_runs(out)} == {2}
+    oracle_row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| oracle"))
+    assert oracle_row.startswith("| oracle | 100 |") and "[" not in oracle_row  # one seed: the value, no interval
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--algos", "zero-shot,sarsa", "--quick", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2
+    assert "Unknown algorithm(s) ['sarsa']; the algorithms are: random" in capsys.readouterr().err
+
+
+# --- the pieces ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", [_bon_form, _rl_form], ids=["best-of-n", "rl"])
+def test_gao_fits_recover_their_coefficients(form):
+    d = np.linspace(0, 3, 20)
+    alpha, beta = fit_gao(d, form(d, 0.7, 0.2), form)
+    assert (alpha, beta) == (pytest.approx(0.7), pytest.approx(0.2))
+
+
+def test_metrics_helpers():
+    assert best_of_n_kl(1) == 0 and best_of_n_kl(4) == pytest.approx(np.log(4) - 0.75)
+    assert distinct_n(["a b a b", "a b"], 1) == pytest.approx(2 / 6)
+    assert distinct_n(["a b a b", "a b"], 2) == pytest.approx(2 / 4)
