@@ -1,7 +1,8 @@
 """The ``textgym`` command: one entry point, each subcommand implemented next to the code it drives.
 
-``textgym reward ...`` runs :mod:`reward_models.cli`, ``textgym train ...`` :mod:`agents.cli` and ``textgym bench ...``
-:mod:`agents.bench.cli`; they are imported only when named, so ``textgym --help`` answers at once.
+``textgym reward ...`` runs :mod:`reward_models.cli`, ``textgym label ...`` :mod:`reward_models.labelling.cli`,
+``textgym train ...`` :mod:`agents.cli` and ``textgym bench ...`` :mod:`agents.bench.cli`; they are imported only
+when named, so ``textgym --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ COMMANDS = {
     "reward": ("reward_models.cli", "train and evaluate reward models, make synthetic preference data"),
     "train": ("agents.cli", "train an LM policy (SFT, PPO, GRPO, RLOO) on a textgym environment"),
     "bench": ("agents.bench.cli", "benchmark algorithms on the task suite (seeds, token budget, rliable)"),
+    "label": ("reward_models.labelling.cli", "collect human preferences on a local web page, export them"),
 }
 
 
