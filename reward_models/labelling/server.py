@@ -6,7 +6,7 @@ was started without ``--raters``; then ``X-Token`` carries the shared ``--token`
     GET  /api/next    -> {"rater", "mode", "done", "total", "task": {"item", "prompt", "completions": [{"index",
                           "text"}]} or null when nothing is left}
     POST /api/label   {"item", "ranking": [[best...], ..., [worst...]], "flags": {"2": "unsafe"}, "comment": ""}
-                      -> {"saved": record, "done", "total"}; answered only once the label is fsynced
+                      -> {"saved": record, and what /api/next answers}; sent only once the label is fsynced
     POST /api/undo    -> {"undone": record, "task": that item's task}: withdraws the rater's latest label
 
 Errors come back as ``{"error": message}`` with a 4xx status: 400 malformed request or ranking, 401 unknown
@@ -119,8 +119,7 @@ class LabelApp:
             raise LabelError(f"unknown item {item!r}: it is not in this batch", 404)
         task = self.task_of[item]
         record = self.store.submit(rater, task, body.get("ranking"), body.get("flags"), body.get("comment"))
-        done, total = self.progress(rater)
-        return {"saved": record, "done": done, "total": total}
+        return {"saved": record, **self.next_json(rater)}
 
     def undo(self, rater: str) -> dict[str, Any]:
         record = self.store.undo(rater)

@@ -66,7 +66,7 @@ function render(task, previous) {
     card.dataset.index = completion.index;
     const text = document.createElement("pre");
     text.className = "text";
-    text.textContent = completion.text; // never innerHTML: a <script> here must show as text
+    text.textContent = completion.text; // as text, never parsed as HTML: a <script> here must show as text
     const controls = document.createElement("div");
     controls.className = "controls";
     const ranks = document.createElement("div");
@@ -168,9 +168,10 @@ function submit() {
     const flags = {};
     for (const [i, reason] of Object.entries(state.flags)) flags[String(i)] = reason;
     const answer = { item: state.task.item, ranking: order, flags, comment: $("comment").value };
-    const saved = await api("POST", "/api/label", answer);
+    const saved = await api("POST", "/api/label", answer); // the reply comes once the label is on disk
     status(`Saved item ${saved.saved.item}.`);
-    await next();
+    showProgress(saved.done, saved.total);
+    render(saved.task);
   });
 }
 
