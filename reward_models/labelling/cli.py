@@ -108,7 +108,7 @@ def rater_tokens(out_dir: str | os.PathLike, names: list[str]) -> dict[str, str]
 def _serve(args: argparse.Namespace) -> int:
     from reward_models.labelling.items import load_items
     from reward_models.labelling.selection import order_tasks
-    from reward_models.labelling.server import LabelApp, bind, is_loopback, serve
+    from reward_models.labelling.server import RATER_NAME, LabelApp, bind, is_loopback, serve
     from reward_models.labelling.storage import LabelStore
 
     if not is_loopback(args.host) and not (args.token or args.raters):
@@ -116,6 +116,9 @@ def _serve(args: argparse.Namespace) -> int:
             f"--host {args.host} serves beyond this machine; give --token SECRET (or --raters) so only raters can "
             "label, or keep the default --host 127.0.0.1."
         )
+    names = args.raters.split(",") if args.raters else []
+    if args.raters is not None and not all(RATER_NAME.match(name) for name in names):
+        raise ValueError(f"--raters wants comma-separated names of letters, digits or . _ - @; got {args.raters!r}")
     bind(args.host, args.port).close()  # a port in use fails now, before the models load
     items = load_items(args.data)
     models = []
@@ -125,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         models = [make_reward_model(name) for name in args.reward_model]
     tasks = order_tasks(items, args.strategy, args.mode, models, args.seed)
     store = LabelStore(args.out, args.data, items)
-    raters = rater_tokens(args.out, args.raters.split(",")) if args.raters else None
+    raters = rater_tokens(args.out, names) if names else None
     app = LabelApp(store, tasks, args.mode, args.overlap, raters, args.token)
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
     print(f"{len(items)} items, {len(store.labels())} labels so far in {args.out}; strategy {args.strategy}")
