@@ -19,6 +19,7 @@ from reward_models.labelling.selection import order_tasks, pair_disagreement, pa
 from reward_models.labelling.stats import label_stats
 from reward_models.labelling.storage import LabelStore, Task
 from reward_models.preferences import load_preferences
+from textgym.cli import main as textgym_main
 
 
 def scorer(table):
@@ -121,6 +122,8 @@ def test_cli_stats_export_and_errors(labelled, tmp_path, capsys):
     assert main(["export", str(folder), "--format", "rankings", "--out", str(tmp_path / "r.jsonl")]) == 0
     assert "wrote 5 rankings records" in capsys.readouterr().out
     assert main(["stats", str(tmp_path)]) == 2 and "not a labels folder" in capsys.readouterr().err
+    assert textgym_main(["label", "stats", str(folder)]) == 0  # reachable as `textgym label`
+    assert "6 labels" in capsys.readouterr().out
 
 
 def test_serve_refuses_a_port_in_use_and_an_open_interface_without_a_token(tmp_path, capsys):
