@@ -152,3 +152,21 @@ def test_sample_writes_a_batch_with_a_tiny_model(tiny_model_dir, tmp_path, capsy
     items = load_items(out)
     assert [item.prompt for item in items] == ["Hello there", "The movie was"]
     assert all(2 <= len(item.completions) <= 3 for item in items)
+
+
+def test_labelling_imports_nothing_from_agents_and_the_web_stack_lazily():
+    """Reward models know nothing of agents; starlette/uvicorn/torch load only in the functions that need them."""
+    import ast
+    from pathlib import Path
+
+    import reward_models.labelling as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        every = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = [a.name for n in every if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in every if isinstance(n, ast.ImportFrom) and n.module]
+        assert not [n for n in names if n.split(".")[0] == "agents"], path
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        top_names = {(n.module or "") if isinstance(n, ast.ImportFrom) else n.names[0].name for n in top}
+        assert not {m.split(".")[0] for m in top_names} & {"starlette", "uvicorn", "torch", "krippendorff"}, path
