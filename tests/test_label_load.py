@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def serve_process(batch: Path, out: Path, raters: int, overlap: int):
+def serve_process(batch: Path, out: Path, raters: int, overlap: int, extra: tuple[str, ...] = ()):
     """``textgym label serve`` in a subprocess on a free loopback port; yield (url, {name: token}, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     names = ",".join(f"rater{r}" for r in range(raters))
     command = [sys.executable, "-m", "reward_models.labelling.cli", "serve", "--data", str(batch), "--out", str(out)]
-    command += ["--port", str(port), "--raters", names, "--overlap", str(overlap)]
+    command += ["--port", str(port), "--raters", names, "--overlap", str(overlap), *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -128,3 +128,17 @@ def test_sigkill_mid_load_keeps_every_acknowledged_label(tmp_path):
         on_disk = {(r["rater"], r["item"]) for r in read_log(out / "labels.jsonl")}
     assert set(acknowledged) <= on_disk, "an acknowledged label is missing after the kill"
     assert len(acknowledged) >= 100
+
+
+def test_serve_orders_by_a_reward_models_uncertainty(tmp_path):
+    """The CLI wiring of --strategy/--reward-model/--mode: VADER is surest where sentiment differs most."""
+    batch = tmp_path / "batch.jsonl"
+    rows = [
+        ("sure", [" I love it, wonderful and great.", " I hate it, awful and terrible."]),
+        ("unsure", [" It is a table.", " It is a chair.", " I hate it, awful."]),
+    ]
+    batch.write_text("".join(json.dumps({"id": i, "prompt": "Review:", "completions": c}) + "\n" for i, c in rows))
+    extra = ("--strategy", "uncertainty", "--reward-model", "vader", "--mode", "pairs")
+    with serve_process(batch, tmp_path / "labels", 1, overlap=1, extra=extra) as (url, tokens, _):
+        task = httpx.get(url + "/api/next", headers={"X-Token": tokens["rater0"]}).json()["task"]
+    assert task["item"] == "unsure" and [c["index"] for c in task["completions"]] == [0, 1]  # the two neutral ones
