@@ -172,6 +172,7 @@ def plot(results: dict, args: argparse.Namespace) -> None:
         ax.fill_between(args.sizes, mean - std, mean + std, alpha=0.15)
     ax.set_xscale("log")
     ax.set_xticks(args.sizes, [str(n) for n in args.sizes])
+    ax.minorticks_off()
     ax.set_xlabel("comparisons labelled (N)")
     ax.set_ylabel("held-out pairwise accuracy")
     ax.set_title(f"Active vs random selection ({args.seeds} seeds, gold = VADER)")
