@@ -157,6 +157,7 @@ _REGISTRY: dict[str, str | Callable[..., RewardFn]] = {
     "concepts": "reward_models.concepts:Concepts",
     "concept-coverage": "reward_models.concepts:ConceptCoverage",
     "verifiable": "reward_models.verifiable:Verifiable",
+    "fluency": "reward_models.fluency:Fluency",
 }
 
 
