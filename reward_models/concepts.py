@@ -31,10 +31,6 @@ import numpy as np
 
 FLUENCY_CONTEXT = "Here is a sentence:"
 """What the fluency gate conditions the completion on, instead of the prompt (see the module docstring)."""
-FLUENCY_RANGE = (-6.5, -3.5)
-"""The gate's ``(low, high)`` mean per-token log-prob: 0 at or below ``low``, 1 at or above ``high``. Plain
-sentences score about −3.7 to −4.3 after :data:`FLUENCY_CONTEXT` and a bare word list about −7.4 with
-SmolLM2-135M-Instruct, so the default range passes the one (about 0.7 to 0.9) and stops the other (0)."""
 
 
 def parse_concepts(prompt: str) -> list[str]:
@@ -97,7 +93,9 @@ class Concepts:
     """Concept coverage gated by fluency: ``coverage × fluency``, in ``[0, 1]``.
 
     The fluency is :class:`reward_models.fluency.Fluency` of the completion after :data:`FLUENCY_CONTEXT`
-    (not after the prompt; see the module docstring), with ``(low, high) =`` :data:`FLUENCY_RANGE`.
+    (not after the prompt; see the module docstring), with its default range: a mean log-prob of −6 nats per
+    token or less scores 0, −3.5 or more scores 1. Plain sentences (−3.7 to −4.3) pass, about 0.7 to 0.9; a
+    bare word list (−7.4) does not.
 
     Args:
         concepts: as for :class:`ConceptCoverage`.
@@ -120,11 +118,8 @@ class Concepts:
     ) -> None:
         from reward_models.fluency import Fluency
 
-        low, high = FLUENCY_RANGE
         self.coverage = ConceptCoverage(concepts)
-        self.fluency = Fluency(
-            model=model, device=device, batch_size=batch_size, **{"low": low, "high": high, **fluency_kwargs}
-        )
+        self.fluency = Fluency(model=model, device=device, batch_size=batch_size, **fluency_kwargs)
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         covered = self.coverage(prompts, completions)

@@ -50,7 +50,7 @@ class ConceptCoverageEnv(TextGenEnv):
       (lemminflect's: *threw* covers ``throw``, *children* covers ``child``).
     - ``fluency``: the reference language model's mean per-token log-prob of the reply, read after a neutral
       context rather than the prompt (the prompt makes a bare copy of the word list likely) and mapped
-      linearly from [−6.5, −3.5] to [0, 1], times a distinct-bigram factor against repetition
+      linearly from [−6, −3.5] to [0, 1], times a distinct-bigram factor against repetition
       (:mod:`reward_models.fluency`). A bare list of the concepts has full coverage and fluency near 0.
 
     The final ``info`` holds ``score`` (the reward), ``gold_score`` (the same: the reward is the gold) and
