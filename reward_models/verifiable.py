@@ -2,11 +2,11 @@
 letter, add or multiply numbers), exact (sparse) or with partial credit (dense).
 
 The expected answer is computed from the prompt, so the reward model needs no reference data: any prompt
-written in one of :data:`INSTRUCTIONS`' forms can be scored (the ``VerifiableInstructions-v0`` task writes
-them; :func:`instruction_prompt` writes one)::
+with a line in one of :data:`INSTRUCTIONS`' forms can be scored, the last such line being the question (the
+``VerifiableInstructions-v0`` task writes them with :func:`instruction_prompt`)::
 
     reward = make_reward_model("verifiable", mode="partial")
-    reward(["Write these words in reverse order: red cat sun\\nReply with the answer only."], ["sun cat red"])
+    reward(["Write these words in reverse order: red cat sun"], ["sun cat red"])
 
 **The answer** is the first non-blank line of the completion, stripped. For the word instructions it is
 compared as its sequence of lowercase words (punctuation between words is ignored: ``"sun, cat, red."`` is
@@ -37,8 +37,16 @@ INSTRUCTIONS = {
     "add": "What is {a} + {b}?",
     "multiply": "What is {a} * {b}?",
 }
-"""The instruction forms, by kind; the prompt is the instruction, a newline and :data:`REPLY_HINT`."""
-REPLY_HINT = "Reply with the answer only."
+"""The instruction forms, by kind."""
+EXAMPLES = {
+    "copy": {"words": "one two three"},
+    "reverse": {"words": "one two three"},
+    "sort": {"words": "one two three"},
+    "count": {"letter": "o", "words": "one two"},
+    "add": {"a": 2, "b": 3},
+    "multiply": {"a": 2, "b": 3},
+}
+"""The worked example each prompt opens with, by kind: it shows the model the form of the answer."""
 WORD_KINDS = ("copy", "reverse", "sort")
 KINDS = tuple(INSTRUCTIONS)
 
@@ -57,38 +65,44 @@ _PATTERNS = {
 
 
 def instruction_prompt(kind: str, **fields: object) -> str:
-    """The prompt of one instruction, e.g. ``instruction_prompt("add", a=12, b=30)``."""
+    """The prompt of one instruction, e.g. ``instruction_prompt("add", a=12, b=30)``: a worked example of the
+    same kind (:data:`EXAMPLES`), then the instruction, each followed by ``Answer:``."""
     if kind not in INSTRUCTIONS:
         raise ValueError(f"Unknown instruction kind {kind!r}; the kinds are {list(KINDS)}.")
-    return f"{INSTRUCTIONS[kind].format(**fields)}\n{REPLY_HINT}"
+    example = INSTRUCTIONS[kind].format(**EXAMPLES[kind])
+    return f"{example}\nAnswer: {_solve(kind, EXAMPLES[kind])}\n\n{INSTRUCTIONS[kind].format(**fields)}\nAnswer:"
 
 
 def parse_instruction(prompt: str) -> tuple[str, dict[str, str]]:
-    """The kind and fields of a prompt written by :func:`instruction_prompt` (its first line is matched)."""
-    first = prompt.strip().splitlines()[0].strip() if prompt.strip() else ""
-    for kind, pattern in _PATTERNS.items():
-        match = pattern.match(first)
-        if match:
-            return kind, match.groupdict()
+    """The kind and fields of the instruction a prompt asks: its last line in one of :data:`INSTRUCTIONS`'
+    forms (an example before it is not the question)."""
+    for line in reversed(prompt.splitlines()):
+        for kind, pattern in _PATTERNS.items():
+            match = pattern.match(line.strip())
+            if match:
+                return kind, match.groupdict()
     raise ValueError(
-        f"The prompt {prompt!r} is not a verifiable instruction: its first line must be one of the forms of "
+        f"The prompt {prompt!r} is not a verifiable instruction: one of its lines must be one of the forms of "
         f"reward_models.verifiable.INSTRUCTIONS, {list(INSTRUCTIONS.values())}."
     )
 
 
 def expected_answer(prompt: str) -> str:
     """The exact answer to an instruction prompt (the task's scripted solver)."""
-    kind, fields = parse_instruction(prompt)
+    return _solve(*parse_instruction(prompt))
+
+
+def _solve(kind: str, fields: dict[str, object]) -> str:
     if kind in WORD_KINDS or kind == "count":
-        words = fields["words"].split()
+        words = str(fields["words"]).split()
         if kind == "copy":
             return " ".join(words)
         if kind == "reverse":
             return " ".join(reversed(words))
         if kind == "sort":
             return " ".join(sorted(words))
-        return str("".join(words).count(fields["letter"]))
-    a, b = int(fields["a"]), int(fields["b"])
+        return str("".join(words).count(str(fields["letter"])))
+    a, b = int(str(fields["a"])), int(str(fields["b"]))
     return str(a + b if kind == "add" else a * b)
 
 

@@ -25,6 +25,9 @@ def test_expected_answers_are_computed_from_the_prompt():
     assert expected_answer(instruction_prompt("count", letter="e", words="tree bee")) == "4"
     assert expected_answer(ADD) == "579"
     assert expected_answer(instruction_prompt("multiply", a=12, b=34)) == "408"
+    # The prompt opens with a worked example of its kind; the question is the last instruction, not the example.
+    assert REVERSE.startswith("Write these words in reverse order: one two three\nAnswer: three two one\n")
+    assert REVERSE.endswith("Write these words in reverse order: red cat sun dog\nAnswer:")
     with pytest.raises(ValueError, match="not a verifiable instruction"):
         parse_instruction("Tell me a joke.")
     with pytest.raises(ValueError, match="kinds are"):

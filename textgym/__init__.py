@@ -49,5 +49,5 @@ if "VerifiableInstructions-v0" not in registry:
         id="VerifiableInstructions-v0",
         entry_point="textgym.envs.instructions:VerifiableInstructionsEnv",
         vector_entry_point="textgym.envs.instructions:VerifiableInstructionsVectorEnv",
-        kwargs={"max_prompt_tokens": 96, "max_new_tokens": 24, "chat_template": True},
+        kwargs={"max_prompt_tokens": 96, "max_new_tokens": 24},
     )
