@@ -94,7 +94,8 @@ def test_levels_splits_and_bad_arguments(tiny_model_dir):
 
 def test_the_last_info_holds_coverage_and_the_gold_and_the_solver_uses_every_concept(tiny_model_dir):
     spec = get_task("concepts")
-    env = gym.make(spec.env_id, split="test", level=4, model=tiny_model_dir, fluency_model=tiny_model_dir)
+    kwargs = {"model": tiny_model_dir, "fluency_model": tiny_model_dir, "max_new_tokens": 64}  # tiny BPE: more tokens
+    env = gym.make(spec.env_id, split="test", level=4, **kwargs)
     tokenizer = env.unwrapped.tokenizer
     prompt = env.reset(seed=0)[1]["prompt"]
     sentence = template_sentence(prompt, 4)
@@ -102,7 +103,7 @@ def test_the_last_info_holds_coverage_and_the_gold_and_the_solver_uses_every_con
     info = run_episode(env, actions=[*reply, tokenizer.eos_token_id])
     assert info["completion"] == sentence and info["coverage"] == 1.0
     assert info["gold_score"] == info["score"] <= info["coverage"]
-    randoms = [run_episode(env, seed=seed) for seed in range(10)]
+    randoms = [run_episode(env.unwrapped.__class__(**{**kwargs, "max_new_tokens": 16}), seed=s) for s in range(10)]
     assert np.mean([i["coverage"] for i in randoms]) < 0.1
     vector = gym.make_vec(spec.env_id, num_envs=2, model=tiny_model_dir, fluency_model=tiny_model_dir, max_new_tokens=2)
     vector.reset(seed=0)

@@ -154,6 +154,10 @@ TASK = TaskSpec(
     description="copy, reverse, sort words, count a letter, add or multiply numbers (exact match)",
     levels=tuple(LEVELS),
     default_level=1,
+    # Exact match: the solver scores 1 by construction, and uniform tokens (the embedded model's vocabulary, or
+    # the tiny test model's) never spell an answer on the first line, 0.0 measured at every level. The embedded
+    # model, sampling at temperature 1, answers 23% right at level 1 and 4% at level 2 (benchmarks/task_levels.py,
+    # 48 test prompts a level); level 1 is the default.
     random_score={level: 0.0 for level in LEVELS},
     optimum_score={level: 1.0 for level in LEVELS},
     solver=solve,
