@@ -75,8 +75,9 @@ class ConceptCoverageEnv(TextGenEnv):
     - ``split``: ``"train"`` or ``"test"`` (disjoint concept sets, by a stable hash of the prompt; about 80% /
       20%); ``None`` for all.
     - ``level``: ``2``, ``3`` or ``4``, the number of concepts (``LEVELS``); ``None`` is the default, 3.
-    - ``fluency_model``: the language model that judges fluency (``None``: the embedded SmolLM2-135M-Instruct;
-      ``"tiny"`` or a local directory).
+    - ``fluency_model``: the language model that judges fluency (``None``: the env's ``model``, by default the
+      embedded SmolLM2-135M-Instruct; ``"tiny"`` or a local directory). The optimum and random scores of the
+      task are measured with the embedded model.
     - The other arguments are ``TextGen-v0``'s (``model``, ``reference_model``, ``kl_coef``, ``action_mask``,
       ...; see :class:`~textgym.envs.text_gen.TextGenEnv`), except ``prompts``, ``reward_model``,
       ``gold_model`` and ``info_models``, which the task sets.
@@ -99,7 +100,7 @@ class ConceptCoverageEnv(TextGenEnv):
             **kwargs,
             "prompts": list(instances(level)),
             "reward_model": "concepts",
-            "reward_model_kwargs": {"model": fluency_model},
+            "reward_model_kwargs": {"model": fluency_model if fluency_model is not None else kwargs.get("model")},
             "info_models": {"coverage": "concept-coverage"},
         }
 
