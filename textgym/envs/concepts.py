@@ -29,8 +29,8 @@ class ConceptCoverageEnv(TextGenEnv):
     Constrained generation in the manner of CommonGen (Lin et al., 2020): given two to four concepts, a verb and
     some nouns (``"dog, swim, boat"``), write one fluent sentence that uses them all, in any inflection (*a dog
     swimming near the boat*). The agent writes its reply token by token in the model's chat template. Concept
-    sets are drawn procedurally from the shipped list ``textgym/data/concepts.txt`` (175 common nouns and 70
-    common verbs), a fixed set per level.
+    sets are drawn procedurally from the shipped list ``textgym/data/concepts.txt`` (171 common nouns and 70
+    common verbs; the 4 words listed as both are used as verbs), a fixed set per level.
 
     ## Action Space
 
