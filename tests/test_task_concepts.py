@@ -127,7 +127,7 @@ def test_the_solver_reaches_the_optimum_and_random_tokens_score_about_0():
 def test_passes_the_env_checker(tiny_model_dir):
     from gymnasium.utils.env_checker import check_env
 
-    env = gym.make("ConceptCoverage-v0", model=tiny_model_dir, max_new_tokens=4)
+    env = gym.make("ConceptCoverage-v0", model=tiny_model_dir, fluency_model=tiny_model_dir, max_new_tokens=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped)

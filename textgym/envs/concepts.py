@@ -75,9 +75,9 @@ class ConceptCoverageEnv(TextGenEnv):
     - ``split``: ``"train"`` or ``"test"`` (disjoint concept sets, by a stable hash of the prompt; about 80% /
       20%); ``None`` for all.
     - ``level``: ``2``, ``3`` or ``4``, the number of concepts (``LEVELS``); ``None`` is the default, 3.
-    - ``fluency_model``: the language model that judges fluency (``None``: the env's ``model``, by default the
-      embedded SmolLM2-135M-Instruct; ``"tiny"`` or a local directory). The optimum and random scores of the
-      task are measured with the embedded model.
+    - ``fluency_model``: the language model that judges fluency: ``None`` for the embedded
+      SmolLM2-135M-Instruct whatever the policy's ``model`` (the gold must not change with the policy; the
+      task's random and optimum scores are measured with it), ``"tiny"`` or a local directory for tests.
     - The other arguments are ``TextGen-v0``'s (``model``, ``reference_model``, ``kl_coef``, ``action_mask``,
       ...; see :class:`~textgym.envs.text_gen.TextGenEnv`), except ``prompts``, ``reward_model``,
       ``gold_model`` and ``info_models``, which the task sets.
@@ -100,7 +100,7 @@ class ConceptCoverageEnv(TextGenEnv):
             **kwargs,
             "prompts": list(instances(level)),
             "reward_model": "concepts",
-            "reward_model_kwargs": {"model": fluency_model if fluency_model is not None else kwargs.get("model")},
+            "reward_model_kwargs": {"model": fluency_model},
             "info_models": {"coverage": "concept-coverage"},
         }
 
