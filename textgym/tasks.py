@@ -68,7 +68,7 @@ class TaskSpec:
         return 100.0 * (gold_score - low) / (high - low)
 
 
-BUILTIN_TASK_MODULES = ("textgym.envs.text_gen",)
+BUILTIN_TASK_MODULES = ("textgym.envs.text_gen", "textgym.envs.length_format", "textgym.envs.proxy_positivity")
 """The modules whose ``TASK`` is one of the suite's tasks, in the order tables list them. They are imported on
 the first question about the suite, so ``import textgym`` stays light."""
 
