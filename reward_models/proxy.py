@@ -48,7 +48,7 @@ class FluentPositivity:
 
     Args:
         fluency_kwargs: arguments of :class:`reward_models.fluency.Fluency` (default: the embedded SmolLM2
-            judges, mapping mean log-probabilities from −5 to −2.5 nats onto 0 to 1).
+            judges, mapping mean log-probabilities from −6 to −3.5 nats onto 0 to 1).
     """
 
     __name__ = "fluent-positivity"

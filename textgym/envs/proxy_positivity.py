@@ -41,7 +41,7 @@ class ProxyPositivityEnv(TextGenEnv):
 
     ``gold = (1 + VADER compound) / 2 × fluency`` in ``[0, 1]`` (``"fluent-positivity"``), fluency being
     :class:`reward_models.fluency.Fluency` under the embedded SmolLM2-135M (mean per-token log-probability of
-    the continuation given the opening, mapped from −5 to −2.5 nats onto 0 to 1, times a distinct-2 factor).
+    the continuation given the opening, mapped from −6 to −3.5 nats onto 0 to 1, times a distinct-2 factor).
     Benchmarks report the gold.
 
     The proxy heads see the continuation alone, as the gold's positivity does. They were trained on pairs of the
