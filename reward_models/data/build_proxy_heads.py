@@ -42,10 +42,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--relabel", action="store_true", help="score the samples again, not from gold_scores.jsonl")
+    parser.add_argument(
+        "--max-prompts", type=int, default=None, help="label only the first openings' samples (a quick, partial build)"
+    )
     args = parser.parse_args()
 
     samples = read_jsonl(args.completions, lambda r: (r["prompt"], r["completions"]))
-    prompts, completions = [p for p, _ in samples], [c for _, c in samples]
+    prompts, completions = [p for p, _ in samples][: args.max_prompts], [c for _, c in samples][: args.max_prompts]
     gold = gold_scores(prompts, completions, Path(args.out) / "gold_scores.jsonl", args.relabel)
     records, stats = synthesize_preferences(
         prompts, completions, gold=lambda ps, cs: [gold[p, c] for p, c in zip(ps, cs)], min_gap=args.min_gap
@@ -54,14 +57,17 @@ def main() -> None:
     pool = [p for p in pairs if not in_test_split(p.prompt)]
     held_out = [p for p in pairs if in_test_split(p.prompt)]
     print(f"{len(pairs)} pairs ({asdict(stats)}): {len(pool)} train-split, {len(held_out)} held out", flush=True)
-    if len(pool) < max(PAIR_COUNTS):
-        raise SystemExit(f"Only {len(pool)} train-split pairs, fewer than {max(PAIR_COUNTS)}: lower --min-gap.")
+    sizes = [n for n in PAIR_COUNTS if n <= len(pool)]
+    if not sizes:
+        raise SystemExit(f"Only {len(pool)} train-split pairs, fewer than {min(PAIR_COUNTS)}: lower --min-gap.")
+    if len(sizes) < len(PAIR_COUNTS):
+        print(f"Building only the heads of {sizes} pairs: the pool has {len(pool)}.", flush=True)
     random.Random(0).shuffle(pool)
 
     out = Path(args.out)
     cache: dict = {}  # text -> embedding, shared by every head: the encoder is frozen
     summary = {"min_gap": args.min_gap, "pool": len(pool), "held_out": len(held_out), "heads": {}}
-    for n in PAIR_COUNTS:
+    for n in sizes:
         for noise in LABEL_NOISES:
             data = list(pool[:n])
             for i in random.Random(n).sample(range(n), round(noise * n)):  # flip exactly noise · n labels
@@ -99,8 +105,8 @@ def main() -> None:
 def gold_scores(prompts: list[str], completions: list[list[str]], path: Path, relabel: bool) -> dict:
     """``(prompt, completion) -> gold score``, read from ``path`` (one ``{"prompt", "gold": [...]}`` a line, in
     the samples' order) unless ``relabel`` or it is missing; then computed and written there."""
-    if path.is_file() and not relabel:
-        rows = read_jsonl(path, lambda r: (r["prompt"], r["gold"]))
+    rows = read_jsonl(path, lambda r: (r["prompt"], r["gold"])) if path.is_file() and not relabel else []
+    if [p for p, _ in rows] == list(prompts):  # the same samples were labelled before
         return {(p, c): g for (p, scores), cs in zip(rows, completions, strict=True) for c, g in zip(cs, scores)}
     flat = [(p, c) for p, cs in zip(prompts, completions) for c in cs]
     scores = iter(FluentPositivity()([p for p, _ in flat], [c for _, c in flat]).tolist())

@@ -51,12 +51,14 @@ class ProxyPositivityEnv(TextGenEnv):
     ## Arguments
 
     ```python
-    gym.make("ProxyPositivity-v0", split=None, level=2, proxy_pairs=None, label_noise=0.0, proxy="single",
+    gym.make("ProxyPositivity-v0", split=None, level=3, proxy_pairs=None, label_noise=0.0, proxy="single",
              model=None, max_prompt_tokens=64, max_new_tokens=32, gold_model_kwargs=None, ...)
     ```
 
     - ``split``: ``"train"`` or ``"test"`` openings (disjoint; :func:`textgym.prompts.split_prompts`).
-    - ``level``: ``1``, ``2`` (default) or ``3``: a proxy trained on 4000, 1000 or 250 pairs (``LEVELS``).
+    - ``level``: ``1``, ``2`` or ``3`` (default): a proxy trained on 4000, 1000 or 250 pairs (``LEVELS``). Only
+      the 250-pair heads ship so far; build the others with ``python reward_models/data/build_proxy_heads.py``
+      (``reward_models/data/README.md``), which makes levels 1 and 2 usable.
     - ``proxy_pairs``: ``250``, ``1000`` or ``4000``, the same choice by the pair count; give it or ``level``,
       or both if they agree.
     - ``label_noise``: ``0.0`` or ``0.25``, the share of flipped labels in the proxy's training pairs.
@@ -131,7 +133,7 @@ TASK = TaskSpec(
     env_id="ProxyPositivity-v0",
     description="positivity trained on a learned proxy (250-4000 gold-labelled pairs), judged by fluent positivity",
     levels=tuple(LEVELS),
-    default_level=2,
+    default_level=3,
     random_score=dict.fromkeys(LEVELS, 0.0),  # placeholder, measured below
     optimum_score=dict.fromkeys(LEVELS, 1.0),
     solver=fluent_positive_reply,
