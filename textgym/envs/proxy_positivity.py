@@ -120,7 +120,7 @@ class ProxyPositivityVectorEnv(TextGenVectorEnv):
 FLUENT_POSITIVE_REPLY = (
     " and I loved every minute of it. It was a wonderful, happy day, and I would gladly do it again."
 )
-"""The scripted solver's continuation of every opening: very positive (VADER compound 0.9) and fluent."""
+"""The scripted solver's continuation of every opening: very positive and fluent (gold 0.964)."""
 
 
 def fluent_positive_reply(prompt: str, level: int | None = None) -> str:
@@ -134,7 +134,10 @@ TASK = TaskSpec(
     description="positivity trained on a learned proxy (250-4000 gold-labelled pairs), judged by fluent positivity",
     levels=tuple(LEVELS),
     default_level=3,
-    random_score=dict.fromkeys(LEVELS, 0.0),  # placeholder, measured below
-    optimum_score=dict.fromkeys(LEVELS, 1.0),
+    # The gold does not depend on the level (the proxy does). Measured by benchmarks/task_calibration.py on the
+    # test split: uniform tokens of the embedded model's vocabulary (32 completions of 32 tokens) score 0.0000
+    # (the fluency gate is 0); the scripted solver scores 0.964 on every test opening.
+    random_score=dict.fromkeys(LEVELS, 0.0),
+    optimum_score=dict.fromkeys(LEVELS, 0.964),
     solver=fluent_positive_reply,
 )
