@@ -29,8 +29,8 @@ class ProxyPositivityEnv(TextGenEnv):
 
     ## Action Space, Observation Space, Starting State, Episode End
 
-    As :class:`~textgym.envs.text_gen.TextGenEnv`'s, on the shipped openings (``split`` and all of them: the
-    level chooses the proxy, not the prompts).
+    As :class:`~textgym.envs.text_gen.TextGenEnv`'s, on the shipped openings (the ``split`` part of them, whatever
+    the level: the level chooses the proxy, not the prompts).
 
     ## Rewards
 
