@@ -158,6 +158,9 @@ _REGISTRY: dict[str, str | Callable[..., RewardFn]] = {
     "concept-coverage": "reward_models.concepts:ConceptCoverage",
     "verifiable": "reward_models.verifiable:Verifiable",
     "fluency": "reward_models.fluency:Fluency",
+    "constraints": "reward_models.constraints:ConstraintSatisfaction",
+    "fluent-positivity": "reward_models.proxy:FluentPositivity",
+    "proxy-positivity": "reward_models.proxy:proxy_positivity",
 }
 
 

@@ -68,7 +68,13 @@ class TaskSpec:
         return 100.0 * (gold_score - low) / (high - low)
 
 
-BUILTIN_TASK_MODULES = ("textgym.envs.text_gen", "textgym.envs.concepts", "textgym.envs.instructions")
+BUILTIN_TASK_MODULES = (
+    "textgym.envs.text_gen",
+    "textgym.envs.concepts",
+    "textgym.envs.instructions",
+    "textgym.envs.length_format",
+    "textgym.envs.proxy_positivity",
+)
 """The modules whose ``TASK`` is one of the suite's tasks, in the order tables list them. They are imported on
 the first question about the suite, so ``import textgym`` stays light."""
 
