@@ -209,7 +209,7 @@ TASK = TaskSpec(
     description="write about a topic in N words and a format: final period, k bullets, JSON keys (fluency-gated)",
     levels=tuple(LEVELS),
     default_level=2,
-    # Measured by benchmarks/task_calibration.py on the test split: uniform tokens of the embedded model's
+    # Measured by benchmarks/task_levels.py on the test split: uniform tokens of the embedded model's
     # vocabulary (64 completions of 64 tokens a level) decode to text the gate scores 0 (0.0000 ± 0.0000); the
     # scripted solver scores 0.998, 0.992 and 0.995 on average (all constraints met, the gate below 1 on a few).
     # The embedded SmolLM2-135M sampling (temperature 1) on 24 test instances a level scores 0.458, 0.416 and

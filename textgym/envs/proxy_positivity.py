@@ -134,7 +134,7 @@ TASK = TaskSpec(
     description="positivity trained on a learned proxy (250-4000 gold-labelled pairs), judged by fluent positivity",
     levels=tuple(LEVELS),
     default_level=3,
-    # The gold does not depend on the level (the proxy does). Measured by benchmarks/task_calibration.py on the
+    # The gold does not depend on the level (the proxy does). Measured by benchmarks/task_levels.py on the
     # test split: uniform tokens of the embedded model's vocabulary (32 completions of 32 tokens) score 0.0000
     # (the fluency gate is 0); the scripted solver scores 0.964 on every test opening. The embedded model's own
     # samples (reward_models/data/proxy/gold_scores.jsonl) score 0.606 on the 7 test openings labelled so far
