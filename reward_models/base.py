@@ -154,6 +154,13 @@ _REGISTRY: dict[str, str | Callable[..., RewardFn]] = {
     "rouge": "reward_models.metrics:Rouge",
     "hf-classifier": "reward_models.hf_classifier:HFClassifierReward.load",
     "positivity-minilm": "reward_models.learned:positivity_minilm",
+    "concepts": "reward_models.concepts:Concepts",
+    "concept-coverage": "reward_models.concepts:ConceptCoverage",
+    "verifiable": "reward_models.verifiable:Verifiable",
+    "fluency": "reward_models.fluency:Fluency",
+    "constraints": "reward_models.constraints:ConstraintSatisfaction",
+    "fluent-positivity": "reward_models.proxy:FluentPositivity",
+    "proxy-positivity": "reward_models.proxy:proxy_positivity",
 }
 
 

@@ -17,6 +17,7 @@ followed by the prompt's when ``use_prompt`` is set, then standardised with ``no
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -96,6 +97,13 @@ class SentenceEncoder:
         return torch.cat(rows) if rows else torch.zeros(0, self.dim)
 
 
+@functools.lru_cache(maxsize=4)
+def shared_encoder(encoder: str | os.PathLike | None, max_length: int, device: str) -> SentenceEncoder:
+    """One :class:`SentenceEncoder` per encoder, length and device, shared by every head on it: the encoder is
+    frozen, so an ensemble of heads needs one copy of it, not one each."""
+    return SentenceEncoder(encoder, max_length, device)
+
+
 class ScalarHead(nn.Module):
     """``features (B, F) -> scores (B,)``: one hidden GELU layer (none if ``hidden_size`` is 0), dropout."""
 
@@ -137,7 +145,7 @@ class EncoderHeadReward(BatchedRewardModel):
     ) -> None:
         super().__init__(batch_size, device, normalization, name)
         self.encoder_ref = PACKAGED_ENCODER if encoder is None else str(encoder)
-        self.encoder = SentenceEncoder(encoder, max_length, self.device)
+        self.encoder = shared_encoder(encoder, max_length, self.device)
         self.head = head.to(self.device).eval()
         self.use_prompt = use_prompt
         self.hidden_size = hidden_size
@@ -224,6 +232,10 @@ class EncoderHeadReward(BatchedRewardModel):
     def cache_embeddings(self, texts: Sequence[str]) -> None:
         """Embed ``texts`` once and keep them, so training epochs run the head only (the encoder is frozen)."""
         self._cache.update(self._encode_missing(texts))
+
+    def share_cache(self, cache: dict[str, torch.Tensor]) -> None:
+        """Read and fill ``cache`` (text -> embedding) from now on, e.g. one dict shared by several heads."""
+        self._cache = cache
 
     def clear_cache(self) -> None:
         """Drop cached embeddings (scoring then encodes every text afresh)."""

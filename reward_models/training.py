@@ -144,6 +144,7 @@ def train_reward_model(
     data: str | os.PathLike | Sequence[PreferencePair],
     config: TrainConfig | None = None,
     out_dir: str | os.PathLike | None = None,
+    embedding_cache: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a reward model on preference pairs; optionally save it and a ``training_report.json``.
 
@@ -151,6 +152,9 @@ def train_reward_model(
         data: a JSONL file of pairs or rankings (see :mod:`reward_models.preferences`), or the pairs.
         config: the settings; default :class:`TrainConfig()`.
         out_dir: where to save the model (reload with ``make_reward_model(out_dir)``), or ``None``.
+        embedding_cache: ``minilm`` only: a dict ``text -> embedding`` that this call reads and fills, so that
+            several heads trained on the same texts (an ensemble, a sweep) embed each text once; the encoder is
+            frozen, so every head would compute the same embeddings.
     """
     import torch
     from tqdm.auto import tqdm
@@ -165,6 +169,8 @@ def train_reward_model(
     rng = random.Random(config.seed)
     model = _new_model(config)
     if isinstance(model, EncoderHeadReward):
+        if embedding_cache is not None:
+            model.share_cache(embedding_cache)  # filled by cache_embeddings below, and left filled for the next call
         model.cache_embeddings([text for item in pair_items(pairs) for text in item])
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -200,7 +206,7 @@ def train_reward_model(
         "seconds": time.perf_counter() - start,
     }
     if isinstance(model, EncoderHeadReward):
-        model.clear_cache()
+        model.share_cache({})  # the model keeps no embeddings (a shared cache stays filled, with its owner)
     if out_dir is not None:
         model.save(out_dir)
         (Path(out_dir) / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -71,7 +71,8 @@ def test_observation_layout_reward_and_info(tiny_model_dir):
             assert (reward_value, terminated, truncated, info) == (0.0, False, False, {})
     assert truncated and not terminated
     completion = tok.decode(actions, skip_special_tokens=True)
-    assert info == {"prompt": "The movie was", "completion": completion, "score": float(len(completion))}
+    score = float(len(completion))
+    assert info == {"prompt": "The movie was", "completion": completion, "score": score, "gold_score": score}
     assert reward_value == float(len(completion))
     assert seen == [(["The movie was"], [completion])]  # the reward model ran once, at the end
 

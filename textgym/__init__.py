@@ -33,3 +33,39 @@ if "TextGenPreference-v0" not in registry:
         vector_entry_point="textgym.vector:TextGenVectorEnv",
         kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32, "reward_model": "positivity-minilm"},
     )
+
+if "ConceptCoverage-v0" not in registry:
+    # Use all of 2-4 concepts in one fluent sentence (textgym/envs/concepts.py).
+    register(
+        id="ConceptCoverage-v0",
+        entry_point="textgym.envs.concepts:ConceptCoverageEnv",
+        vector_entry_point="textgym.envs.concepts:ConceptCoverageVectorEnv",
+        kwargs={"max_prompt_tokens": 96, "max_new_tokens": 32, "chat_template": True},
+    )
+
+if "VerifiableInstructions-v0" not in registry:
+    # Copy, reverse, sort words, count a letter, add or multiply numbers (textgym/envs/instructions.py).
+    register(
+        id="VerifiableInstructions-v0",
+        entry_point="textgym.envs.instructions:VerifiableInstructionsEnv",
+        vector_entry_point="textgym.envs.instructions:VerifiableInstructionsVectorEnv",
+        kwargs={"max_prompt_tokens": 96, "max_new_tokens": 24},
+    )
+
+if "LengthFormat-v0" not in registry:
+    # The suite's "constraints" task: a word count and a format stated in the prompt, fluency-gated.
+    register(
+        id="LengthFormat-v0",
+        entry_point="textgym.envs.length_format:LengthFormatEnv",
+        vector_entry_point="textgym.envs.length_format:LengthFormatVectorEnv",
+        kwargs={"max_prompt_tokens": 96, "max_new_tokens": 64, "chat_template": True},
+    )
+
+if "ProxyPositivity-v0" not in registry:
+    # The suite's "overoptimization" task: positivity trained on a learned proxy, judged by fluent positivity.
+    register(
+        id="ProxyPositivity-v0",
+        entry_point="textgym.envs.proxy_positivity:ProxyPositivityEnv",
+        vector_entry_point="textgym.envs.proxy_positivity:ProxyPositivityVectorEnv",
+        kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32},
+    )

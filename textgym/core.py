@@ -22,7 +22,7 @@ from gymnasium import spaces
 
 from reward_models import RewardFn, make_reward_model
 from textgym.models import load_tokenizer, resolve_model_dir, vocab_size_of
-from textgym.prompts import encode_prompt, load_prompts, pad_token_id, stop_token_ids
+from textgym.prompts import encode_prompt, load_prompts, pad_token_id, split_prompts, stop_token_ids
 
 PROMPT_TRUNCATION = ("error", "left")
 
@@ -35,8 +35,16 @@ class TokenEpisodes:
         model: the model whose tokenizer and vocabulary define the spaces (see
             :func:`textgym.models.resolve_model_dir`). Only the tokenizer and config are loaded, not weights.
         prompts: the prompt set (see :func:`textgym.prompts.load_prompts`).
+        split: ``"train"`` or ``"test"``: only that part of the prompt set (disjoint, about 80% / 20%; see
+            :func:`textgym.prompts.split_prompts`); ``None`` for all of it.
         reward_model: a registered reward model name or any callable ``(prompts, completions) -> scores``.
         reward_model_kwargs: keyword arguments for a registered reward model.
+        gold_model, gold_model_kwargs: what a benchmark reports (``info["gold_score"]``) when it differs from
+            the training reward (a proxy reward model, a shaped or partial-credit reward); ``None``: the
+            reward itself is the gold.
+        info_models: more scores for the last info, ``{key: reward model}`` (registered names or callables),
+            e.g. a task's coverage next to its fluency-gated reward; each is scored on the ending episodes and
+            its scores go to ``info[key]``.
         max_prompt_tokens: prompt width ``P``; prompts are left-padded to it.
         max_new_tokens: episode length limit ``T``; reaching it truncates the episode.
         chat_template: wrap each prompt as a user message in the tokenizer's chat template.
@@ -61,6 +69,10 @@ class TokenEpisodes:
         prompts: str | os.PathLike | Sequence[str] | None = None,
         reward_model: str | RewardFn = "vader",
         reward_model_kwargs: dict[str, Any] | None = None,
+        split: str | None = None,
+        gold_model: str | RewardFn | None = None,
+        gold_model_kwargs: dict[str, Any] | None = None,
+        info_models: dict[str, str | RewardFn] | None = None,
         max_prompt_tokens: int = 64,
         max_new_tokens: int = 32,
         chat_template: bool = False,
@@ -94,6 +106,13 @@ class TokenEpisodes:
         self.stop_token_ids = self._stop_tokens(stop_token_ids)
         self.pad_token_id = pad_token_id(self.tokenizer)
         self.reward_model = make_reward_model(reward_model, **(reward_model_kwargs or {}))
+        if gold_model is None and gold_model_kwargs:
+            raise ValueError("gold_model_kwargs were given without a gold_model.")
+        self.gold_model = None if gold_model is None else make_reward_model(gold_model, **(gold_model_kwargs or {}))
+        reserved = {"prompt", "completion", "score", "gold_score", "ref_logprob", "kl_reward"}
+        if reserved & set(info_models or {}):
+            raise ValueError(f"info_models keys must not be one of the info's own keys {sorted(reserved)}.")
+        self.info_models = {key: make_reward_model(model) for key, model in (info_models or {}).items()}
         if reference_model is None and (action_mask is not None or kl_coef != 0):
             raise ValueError(
                 "action_mask and kl_coef need a reference model: pass reference_model='embedded' (or a local model "
@@ -115,7 +134,7 @@ class TokenEpisodes:
                 device=reference_device,
             )
 
-        self.prompts = load_prompts(prompts)
+        self.prompts = split_prompts(load_prompts(prompts), split)
         self.prompt_token_ids = [self.encode_prompt(text, where=f"prompt {i}") for i, text in enumerate(self.prompts)]
 
         width = max_prompt_tokens + max_new_tokens
@@ -200,8 +219,9 @@ class TokenEpisodes:
 
         Returns:
             ``rewards``, ``terminated``, ``truncated`` (one per row) and one info dict per row; an ending
-            row's info holds ``prompt``, ``completion`` and the raw reward-model ``score``; with a reference
-            model every step's info holds ``ref_logprob`` and ``kl_reward`` (``kl_coef · ref_logprob``).
+            row's info holds ``prompt``, ``completion``, the raw reward-model ``score``, ``gold_score`` and one
+            score per ``info_models`` key; with a reference model every step's info holds ``ref_logprob`` and
+            ``kl_reward`` (``kl_coef · ref_logprob``).
         """
         if not self.running[rows].all():
             raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
@@ -229,6 +249,8 @@ class TokenEpisodes:
             completions.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
         prompts = [self.prompt_texts[rows[k]] for k in ending]
         scores = self.reward_model(prompts, completions) if len(ending) else np.zeros(0)
+        gold_scores = scores if self.gold_model is None or not len(ending) else self.gold_model(prompts, completions)
+        extra = {key: model(prompts, completions) for key, model in self.info_models.items()} if len(ending) else {}
 
         self.input_ids[rows, position] = actions
         self.attention_mask[rows, position] = 1
@@ -245,8 +267,9 @@ class TokenEpisodes:
             self.reference.advance(tokens, continuing)
             for k in range(len(rows)):
                 infos[k] = {"ref_logprob": float(ref_logprobs[k]), "kl_reward": float(self.kl_coef * ref_logprobs[k])}
-        for k, prompt, completion, score in zip(ending, prompts, completions, scores):
-            infos[k].update({"prompt": prompt, "completion": completion, "score": float(score)})
+        for i, k in enumerate(ending):
+            infos[k].update(prompt=prompts[i], completion=completions[i], score=float(scores[i]))
+            infos[k].update(gold_score=float(gold_scores[i]), **{key: float(v[i]) for key, v in extra.items()})
         return rewards, terminated, truncated, infos
 
     def render_text(self, row: int) -> str:

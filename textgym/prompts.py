@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -86,6 +87,38 @@ def _load_prompt_file(path: Path) -> list[str]:
             raise ValueError(f'{path}:{number}: expected a JSON string or an object with a "prompt" string.')
         loaded.append(prompt)
     return loaded
+
+
+SPLITS = ("train", "test")
+TEST_FRACTION = 0.2
+"""The share of a prompt set that :func:`split_prompts` puts in the test split."""
+
+
+def in_test_split(key: str) -> bool:
+    """Whether the instance named ``key`` (a prompt's text, or a procedural instance's description) belongs to
+    the test split: a stable hash, so a prompt keeps its split when the set around it grows or is reordered."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < TEST_FRACTION
+
+
+def split_prompts(prompts: Sequence[str], split: str | None) -> list[str]:
+    """The ``"train"`` or ``"test"`` part of a prompt set (about 80% / 20%, disjoint; see :func:`in_test_split`),
+    or all of it for ``split=None``.
+
+    Raises:
+        ValueError: an unknown split name, or a split that holds none of the prompts.
+    """
+    if split is None:
+        return list(prompts)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}.")
+    chosen = [p for p in prompts if in_test_split(p) == (split == "test")]
+    if not chosen:
+        raise ValueError(
+            f"The {split!r} split of this prompt set is empty ({len(prompts)} prompts, about {TEST_FRACTION:.0%} go "
+            "to 'test'): pass more prompts, or split=None to use them all."
+        )
+    return chosen
 
 
 # --- tokens of prompts and replies --------------------------------------------------------------------------------

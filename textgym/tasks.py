@@ -68,21 +68,47 @@ class TaskSpec:
         return 100.0 * (gold_score - low) / (high - low)
 
 
+BUILTIN_TASK_MODULES = (
+    "textgym.envs.text_gen",
+    "textgym.envs.concepts",
+    "textgym.envs.instructions",
+    "textgym.envs.length_format",
+    "textgym.envs.proxy_positivity",
+)
+"""The modules whose ``TASK`` is one of the suite's tasks, in the order tables list them. They are imported on
+the first question about the suite, so ``import textgym`` stays light."""
+
 _TASKS: dict[str, TaskSpec] = {}
+_builtins_loaded = False
 
 
 def register_task(spec: TaskSpec) -> None:
     """Add a task to the suite (re-registering the same name replaces it, so re-imports are harmless)."""
+    _load_builtin_tasks()
     _TASKS[spec.name] = spec
 
 
 def task_names() -> list[str]:
-    """Names of the registered tasks, in registration order."""
+    """Names of the registered tasks: the built-in ones first, then others in registration order."""
+    _load_builtin_tasks()
     return list(_TASKS)
 
 
 def get_task(name: str) -> TaskSpec:
     """The task called ``name``, or a ``KeyError`` listing the valid names."""
+    _load_builtin_tasks()
     if name not in _TASKS:
         raise KeyError(f"Unknown task {name!r}; the tasks are: {', '.join(task_names()) or '(none registered)'}.")
     return _TASKS[name]
+
+
+def _load_builtin_tasks() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    import importlib
+
+    for module in BUILTIN_TASK_MODULES:
+        spec = importlib.import_module(module).TASK
+        _TASKS.setdefault(spec.name, spec)

@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textgym.core import TokenEpisodes
+from textgym.envs.text_gen import TextGenEnv
 
 
 class TextGenVectorEnv(VectorEnv):
@@ -26,11 +27,17 @@ class TextGenVectorEnv(VectorEnv):
             and info go to ``info["final_obs"]`` and ``info["final_info"]``) or ``"disabled"`` (reset
             finished sub-envs yourself with ``reset(options={"reset_mask": mask})``).
         render_mode: ``"ansi"`` or ``"human"``, as for the single env.
-        **kwargs: the arguments of :class:`~textgym.envs.text_gen.TextGenEnv`.
+        **kwargs: the arguments of :class:`~textgym.envs.text_gen.TextGenEnv` (of ``env_class``).
+
+    A task env with its own arguments gets its vector env as a subclass naming it: ``class
+    ConceptCoverageVectorEnv(TextGenVectorEnv): env_class = ConceptCoverageEnv``.
 
     ``reset(options=...)`` takes ``{"prompt": str}`` (every reset sub-env gets that prompt), ``{"prompts":
     [str] * num_envs}`` and ``{"reset_mask": bool array}`` (reset only those sub-envs).
     """
+
+    env_class: type[TextGenEnv] = TextGenEnv
+    """The single env whose :meth:`~textgym.envs.text_gen.TextGenEnv.episode_kwargs` reads the arguments."""
 
     def __init__(
         self,
@@ -44,7 +51,7 @@ class TextGenVectorEnv(VectorEnv):
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.metadata = {"render_modes": ["ansi", "human"], "render_fps": 4, "autoreset_mode": self.autoreset_mode}
         self.render_mode = render_mode
-        self.episodes = TokenEpisodes(num_envs, **kwargs)
+        self.episodes = TokenEpisodes(num_envs, **self.env_class.episode_kwargs(**kwargs))
         self.num_envs = num_envs
         self.tokenizer = self.episodes.tokenizer
         self.reward_model = self.episodes.reward_model

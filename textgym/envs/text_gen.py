@@ -8,6 +8,12 @@ import gymnasium as gym
 import numpy as np
 
 from textgym.core import TokenEpisodes
+from textgym.prompts import load_prompts
+from textgym.tasks import TaskSpec
+
+LEVELS = {1: "openings that are not negative", 2: "all openings", 3: "negative openings"}
+"""TextGen-v0's levels: which openings are continued, by their own VADER compound sentiment (< -0.05 is
+negative, VADER's own threshold). Turning a negative opening positive is the hard part of the task."""
 
 
 class TextGenEnv(gym.Env):
@@ -46,8 +52,8 @@ class TextGenEnv(gym.Env):
 
     ## Starting State
 
-    A prompt drawn uniformly from the prompt set with the env's ``np_random``, or the one passed as
-    ``reset(options={"prompt": "..."})``.
+    A prompt drawn uniformly from the prompt set (its ``split`` and ``level`` part) with the env's
+    ``np_random``, or the one passed as ``reset(options={"prompt": "..."})``.
 
     ## Episode End
 
@@ -57,24 +63,33 @@ class TextGenEnv(gym.Env):
       Llama-3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``); see :func:`textgym.prompts.stop_token_ids`.
     - Truncation: ``max_new_tokens`` tokens were generated.
 
-    The final step's ``info`` holds ``prompt`` (the text), ``completion`` (the text) and ``score`` (the raw
-    reward-model score, without the KL part).
+    The final step's ``info`` holds ``prompt`` (the text), ``completion`` (the text), ``score`` (the raw
+    reward-model score, without the KL part) and ``gold_score`` (the ``gold_model``'s score; the ``score``
+    itself without one). Benchmarks report the gold score (:mod:`textgym.tasks`, task ``positivity``: 0 is
+    the uniform-random policy, 100 a scripted positive reply).
 
     ## Arguments
 
     ```python
-    gym.make("TextGen-v0", model=None, prompts=None, reward_model="vader", reward_model_kwargs=None,
-             max_prompt_tokens=64, max_new_tokens=32, chat_template=False, stop_token_ids=None,
-             prompt_truncation="error", reference_model=None, kl_coef=0.0, action_mask=None, top_k=50,
-             top_p=0.9, reference_device=None, render_mode=None)
+    gym.make("TextGen-v0", model=None, prompts=None, split=None, level=None, reward_model="vader",
+             reward_model_kwargs=None, gold_model=None, gold_model_kwargs=None, max_prompt_tokens=64,
+             max_new_tokens=32, chat_template=False, stop_token_ids=None, prompt_truncation="error",
+             reference_model=None, kl_coef=0.0, action_mask=None, top_k=50, top_p=0.9, reference_device=None,
+             render_mode=None)
     ```
 
     - ``model``: ``None`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct, ``"tiny"``
       for a tiny random test model, or the path of any local Hugging Face model directory. The env loads
       only its tokenizer and config; the policy loads the weights.
     - ``prompts``: a shipped prompt set name, a ``.txt`` or ``.jsonl`` file, or a list of strings.
+    - ``split``: ``"train"`` or ``"test"``, two disjoint parts of the prompt set (about 80% / 20%, by a stable
+      hash of each prompt); ``None`` for all of it. Benchmarks train on ``train`` and report ``test``.
+    - ``level``: ``1``, ``2`` or ``3`` (see ``LEVELS``): only the openings that are not negative, all, or only
+      the negative ones; ``None`` for all (level 2).
     - ``reward_model``: a registered name (``reward_models.registered_names()``) or any callable
       ``(prompts: list[str], completions: list[str]) -> array of float``.
+    - ``gold_model``: scores ``info["gold_score"]`` (same forms as ``reward_model``), e.g. the true objective
+      when the reward is a learned proxy; ``None``: the reward is the gold.
     - ``max_prompt_tokens`` / ``max_new_tokens``: prompt width and episode length limit.
     - ``chat_template``: wrap the prompt as a user message in the tokenizer's chat template.
     - ``stop_token_ids``: tokens that end an episode; ``None`` for the model's (EOS, the generation config's
@@ -94,25 +109,43 @@ class TextGenEnv(gym.Env):
 
     * v0: Initial version (reference model, KL shaping and action masks are opt-in arguments; the defaults
       behave as before). The default stop tokens grew from the tokenizer's EOS alone to the generation
-      config's EOS ids and, with ``chat_template=True``, the template's end-of-turn token.
+      config's EOS ids and, with ``chat_template=True``, the template's end-of-turn token. ``split``,
+      ``level``, ``gold_model`` and ``info["gold_score"]`` were added (the defaults behave as before).
     """
 
     # render_fps only informs tools that replay rendered text; the env itself never sleeps.
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
-        """See *Arguments* above; every argument but ``render_mode`` goes to
-        :class:`~textgym.core.TokenEpisodes`, which the vector env shares."""
+        """See *Arguments* above; the arguments but ``render_mode`` become those of
+        :class:`~textgym.core.TokenEpisodes` (which the vector env shares) through :meth:`episode_kwargs`."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}."
             )
         self.render_mode = render_mode
-        self.episodes = TokenEpisodes(1, **kwargs)
+        self.episodes = TokenEpisodes(1, **self.episode_kwargs(**kwargs))
         self.observation_space = self.episodes.observation_space
         self.action_space = self.episodes.action_space
         self.tokenizer = self.episodes.tokenizer
         self.reward_model = self.episodes.reward_model
+
+    @classmethod
+    def episode_kwargs(cls, level: int | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The :class:`~textgym.core.TokenEpisodes` arguments of this task: the env's arguments with ``level``
+        turned into the prompts it selects. Each task env overrides it; the vector env calls it too."""
+        if level is None:
+            return kwargs
+        if level not in LEVELS:
+            raise ValueError(f"TextGen-v0 has levels {list(LEVELS)} ({LEVELS}), got {level!r}.")
+        from reward_models import make_reward_model
+
+        prompts = load_prompts(kwargs.get("prompts"))
+        sentiment = make_reward_model("vader")([""] * len(prompts), prompts)
+        keep = {1: sentiment >= -0.05, 2: np.ones(len(prompts), dtype=bool), 3: sentiment < -0.05}[level]
+        if not keep.any():
+            raise ValueError(f"No prompt of the set is at level {level} ({LEVELS[level]}).")
+        return {**kwargs, "prompts": [p for p, k in zip(prompts, keep) if k]}
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -148,3 +181,26 @@ class TextGenEnv(gym.Env):
             print(text)
             return None
         return text
+
+
+POSITIVE_REPLY = " I love it: a wonderful, beautiful, happy and great success. Excellent!"
+"""The scripted solver's continuation of every opening; its VADER compound score, 0.9823, is the optimum."""
+
+
+def positive_reply(prompt: str, level: int) -> str:
+    """The positivity task's scripted solver: the same fluent, very positive continuation of any opening."""
+    return POSITIVE_REPLY
+
+
+TASK = TaskSpec(
+    name="positivity",
+    env_id="TextGen-v0",
+    description="continue an opening positively (VADER compound of the continuation)",
+    levels=tuple(LEVELS),
+    default_level=2,
+    # Uniform tokens decode to near-neutral text: 0.016 ± 0.009 with the embedded model's vocabulary and
+    # 0.013 ± 0.002 with the tiny model's (2000 completions of 32 tokens each).
+    random_score={level: 0.015 for level in LEVELS},
+    optimum_score={level: 0.9823 for level in LEVELS},
+    solver=positive_reply,
+)
