@@ -33,7 +33,9 @@ def fake_task():
 
 
 def quick(out, **kwargs) -> BenchConfig:
-    return BenchConfig(**{"tasks": [TASK], "quick": True, "out": str(out), "progress": False, **kwargs})
+    # The fake task's episodes are 8 tokens: a 256-token budget makes several updates of every algorithm.
+    settings = {"tasks": [TASK], "quick": True, "out": str(out), "progress": False, "budget_tokens": 256}
+    return BenchConfig(**{**settings, **kwargs})
 
 
 @pytest.fixture(scope="module")

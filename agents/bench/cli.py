@@ -52,7 +52,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per task × algorithm (default: 3)")
     parser.add_argument(
-        "--budget-tokens", type=int, default=None, help="env tokens per training algorithm (default 200000; quick 256)"
+        "--budget-tokens", type=int, default=None, help="env tokens per training algorithm (default 200000; quick 1024)"
     )
     parser.add_argument("--out", required=True, help="output folder (resumed when it holds the same configuration)")
     parser.add_argument(

@@ -36,7 +36,7 @@ COLUMNS = (
 """The columns of ``runs.csv``, one row per task × algorithm × seed × evaluation point (see docs/benchmarks.md)."""
 
 FULL = {"model": "embedded", "budget_tokens": 200_000, "eval_points": (0.0, 0.25, 0.5, 0.75, 1.0), "eval_episodes": 64}
-QUICK = {"model": "tiny", "budget_tokens": 256, "eval_points": (0.0, 0.5, 1.0), "eval_episodes": 8}
+QUICK = {"model": "tiny", "budget_tokens": 1024, "eval_points": (0.0, 0.5, 1.0), "eval_episodes": 8}
 _NOT_RESULTS = ("out", "append", "device", "progress", "bootstrap_reps")  # fields that do not change results
 
 
@@ -51,7 +51,8 @@ class BenchConfig:
     seeds: int = 3
     """Seeds per task × algorithm: ``0 .. seeds-1``."""
     budget_tokens: int | None = None
-    """Env tokens each training algorithm may use (200,000; quick: 256); see :mod:`agents.bench.algorithms`."""
+    """Env tokens each training algorithm may use (200,000; quick: 1,024, room for an update on every task); see
+    :mod:`agents.bench.algorithms`."""
     out: str = "bench"
     """Output folder: ``runs.csv``, ``results.md``, the plots, and the finished cells for resuming."""
     levels: dict[str, int] = field(default_factory=dict)
