@@ -6,6 +6,11 @@ metrics), as Stable-Baselines3's algorithms do over ``OnPolicyAlgorithm``; :meth
 Every batch is on-policy: :meth:`LMAgent.collect` draws ``batch_size`` prompts with the agent's own random
 generator and the rollout engine runs each to its end with the current weights, so every token of an update
 was sampled by the weights its log-prob is credited to, and a resumed run continues the same prompt stream.
+
+Data-parallel (launched by ``torchrun``; :mod:`textgym.distributed`): every process draws the same
+``batch_size`` prompts and rolls out its contiguous share of them on its own envs; the update normalises each
+loss by the counts of the whole batch and sums the gradients over the processes, so the step is the one a
+single process would take on the whole batch (docs/distributed.md). Only rank 0 writes logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ from gymnasium.vector import VectorEnv
 from agents.policy import ActorCritic
 from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
 from agents.run_log import RunLog, write_json_atomic
+from textgym import distributed as dist
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest.json"
 # Settings that may change between a run and its resumption without making it another run.
 _RESUMABLE_CHANGES = {"device", "reference_device", "checkpoint_every", "tensorboard", "samples_per_log"}
+# Settings that may differ between the processes of one distributed run.
+_PER_PROCESS = {"device", "reference_device"}
 KL_ESTIMATORS = ("k1", "k2", "k3")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -53,9 +61,10 @@ class AgentConfig:
     """AdamW's decoupled weight decay. 0, as the RLHF references use: decay pulls the weights toward zero, not
     toward the reference."""
     batch_size: int = 16
-    """Finished episodes per iteration (one rollout, then the update); a multiple of the env's ``num_envs``."""
+    """Finished episodes per iteration (one rollout, then the update), over all processes of a distributed run;
+    each process's share (``batch_size / world_size``) is a multiple of its env's ``num_envs``."""
     minibatch_size: int = 8
-    """Episodes per gradient step; each minibatch is one forward pass over its whole sequences."""
+    """Episodes per gradient step (over all processes); each process makes one forward pass over its part."""
     eval_batch_size: int | None = None
     """Episodes per chunk of the passes without gradients (old log-probs and values, reference); ``None``:
     ``minibatch_size``. It bounds their memory: one chunk's full-vocabulary logits exist at a time."""
@@ -158,8 +167,14 @@ class LMAgent:
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(base).__name__}.")
         self.config = dataclasses.replace(base, **overrides)
         c = self.config
-        _check_env(envs, c, type(self).__name__)
+        dist.init_distributed()  # joins the launcher's process group; nothing without one
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        _check_env(envs, c, type(self).__name__, self.world_size)
         self.model_name = str(resolve_model_dir(model))
+        shared = {k: v for k, v in dataclasses.asdict(c).items() if k not in _PER_PROCESS}
+        dist.check_same_on_all_ranks(
+            "configuration", {"algo": self.algo, "config": shared, "num_envs": envs.num_envs, "model": model}
+        )
         self.tokenizer = load_tokenizer(model)
         _check_same_tokenizer(self.tokenizer, envs.tokenizer, self.model_name)
         self.device = torch.device(resolve_device(c.device))
@@ -176,8 +191,13 @@ class LMAgent:
         )
         self.optimizer = make_optimizer(self.parameter_groups(), c.learning_rate, self.device, c.weight_decay)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # built by learn(), which knows its length
+        # Each process samples its own stream: with the same seed, the ranks of a group method would draw the
+        # same completions of the same prompt. Rank 0's is the single-process stream.
         self.collector = RolloutCollector(
-            self.policy.generator_model, envs, SamplingConfig(temperature=c.temperature), seed=c.seed
+            self.policy.generator_model,
+            envs,
+            SamplingConfig(temperature=c.temperature),
+            seed=c.seed + 1_000_003 * self.rank,
         )
         self.rng = np.random.default_rng(c.seed)
         self.return_stats = RunningMoments()
@@ -185,16 +205,20 @@ class LMAgent:
         self.iteration = 0
         self.episodes_seen = 0
         self.history: list[dict[str, float]] = []
-        self._log: RunLog | None = None  # open while learn() runs with a run_dir
+        self._log: RunLog | None = None  # open while learn() runs with a run_dir (on rank 0 only)
+        self._resumed = False  # learn() has looked for a checkpoint to continue
 
     # --- what an algorithm supplies ------------------------------------------------------------------------
     def collect(self) -> RolloutBatch:
         """``batch_size`` finished episodes, all sampled by the current weights, of prompts drawn uniformly from
-        the env's prompt set with the agent's generator (distinct while the set is large enough)."""
+        the env's prompt set with the agent's generator (distinct while the set is large enough).
+
+        Distributed, every process draws the same prompts (the generators are equal) and rolls out its
+        contiguous share: the shares together are the single-process batch's prompts."""
         pool = self.envs.prompts
         n = self.config.batch_size
         chosen = self.rng.choice(len(pool), size=n, replace=len(pool) < n)
-        return self.collect_prompts([pool[i] for i in chosen])
+        return self.collect_prompts([pool[i] for i in chosen][dist.shard_range(n, "batch_size")])
 
     def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
         """One episode per prompt, sampled under the agent's precision."""
@@ -224,18 +248,19 @@ class LMAgent:
             self.scheduler = self._make_scheduler(total_episodes)
         log = self._open_run(resume)
         initial = min(self.episodes_seen, total_episodes)
-        bar = tqdm(total=total_episodes, initial=initial, unit="episode", desc=self.algo, disable=not progress_bar)
+        show = progress_bar and dist.is_main()
+        bar = tqdm(total=total_episodes, initial=initial, unit="episode", desc=self.algo, disable=not show)
         try:
             while self.episodes_seen < total_episodes:
                 metrics = self._iteration()
                 self.history.append(metrics)
                 if log is not None:
                     log.log(self.episodes_seen, metrics)
-                    if self.iteration % self.config.checkpoint_every == 0:
-                        self._checkpoint()
+                if self.run_dir is not None and self.iteration % self.config.checkpoint_every == 0:
+                    self._checkpoint()
                 bar.update(min(int(metrics["rollout/episodes"]), total_episodes - bar.n))
                 bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['train/kl_ref']:.3f}")
-            if log is not None and self.iteration % self.config.checkpoint_every:
+            if self.run_dir is not None and self.iteration % self.config.checkpoint_every:
                 self._checkpoint()
         finally:
             bar.close()
@@ -258,25 +283,30 @@ class LMAgent:
             ) from err
         self.collector.invalidate_cache()  # the cached keys/values came from the old weights
         seconds = time.perf_counter() - start
+        # The whole batch's figures, whatever the number of processes: each gathers every rank's episodes.
+        per_episode = torch.stack(
+            [batch.returns.float(), batch.completion_mask.sum(dim=1).float(), (~batch.terminated).float()], dim=1
+        )  # (E, 3)
+        returns, lengths, truncated = dist.all_gather_cat(per_episode.cpu()).unbind(dim=1)  # each (E_global,)
+        tokens = dist.all_reduce_sum(torch.tensor([float(self.collector.tokens_generated - tokens_before)]))
+        episodes = len(returns)
         self.iteration += 1
-        self.episodes_seen += len(batch)
-        returns = batch.returns.float()
-        lengths = batch.completion_mask.sum(dim=1).float()
+        self.episodes_seen += episodes
         if self._log is not None and self.config.samples_per_log:
             n = self.config.samples_per_log
             self._log.log_samples(self.episodes_seen, batch.prompts[:n], batch.completions[:n], returns[:n].tolist())
         return {
-            "rollout/episodes": float(len(batch)),
+            "rollout/episodes": float(episodes),
             "rollout/reward_mean": returns.mean().item(),
-            "rollout/reward_std": returns.std().item() if len(batch) > 1 else 0.0,
+            "rollout/reward_std": returns.std().item() if episodes > 1 else 0.0,
             "rollout/ep_len_mean": lengths.mean().item(),
-            "rollout/truncated_fraction": (~batch.terminated).float().mean().item(),
+            "rollout/truncated_fraction": truncated.mean().item(),
             **stats,
             "train/learning_rate": self.optimizer.param_groups[0]["lr"],
             "time/rollout_seconds": rollout_seconds,
             "time/iteration_seconds": seconds,
-            "time/completions_per_s": len(batch) / seconds,
-            "time/tokens_per_s": (self.collector.tokens_generated - tokens_before) / seconds,
+            "time/completions_per_s": episodes / seconds,
+            "time/tokens_per_s": tokens.item() / seconds,
         }
 
     # --- shared pieces of updates --------------------------------------------------------------------------
@@ -284,11 +314,22 @@ class LMAgent:
     def eval_batch_size(self) -> int:
         return self.config.eval_batch_size or self.config.minibatch_size
 
-    def minibatches(self, size: int) -> Iterator[torch.Tensor]:
-        """Index tensors of shuffled minibatches of ``minibatch_size`` over ``size`` episodes."""
-        order = torch.as_tensor(self.rng.permutation(size), device=self.device)
-        for start in range(0, size, self.config.minibatch_size):
-            yield order[start : start + self.config.minibatch_size]
+    def minibatches(self, size: int) -> Iterator[tuple[torch.Tensor, float]]:
+        """Shuffled minibatches of ``minibatch_size`` episodes of the whole batch, as ``(index, weight)``: the
+        indices of this process's ``size`` episodes in the minibatch, and 1.0.
+
+        Distributed, the order is a permutation of the whole batch (the same on every rank) and each rank takes
+        its own episodes of each minibatch, so the minibatches are the single-process ones. A rank with none in
+        a minibatch gets its first episode with weight 0.0: it makes the same forward and backward passes as
+        the others (FSDP needs them in step) and adds nothing to the loss.
+        """
+        total = size * self.world_size
+        first = self.rank * size  # this rank's episodes are first .. first + size - 1 of the whole batch
+        order = torch.as_tensor(self.rng.permutation(total), device=self.device)
+        for start in range(0, total, self.config.minibatch_size):
+            chosen = order[start : start + self.config.minibatch_size]
+            local = chosen[(chosen >= first) & (chosen < first + size)] - first
+            yield (local, 1.0) if len(local) else (torch.zeros(1, dtype=torch.long, device=self.device), 0.0)
 
     def loss_mask(self, batch: RolloutBatch) -> torch.Tensor:
         """``(E, T)`` float: the completion tokens the loss sees (truncated ones left out if so configured)."""
@@ -306,8 +347,8 @@ class LMAgent:
             last = batch.completion_mask.sum(dim=1) - 1  # (E,) each episode's last step
             rows = torch.arange(len(batch), device=rewards.device)
             rewards[rows, last] -= c.missing_eos_penalty * (~batch.terminated).float()
-        if c.normalize_rewards:
-            self.return_stats.update(rewards.sum(dim=1))
+        if c.normalize_rewards:  # with every process's returns, so all keep the same statistics
+            self.return_stats.update(dist.all_gather_cat(rewards.sum(dim=1)))
             rewards = rewards / self.return_stats.std
         if c.reward_clip is not None:
             rewards = rewards.clamp(-c.reward_clip, c.reward_clip) * batch.completion_mask
@@ -329,13 +370,18 @@ class LMAgent:
         return kl_estimate(logprobs, ref_logprobs, self.config.kl_estimator)
 
     def kl_exceeded(self, approx_kl: float) -> bool:
-        """Whether a minibatch's approximate KL to π_old calls for stopping this iteration's epochs."""
+        """Whether a minibatch's approximate KL to π_old (of the whole minibatch, the same on every rank) calls
+        for stopping this iteration's epochs."""
         return self.config.target_kl is not None and approx_kl > 1.5 * self.config.target_kl
 
     def optimizer_step(self, loss: torch.Tensor) -> float:
-        """One clipped AdamW step on ``loss`` (and one step of the schedule); returns the gradient norm."""
+        """One clipped AdamW step on ``loss`` (and one step of the schedule); returns the gradient norm.
+
+        Distributed, ``loss`` is this rank's share (normalised by the whole minibatch's counts), so the sum of
+        the ranks' gradients is the single-process gradient; it is clipped after the sum."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist.all_reduce_gradients(self.policy.trainable_parameters())
         norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         if self.scheduler is not None:
@@ -363,7 +409,12 @@ class LMAgent:
 
         ``AutoModelForCausalLM.from_pretrained(path)`` loads the trained policy (with ``lora_rank``,
         ``peft``'s ``AutoPeftModelForCausalLM`` does).
+
+        Distributed, every process must call it (it gathers each one's sampling state); only rank 0 writes.
         """
+        sampler_rngs = dist.all_gather_object(self.collector.generator.get_state())  # CPU generators: any device
+        if not dist.is_main():
+            return
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         self.policy.save(out)
@@ -373,7 +424,8 @@ class LMAgent:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "sampler_rng": self.collector.generator.get_state(),  # a CPU generator: loads on any device
+                "sampler_rng": sampler_rngs[0],
+                "sampler_rngs": sampler_rngs,  # one per process of a distributed run
             },
             out / "optimizer.pt",
         )
@@ -386,6 +438,7 @@ class LMAgent:
             "kl_coef": self.kl_coef,
             "return_stats": dataclasses.asdict(self.return_stats),
             "numpy_rng": self.rng.bit_generator.state,
+            "world_size": self.world_size,
         }
         write_json_atomic(out / STATE_FILE, state)
 
@@ -393,17 +446,25 @@ class LMAgent:
         """Restore everything :meth:`save` wrote for this run, so training continues as if never stopped: the
         weights (policy, value head), optimizer and schedule, β, the counters, the running reward statistics,
         and every random stream (prompt order, minibatch order, sampling, torch's). The env itself is not
-        restored: each batch starts its episodes with a reset that sets the prompts, so it needs no state."""
+        restored: each batch starts its episodes with a reset that sets the prompts, so it needs no state.
+
+        Distributed, every process reads the checkpoint (``run_dir`` on a file system they share) and takes its
+        own sampling stream, so the run must resume with as many processes as wrote it."""
         src = Path(path)
         state = json.loads((src / STATE_FILE).read_text())
         self._check_same_run(state, src)
+        if state.get("world_size", 1) != self.world_size:
+            raise ValueError(
+                f"{src} was written by a run of {state.get('world_size', 1)} processes; resume it with as many "
+                f"(this run has {self.world_size}): each process continues its own sampling stream."
+            )
         self.policy.load_weights(src)
         extra = torch.load(src / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(extra["optimizer"])
         if self.scheduler is not None and extra.get("scheduler") is not None:
             self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"].cpu())
-        self.collector.generator.set_state(extra["sampler_rng"].cpu())
+        self.collector.generator.set_state(extra.get("sampler_rngs", [extra["sampler_rng"]])[self.rank].cpu())
         self.rng.bit_generator.state = state["numpy_rng"]
         self.return_stats = RunningMoments(**state.get("return_stats", {}))
         self.iteration, self.episodes_seen, self.kl_coef = state["iteration"], state["episodes_seen"], state["kl_coef"]
@@ -414,13 +475,18 @@ class LMAgent:
                 raise ValueError("resume=True needs the run_dir the run was checkpointed to.")
             return None
         latest = self.run_dir / LATEST_FILE
-        if latest.exists() and self._log is None:
+        # Rank 0 decides, so that every rank takes the same branch (and raises the same error).
+        found = dist.broadcast_object(json.loads(latest.read_text())["checkpoint"] if latest.exists() else None)
+        if found is not None and not self._resumed:
             if not resume:
                 raise FileExistsError(
                     f"{self.run_dir} already holds a checkpoint. Pass resume=True to continue that run, or choose "
                     "another run_dir."
                 )
-            self.load(self.run_dir / json.loads(latest.read_text())["checkpoint"])
+            self.load(self.run_dir / found)
+        self._resumed = True  # a second learn() on this agent continues it
+        if not dist.is_main():
+            return None
         self._log = RunLog(self.run_dir, tensorboard=self.config.tensorboard)
         self._log.truncate(self.episodes_seen)  # rows of iterations after the checkpoint are redone
         return self._log
@@ -429,14 +495,17 @@ class LMAgent:
         """Write a checkpoint so that a crash at any moment leaves the previous one intact and findable."""
         final = self.run_dir / f"checkpoint-{self.iteration:06d}"
         tmp = self.run_dir / f".{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        write_json_atomic(self.run_dir / LATEST_FILE, {"checkpoint": final.name})
-        for old in self.run_dir.glob("checkpoint-*"):
-            if old != final:
-                shutil.rmtree(old)
+        if dist.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.save(tmp)  # every rank takes part; rank 0 writes
+        if dist.is_main():
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            write_json_atomic(self.run_dir / LATEST_FILE, {"checkpoint": final.name})
+            for old in self.run_dir.glob("checkpoint-*"):
+                if old != final:
+                    shutil.rmtree(old)
+        dist.barrier()  # no rank runs on (and could be killed) before the checkpoint is complete
 
     def _check_same_run(self, state: dict[str, Any], src: Path) -> None:
         ours = dataclasses.asdict(self.config)
@@ -509,10 +578,29 @@ def completion_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (masked_mean(values, mask, dim=1) * has_tokens).sum() / has_tokens.sum().clamp(min=1)
 
 
+def masked_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """This process's share of the masked mean over every process's entries (differentiable): the sum of its
+    masked values over the count of all processes. Summed over the processes, as their gradients are, it is
+    the mean of the whole batch; with one process it is :func:`masked_mean`."""
+    return (values * mask).sum() / dist.all_reduce_sum(mask.sum().detach()).clamp(min=1)
+
+
+def completion_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """This process's share of :func:`completion_mean` over every process's completions (differentiable)."""
+    has_tokens = (mask.sum(dim=1) > 0).float()  # (E,)
+    return (masked_mean(values, mask, dim=1) * has_tokens).sum() / dist.all_reduce_sum(has_tokens.sum()).clamp(min=1)
+
+
+def global_masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked mean over every process's entries, the same on every rank (no gradient)."""
+    sums = dist.all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]).detach())
+    return sums[0] / sums[1].clamp(min=1)
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Shift and scale ``values`` to mean 0 and std 1 over the masked entries."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    """Shift and scale ``values`` to mean 0 and std 1 over the masked entries (of every process)."""
+    mean = global_masked_mean(values, mask)
+    var = global_masked_mean((values - mean) ** 2, mask)
     return (values - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -545,11 +633,17 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _check_env(envs: VectorEnv, config: AgentConfig, agent: str) -> None:
+def _check_env(envs: VectorEnv, config: AgentConfig, agent: str, world_size: int = 1) -> None:
     """Refuse envs the LM agents cannot train on correctly, saying what to change."""
     if not hasattr(envs, "num_envs") or not hasattr(envs, "tokenizer") or not hasattr(envs, "prompts"):
         raise TypeError(
             f"{agent} needs a textgym vector env (gym.make_vec('TextGen-v0', num_envs=N)); got {type(envs).__name__}."
+        )
+    if world_size > 1 and (config.batch_size % world_size or config.batch_size // world_size % envs.num_envs):
+        raise ValueError(
+            f"batch_size={config.batch_size} does not split into {world_size} processes' shares that are "
+            f"multiples of each process's num_envs={envs.num_envs}: make batch_size a multiple of "
+            f"{world_size * envs.num_envs} (world size x num_envs), or change the number of processes."
         )
     if config.batch_size % envs.num_envs:
         raise ValueError(

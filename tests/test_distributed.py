@@ -1,0 +1,124 @@
+"""Data-parallel training: 2 processes (torchrun, gloo on the CPU) take the step one process takes on the whole
+batch, only rank 0 writes, resume is exact, and bad set-ups fail on every rank.
+
+Each test launches tests/distributed_worker.py under torchrun (and alone, for the single-process reference);
+the worker leaves what each rank saw under the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(out: Path, *args: str, processes: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the worker under torchrun with ``processes`` processes (alone when 1); the outputs go to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "TEXTGYM_DIST_TIMEOUT": "60",  # a test that hangs fails within a minute
+    }
+    if processes == 1:
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
+        command = [sys.executable, str(WORKER)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command.append(str(WORKER))
+    return subprocess.run(
+        [*command, args[0], *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def rank_result(out: Path, rank: int) -> dict:
+    path = out / f"rank{rank}.json"
+    assert path.exists(), f"rank {rank} left no result in {out}"
+    return json.loads(path.read_text())
+
+
+def weights(out: Path, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(out / f"rank{rank}.pt", weights_only=True)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+
+
+def logged(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of ``progress.csv`` without the timings."""
+    with (run_dir / "progress.csv").open(newline="") as f:
+        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in csv.DictReader(f)]
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo", "rloo"])
+def test_two_processes_take_the_single_process_step(words_model_dir, tmp_path, algo):
+    """One update (2 epochs of minibatches of 4, reward normalisation on) on a batch of 8: each of 2 processes
+    trains on its 4 episodes, one process on all 8; the weights and the logged losses agree."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert_ok(launch(single, "update", words_model_dir, str(single), algo, processes=1))
+    assert_ok(launch(double, "update", words_model_dir, str(double), algo))
+    before = weights(single, 0)
+    assert_same_weights(weights(double, 0), weights(double, 1), atol=0)  # the replicas stay identical
+    assert_same_weights(weights(double, 0), before)
+    expected, got = rank_result(single, 0), rank_result(double, 0)
+    for name in ("train/policy_loss", "train/entropy", "train/clip_fraction", "train/approx_kl", "train/grad_norm"):
+        assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name
+
+
+def test_distributed_run_writes_on_rank_0_only_and_resumes_exactly(words_model_dir, tmp_path):
+    resumed, straight, single = tmp_path / "resumed", tmp_path / "straight", tmp_path / "single"
+    assert_ok(launch(resumed, "learn", words_model_dir, str(resumed), "grpo", "16"))
+    assert json.loads((resumed / "rank1_writes.json").read_text()) == []
+    assert any("progress.csv" in w for w in json.loads((resumed / "rank0_writes.json").read_text()))
+    run = resumed / "run"
+    assert json.loads((run / "latest.json").read_text()) == {"checkpoint": "checkpoint-000002"}
+    assert json.loads((run / "checkpoint-000002" / "trainer_state.json").read_text())["world_size"] == 2
+
+    # The two processes' prompts together are the single process's, in order.
+    assert_ok(launch(single, "learn", words_model_dir, str(single), "grpo", "16", processes=1))
+    shares = rank_result(resumed, 0)["prompts"] + rank_result(resumed, 1)["prompts"]
+    assert shares == rank_result(single, 0)["prompts"]
+    assert rank_result(resumed, 0)["episodes_seen"] == 16
+
+    # Restarted from its checkpoint, the run ends where an uninterrupted one does.
+    assert_ok(launch(resumed, "learn", words_model_dir, str(resumed), "grpo", "24", "resume"))
+    assert_ok(launch(straight, "learn", words_model_dir, str(straight), "grpo", "24"))
+    assert_same_weights(weights(resumed, 0), weights(straight, 0), atol=0)
+    assert logged(run) == logged(straight / "run")  # and logged each iteration once, with the same figures
+
+    # A checkpoint of 2 processes does not resume with 1.
+    proc = launch(resumed, "learn", words_model_dir, str(resumed), "grpo", "32", "resume", processes=1)
+    assert proc.returncode != 0
+    assert "resume it with as many" in rank_result(resumed, 0)["error"]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ("bad_world", "does not split into 2 processes' shares"),
+        ("bad_config", "disagree on the configuration"),
+    ],
+)
+def test_bad_setups_fail_on_every_rank(words_model_dir, tmp_path, scenario, message):
+    proc = launch(tmp_path, scenario, words_model_dir, str(tmp_path), "grpo", timeout=120)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert message in rank_result(tmp_path, rank)["error"]

@@ -1,0 +1,180 @@
+"""Data-parallel training with ``torch.distributed``: the process group and the few collectives textgym uses.
+
+A launcher (``torchrun``, ``accelerate launch``, SLURM's ``srun`` with the same variables) starts one process
+per device and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:func:`init_distributed` joins them (``nccl`` on CUDA, ``gloo`` on the CPU). Without those variables, or with
+one process, every helper here is the identity and nothing is imported or initialised: a single process runs
+exactly the code it ran before distributed training existed.
+
+Every collective has a timeout (``TEXTGYM_DIST_TIMEOUT`` seconds, default 1800), so a rank that died or
+disagrees makes the others fail with an error instead of waiting for ever; checks whose outcome could differ
+between ranks are decided together (:func:`check_same_on_all_ranks`), so every rank raises the same error.
+
+Both the agents and the reward-model trainer use it, which is why it lives here and not in ``agents``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def env_world_size() -> int:
+    """The number of processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init_distributed() -> bool:
+    """Join the process group the launcher's environment describes, once; returns whether training is
+    distributed (more than one process).
+
+    On CUDA each process takes the GPU ``LOCAL_RANK`` (so ``device="cuda"`` means that GPU) and uses ``nccl``;
+    otherwise ``gloo``.
+    """
+    if is_initialized():
+        return torch.distributed.get_world_size() > 1
+    if env_world_size() <= 1:
+        return False
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise RuntimeError(
+                f"WORLD_SIZE={env_world_size()} but {name} is not set: start distributed runs with torchrun or "
+                "accelerate launch, which set RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT."
+            )
+    cuda = torch.cuda.is_available() and os.environ.get("TEXTGYM_DIST_BACKEND", "") != "gloo"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group(
+        backend="nccl" if cuda else "gloo",
+        timeout=timedelta(seconds=float(os.environ.get("TEXTGYM_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))),
+    )
+    return torch.distributed.get_world_size() > 1
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes logs, samples and checkpoints (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def _device_for_collectives(tensor: torch.Tensor) -> torch.device:
+    """nccl reduces CUDA tensors only; gloo CPU tensors only (it also takes CUDA ones, but slowly)."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks (a new tensor, no gradient); ``tensor`` itself with one process."""
+    if world_size() == 1:
+        return tensor
+    out = tensor.detach().to(_device_for_collectives(tensor), copy=True)
+    torch.distributed.all_reduce(out)
+    return out.to(tensor.device)
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """The ranks' ``tensor`` (each the same shape) concatenated along dimension 0, in rank order."""
+    if world_size() == 1:
+        return tensor
+    local = tensor.detach().to(_device_for_collectives(tensor)).contiguous()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, local)
+    return torch.cat(parts).to(tensor.device)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def all_reduce_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients of ``parameters`` over the ranks, in one flat buffer (one collective, not one per
+    tensor). A parameter without a gradient counts as zeros. Sharded (FSDP, ``DTensor``) parameters are left
+    alone: FSDP reduces their gradients itself."""
+    if world_size() == 1:
+        return
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in parameters if not isinstance(p, DTensor)]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])  # (N,)
+    flat = all_reduce_sum(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def check_same_on_all_ranks(what: str, value: Any) -> None:
+    """Raise the same ``ValueError`` on every rank unless ``value`` (JSON-able) is equal on all of them."""
+    if world_size() == 1:
+        return
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    digests = all_gather_object(digest)
+    if len(set(digests)) > 1:
+        groups: dict[str, list[int]] = {}
+        for r, d in enumerate(digests):
+            groups.setdefault(d, []).append(r)
+        detail = "; ".join(f"ranks {ranks} hash {d[:10]}" for d, ranks in groups.items())
+        raise ValueError(
+            f"The processes disagree on the {what} ({detail}): every rank must be started with the same "
+            "command and settings (only the device may differ)."
+        )
+
+
+def agree(flag: bool) -> bool:
+    """``True`` on every rank if ``flag`` is ``True`` on any rank (so all ranks take the same branch)."""
+    if world_size() == 1:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
+
+
+def shard_range(total: int, what: str) -> slice:
+    """This rank's contiguous share of ``total`` items, which the world size must divide."""
+    n = world_size()
+    if total % n:
+        raise ValueError(f"{what}={total} is not divisible by the number of processes ({n}); change one of them.")
+    size = total // n
+    return slice(rank() * size, (rank() + 1) * size)
