@@ -170,7 +170,8 @@ class LMAgent:
         dist.init_distributed()  # joins the launcher's process group; nothing without one
         self.rank, self.world_size = dist.rank(), dist.world_size()
         _check_env(envs, c, type(self).__name__, self.world_size)
-        self.model_name = str(resolve_model_dir(model))
+        with dist.main_process_first():  # rank 0 converts or builds a cached model before the others look for it
+            self.model_name = str(resolve_model_dir(model))
         shared = {k: v for k, v in dataclasses.asdict(c).items() if k not in _PER_PROCESS}
         dist.check_same_on_all_ranks(
             "configuration", {"algo": self.algo, "config": shared, "num_envs": envs.num_envs, "model": model}

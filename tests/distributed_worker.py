@@ -8,6 +8,7 @@ error it raised), ``rank{R}_writes.json`` (the files it opened for writing in th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -76,6 +77,33 @@ def learn(algo: str, model_dir: str, out: Path, total: int, resume: bool = False
     return {"history": agent.history, "episodes_seen": agent.episodes_seen, "prompts": collected_prompts(agent)}
 
 
+def sft(model_dir: str, out: Path) -> dict:
+    """Two epochs of SFT on 10 examples in batches of 4: the last batch of 2 gives each process one."""
+    from agents import SFT
+
+    data = [{"prompt": f"{a} {b}", "completion": f"{b} {a} yes"} for a, b in zip(WORDS, WORDS[1:] + WORDS[:1])]
+    trainer = SFT(model_dir, data, batch_size=4, epochs=2, learning_rate=1e-2, chat_template=False)
+    trainer.learn(progress_bar=False)
+    torch.save({k: v.detach().clone() for k, v in trainer.model.named_parameters()}, out / f"rank{dist.rank()}.pt")
+    trainer.save(out / "model")
+    return {"losses": trainer.losses}
+
+
+def reward_model(model_dir: str, out: Path) -> dict:
+    """A Bradley–Terry reward model on the LM backbone: 7 prompts' pairs in batches of 4."""
+    from reward_models.preferences import PreferencePair
+    from reward_models.training import TrainConfig, train_reward_model
+
+    pairs = [PreferencePair(w, f"{w} yes", f"{w} no") for w in WORDS[:5]]
+    pairs += [PreferencePair(w, f"{w} yes yes", f"{w} maybe") for w in WORDS[3:8]]
+    config = TrainConfig(backbone="lm", model=model_dir, epochs=2, batch_size=4, lr=1e-2, eval_fraction=0.0)
+    result = train_reward_model(pairs, dataclasses.replace(config, progress=False), out_dir=out / "rm")
+    model = result.model.model
+    state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    torch.save(state, out / f"rank{dist.rank()}.pt")
+    return {"losses": [h["loss"] for h in result.report["history"]]}
+
+
 def collected_prompts(agent) -> list[str]:
     """The prompts this rank rolls out in the next collect (drawn from a copy of the agent's generator)."""
     import copy
@@ -123,6 +151,10 @@ def main() -> int:
             result = update(algo, model_dir, out)
         elif scenario == "learn":
             result = learn(algo, model_dir, out, total=int(sys.argv[5]), resume=len(sys.argv) > 6)
+        elif scenario == "sft":
+            result = sft(model_dir, out)
+        elif scenario == "reward_model":
+            result = reward_model(model_dir, out)
         elif scenario == "bad_world":  # 2 processes of 2 envs cannot share a batch of 6
             make_agent(algo, model_dir, num_envs=2, batch_size=6, minibatch_size=2)
         elif scenario == "bad_config":  # rank 1 was started with another learning rate

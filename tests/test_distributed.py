@@ -83,6 +83,19 @@ def test_two_processes_take_the_single_process_step(words_model_dir, tmp_path, a
         assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name
 
 
+@pytest.mark.parametrize("scenario", ["sft", "reward_model"])
+def test_two_processes_train_sft_and_reward_models_as_one(words_model_dir, tmp_path, scenario):
+    """SFT (batches of 4 examples, the last of 2) and a Bradley–Terry reward model (batches of whole prompts)
+    take the single-process steps; the losses each rank reports are the whole batch's."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert_ok(launch(single, scenario, words_model_dir, str(single), processes=1))
+    assert_ok(launch(double, scenario, words_model_dir, str(double)))
+    assert_same_weights(weights(double, 0), weights(double, 1), atol=0)
+    assert_same_weights(weights(double, 0), weights(single, 0), atol=1e-5)
+    expected = rank_result(single, 0)["losses"]
+    assert rank_result(double, 1)["losses"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_distributed_run_writes_on_rank_0_only_and_resumes_exactly(words_model_dir, tmp_path):
     resumed, straight, single = tmp_path / "resumed", tmp_path / "straight", tmp_path / "single"
     assert_ok(launch(resumed, "learn", words_model_dir, str(resumed), "grpo", "16"))

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -145,6 +147,17 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter]) -> None:
         n = p.numel()
         p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the others: rank 0 builds shared caches (the converted embedded
+    model, the tiny model) that the others then find instead of racing to build them too."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def check_same_on_all_ranks(what: str, value: Any) -> None:
