@@ -98,6 +98,11 @@ class AgentConfig:
     """Clip each (normalised) per-token reward to ``[−reward_clip, reward_clip]``."""
     lora_rank: int = 0
     """Train LoRA adapters of this rank (``peft``) instead of all weights; 0 trains everything."""
+    fsdp: bool = False
+    """Shard the policy and its reference over the processes of a distributed run with FSDP2
+    (``torch.distributed.fsdp.fully_shard``): each process keeps ``1/world_size`` of the weights, gradients and
+    optimizer state, gathering one transformer block at a time in the passes and the whole policy once per
+    rollout for sampling (docs/distributed.md). Not with ``lora_rank`` or ``separate_critic``."""
     seed: int = 0
     """Seeds weight init of new heads, sampling, prompt order and minibatch order."""
     device: str | None = None
@@ -129,6 +134,11 @@ class AgentConfig:
         for name, valid in (("kl_estimator", KL_ESTIMATORS), ("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}.")
+        if self.fsdp and (self.lora_rank > 0 or getattr(self, "separate_critic", False)):
+            raise ValueError(
+                "fsdp=True shards the whole policy and reference; it does not support lora_rank > 0 (LoRA's "
+                "weights are small: replicate them, fsdp=False) or separate_critic=True. Drop one of the settings."
+            )
         if self.lora_rank > 0 and self.reference_device is not None:
             raise ValueError(
                 "reference_device has no effect with lora_rank > 0: the reference is the policy's own weights with "
@@ -190,6 +200,13 @@ class LMAgent:
             lora_rank=c.lora_rank,
             reference_device=c.reference_device,
         )
+        if c.fsdp:
+            if self.world_size == 1:
+                raise ValueError(
+                    "fsdp=True shards the model over the processes of a distributed run, and this is one process: "
+                    "launch with torchrun --nproc_per_node=N (N > 1), or drop fsdp."
+                )
+            self.policy.shard()
         self.optimizer = make_optimizer(self.parameter_groups(), c.learning_rate, self.device, c.weight_decay)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # built by learn(), which knows its length
         # Each process samples its own stream: with the same seed, the ranks of a group method would draw the
@@ -222,8 +239,8 @@ class LMAgent:
         return self.collect_prompts([pool[i] for i in chosen][dist.shard_range(n, "batch_size")])
 
     def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
-        """One episode per prompt, sampled under the agent's precision."""
-        with self.autocast():
+        """One episode per prompt, sampled under the agent's precision (with FSDP, by the gathered weights)."""
+        with self.autocast(), dist.gathered_for_generation(self.policy.lm):
             return self.collector.collect_prompts(prompts)
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
@@ -383,7 +400,7 @@ class LMAgent:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         dist.all_reduce_gradients(self.policy.trainable_parameters())
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
+        norm = dist.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -414,15 +431,18 @@ class LMAgent:
         Distributed, every process must call it (it gathers each one's sampling state); only rank 0 writes.
         """
         sampler_rngs = dist.all_gather_object(self.collector.generator.get_state())  # CPU generators: any device
+        sharded = dist.is_sharded(self.policy.lm)
+        lm_weights = dist.full_state_dict(self.policy.lm) if sharded else None  # gathered by every process
+        optimizer = _full_optimizer_state(self.policy, self.optimizer) if sharded else self.optimizer.state_dict()
         if not dist.is_main():
             return
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.policy.save(out)
+        self.policy.save(out, lm_weights)
         self.tokenizer.save_pretrained(out)
         torch.save(
             {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "sampler_rng": sampler_rngs[0],
@@ -461,7 +481,10 @@ class LMAgent:
             )
         self.policy.load_weights(src)
         extra = torch.load(src / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(extra["optimizer"])
+        if dist.is_sharded(self.policy.lm):
+            _load_full_optimizer_state(self.policy, self.optimizer, extra["optimizer"])
+        else:
+            self.optimizer.load_state_dict(extra["optimizer"])
         if self.scheduler is not None and extra.get("scheduler") is not None:
             self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"].cpu())
@@ -520,6 +543,20 @@ class LMAgent:
                 f"{', differing in ' + ', '.join(differ) if differ else ''}); this agent is {self.algo!r} on "
                 f"{self.model_name!r}. Use another run_dir, or the same settings to resume."
             )
+
+
+def _full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer's whole state over FSDP-sharded parameters, keyed by parameter name (every process calls)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def make_optimizer(

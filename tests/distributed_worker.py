@@ -49,28 +49,41 @@ def make_agent(algo: str, model_dir: str, num_envs: int, run_dir: str | None = N
 
 
 def trainable_state(agent) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().clone() for name, p in agent.policy.named_parameters() if p.requires_grad}
+    """The trainable weights, whole (gathered from the processes' shards under FSDP)."""
+    from torch.distributed.tensor import DTensor
+
+    return {
+        name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
+        for name, p in agent.policy.named_parameters()
+        if p.requires_grad
+    }
 
 
-def update(algo: str, model_dir: str, out: Path) -> dict:
-    """One update on the same global batch: the whole batch alone, this rank's share under torchrun."""
-    agent = make_agent(algo, model_dir, num_envs=2, normalize_rewards=True)
-    # The global batch, sampled identically on every rank by a collector of its own (seed 0), with the
-    # prompts as a single process would draw them; each rank then trains on its contiguous share.
-    reference = RolloutCollector(agent.policy.generator_model, make_envs(model_dir, 4), seed=0)
+def update(algo: str, model_dir: str, out: Path, fsdp: bool = False) -> dict:
+    """One update on the same global batch: the whole batch alone, this rank's share under torchrun (with the
+    policy sharded by FSDP if ``fsdp``)."""
+    from textgym.models import load_causal_lm
+
+    agent = make_agent(algo, model_dir, num_envs=2, normalize_rewards=True, fsdp=fsdp)
+    # The global batch, sampled identically on every rank by a collector of its own (seed 0) with the same
+    # starting weights, of the prompts a single process would draw; each rank then trains on its share.
+    reference = RolloutCollector(load_causal_lm(model_dir), make_envs(model_dir, 4), seed=0)
     group = agent.config.group_size if algo != "ppo" else 1
     prompts = [p for p in PROMPTS[: agent.config.batch_size // group] for _ in range(group)]
     batch = reference.collect_prompts(prompts)
     share = batch.rows(dist.shard_range(len(batch), "batch_size"))
     metrics = agent.train_on_batch(share)
     torch.save(trainable_state(agent), out / f"rank{dist.rank()}.pt")
+    if fsdp:  # the full weights, gathered, and a rollout by the sharded policy
+        agent.save(out / "model")
+        agent.collect()
     return metrics
 
 
-def learn(algo: str, model_dir: str, out: Path, total: int, resume: bool = False) -> dict:
+def learn(algo: str, model_dir: str, out: Path, total: int, resume: bool = False, fsdp: bool = False) -> dict:
     run_dir = out / "run"
     written = watch_writes(run_dir)
-    agent = make_agent(algo, model_dir, num_envs=2, run_dir=str(run_dir), checkpoint_every=1)
+    agent = make_agent(algo, model_dir, num_envs=2, run_dir=str(run_dir), checkpoint_every=1, fsdp=fsdp)
     agent.learn(total, resume=resume, progress_bar=False)
     torch.save(trainable_state(agent), out / f"rank{dist.rank()}.pt")
     (out / f"rank{dist.rank()}_writes.json").write_text(json.dumps(sorted(set(written))))
@@ -149,8 +162,11 @@ def main() -> int:
     try:
         if scenario == "update":
             result = update(algo, model_dir, out)
-        elif scenario == "learn":
-            result = learn(algo, model_dir, out, total=int(sys.argv[5]), resume=len(sys.argv) > 6)
+        elif scenario == "update_fsdp":
+            result = update(algo, model_dir, out, fsdp=dist.env_world_size() > 1)
+        elif scenario in ("learn", "learn_fsdp"):
+            resume = len(sys.argv) > 6
+            result = learn(algo, model_dir, out, int(sys.argv[5]), resume, fsdp=scenario == "learn_fsdp")
         elif scenario == "sft":
             result = sft(model_dir, out)
         elif scenario == "reward_model":

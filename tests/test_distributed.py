@@ -68,19 +68,30 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("algo", ["ppo", "grpo", "rloo"])
-def test_two_processes_take_the_single_process_step(words_model_dir, tmp_path, algo):
+@pytest.mark.parametrize(
+    ("scenario", "algo"),
+    [("update", "ppo"), ("update", "grpo"), ("update", "rloo"), ("update_fsdp", "ppo"), ("update_fsdp", "grpo")],
+)
+def test_two_processes_take_the_single_process_step(words_model_dir, tmp_path, scenario, algo):
     """One update (2 epochs of minibatches of 4, reward normalisation on) on a batch of 8: each of 2 processes
-    trains on its 4 episodes, one process on all 8; the weights and the logged losses agree."""
+    trains on its 4 episodes (with FSDP: holding half of the weights), one process on all 8; the weights and
+    the logged losses agree."""
     single, double = tmp_path / "single", tmp_path / "double"
-    assert_ok(launch(single, "update", words_model_dir, str(single), algo, processes=1))
-    assert_ok(launch(double, "update", words_model_dir, str(double), algo))
+    assert_ok(launch(single, scenario, words_model_dir, str(single), algo, processes=1))
+    assert_ok(launch(double, scenario, words_model_dir, str(double), algo))
     before = weights(single, 0)
     assert_same_weights(weights(double, 0), weights(double, 1), atol=0)  # the replicas stay identical
     assert_same_weights(weights(double, 0), before)
     expected, got = rank_result(single, 0), rank_result(double, 0)
     for name in ("train/policy_loss", "train/entropy", "train/clip_fraction", "train/approx_kl", "train/grad_norm"):
         assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name
+    if scenario == "update_fsdp":  # the sharded policy saves whole weights that load without textgym
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(double / "model").state_dict()
+        for name, tensor in weights(double, 0).items():
+            if name.startswith("lm."):
+                torch.testing.assert_close(saved[name.removeprefix("lm.")], tensor, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("scenario", ["sft", "reward_model"])
@@ -121,6 +132,16 @@ def test_distributed_run_writes_on_rank_0_only_and_resumes_exactly(words_model_d
     proc = launch(resumed, "learn", words_model_dir, str(resumed), "grpo", "32", "resume", processes=1)
     assert proc.returncode != 0
     assert "resume it with as many" in rank_result(resumed, 0)["error"]
+
+
+def test_fsdp_run_resumes_exactly(words_model_dir, tmp_path):
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    assert_ok(launch(resumed, "learn_fsdp", words_model_dir, str(resumed), "ppo", "16"))
+    assert json.loads((resumed / "rank1_writes.json").read_text()) == []
+    assert_ok(launch(resumed, "learn_fsdp", words_model_dir, str(resumed), "ppo", "24", "resume"))
+    assert_ok(launch(straight, "learn_fsdp", words_model_dir, str(straight), "ppo", "24"))
+    assert_same_weights(weights(resumed, 0), weights(straight, 0), atol=0)
+    assert logged(resumed / "run") == logged(straight / "run")
 
 
 @pytest.mark.parametrize(

@@ -191,3 +191,94 @@ def shard_range(total: int, what: str) -> slice:
         raise ValueError(f"{what}={total} is not divisible by the number of processes ({n}); change one of them.")
     size = total // n
     return slice(rank() * size, (rank() + 1) * size)
+
+
+# --- FSDP: models sharded over the processes -----------------------------------------------------------------
+def fully_shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model``'s weights (and so its gradients and optimizer state) over the processes with FSDP2:
+    each transformer block is one unit, gathered just before it runs and freed after, the embeddings and
+    output layer the root unit. Gradients are reduce-scattered as sums, not means: textgym's losses are
+    already each process's share of the whole batch's (see :func:`all_reduce_gradients`)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    blocks = set(getattr(model, "_no_split_modules", None) or [])  # a Hugging Face model's block class names
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM
+    return model
+
+
+def _fsdp_units(model: torch.nn.Module) -> list[Any]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def gathered_for_generation(model: torch.nn.Module) -> Iterator[None]:
+    """Hold an FSDP model's full weights for the block (one all-gather per unit, by every process together).
+
+    Sampling runs a different number of forward passes on each process (episodes end at different steps, a
+    row restarts when its episode ends), and a sharded forward is a collective: the processes would wait on
+    each other's gathers for ever. With the weights gathered once, the forwards communicate nothing. Costs
+    the full model's memory on every process while it lasts. A model without FSDP units is left alone.
+    """
+    units = _fsdp_units(model)
+    for unit in units:
+        unit.set_reshard_after_forward(False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return bool(_fsdp_units(model))
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """An FSDP model's whole state dict on the CPU (every process must call it; all get it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict (as :func:`full_state_dict` returns) into an FSDP model: each process keeps its
+    shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def clip_grad_norm_(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the gradients to a global L2 norm of ``max_norm``, and return the norm before clipping.
+
+    Without sharded parameters it is ``torch.nn.utils.clip_grad_norm_``. With FSDP the norm adds each
+    process's squared shard norms over the processes, plus the (replicated) rest once.
+    """
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not any(isinstance(g, DTensor) for g in grads):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    sharded = [g.to_local() for g in grads if isinstance(g, DTensor)]  # this process's shards
+    replicated = [g for g in grads if not isinstance(g, DTensor)]
+    squares = torch.stack([g.float().pow(2).sum() for g in sharded]).sum()
+    total = all_reduce_sum(squares)
+    if replicated:
+        total = total + torch.stack([g.float().pow(2).sum() for g in replicated]).sum().to(total.device)
+    norm = total.sqrt()
+    scale = min(1.0, max_norm / (norm.item() + 1e-6))
+    if scale < 1.0:
+        for g in grads:
+            g.mul_(scale)  # a DTensor scales its own shard
+    return norm
