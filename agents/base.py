@@ -280,6 +280,14 @@ class LMAgent:
                 bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['train/kl_ref']:.3f}")
             if self.run_dir is not None and self.iteration % self.config.checkpoint_every:
                 self._checkpoint()
+        except Exception as err:
+            if self.world_size > 1 and hasattr(err, "add_note"):  # Python >= 3.11
+                err.add_note(
+                    f"(rank {self.rank} of {self.world_size}) If another process failed or stopped first, its error "
+                    "is the cause. The last complete checkpoint in run_dir is intact: relaunch with resume=True "
+                    "(--resume) and as many processes."
+                )
+            raise
         finally:
             bar.close()
             if log is not None:

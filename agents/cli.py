@@ -51,6 +51,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     rl.add_argument("--num-envs", type=int, default=8, help="sub-envs over all processes of a distributed run")
     rl.add_argument("--total-episodes", type=int, default=1000)
     rl.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    rl.add_argument(
+        "--fsdp", action="store_true", help="shard policy and reference over the processes (FSDP2; torchrun only)"
+    )
     sft = parser.add_argument_group("SFT")
     sft.add_argument("--data", default="instructions", help="JSONL file, or a shipped set name")
     return parser
@@ -82,7 +85,10 @@ def main(argv: list[str] | None = None, prog: str = "textgym train") -> int:
     share = dist.shard_range(args.num_envs, "--num-envs")  # every process steps its share of the sub-envs
     with dist.main_process_first():  # rank 0 builds a cached model (embedded, tiny) before the others load it
         envs = gym.make_vec(args.env, num_envs=share.stop - share.start, **env_kwargs)
-    agent = algo(args.model, envs, run_dir=args.out, **parse_overrides(args.set, algo.config_class))
+    overrides = parse_overrides(args.set, algo.config_class)
+    if args.fsdp:
+        overrides["fsdp"] = True
+    agent = algo(args.model, envs, run_dir=args.out, **overrides)
     agent.learn(args.total_episodes, resume=args.resume)
     agent.save(f"{args.out}/final")
     last = agent.history[-1] if agent.history else {}

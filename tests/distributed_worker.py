@@ -80,10 +80,15 @@ def update(algo: str, model_dir: str, out: Path, fsdp: bool = False) -> dict:
     return metrics
 
 
-def learn(algo: str, model_dir: str, out: Path, total: int, resume: bool = False, fsdp: bool = False) -> dict:
+def learn(
+    algo: str, model_dir: str, out: Path, total: int, resume: bool = False, fsdp: bool = False, die: bool = False
+) -> dict:
     run_dir = out / "run"
     written = watch_writes(run_dir)
     agent = make_agent(algo, model_dir, num_envs=2, run_dir=str(run_dir), checkpoint_every=1, fsdp=fsdp)
+    if die and dist.rank() == 1:  # rank 1 dies in the middle of the second update, after one checkpoint
+        update = agent.train_on_batch
+        agent.train_on_batch = lambda batch: os._exit(3) if agent.iteration == 1 else update(batch)
     agent.learn(total, resume=resume, progress_bar=False)
     torch.save(trainable_state(agent), out / f"rank{dist.rank()}.pt")
     (out / f"rank{dist.rank()}_writes.json").write_text(json.dumps(sorted(set(written))))
@@ -164,9 +169,10 @@ def main() -> int:
             result = update(algo, model_dir, out)
         elif scenario == "update_fsdp":
             result = update(algo, model_dir, out, fsdp=dist.env_world_size() > 1)
-        elif scenario in ("learn", "learn_fsdp"):
+        elif scenario in ("learn", "learn_fsdp", "die"):
             resume = len(sys.argv) > 6
-            result = learn(algo, model_dir, out, int(sys.argv[5]), resume, fsdp=scenario == "learn_fsdp")
+            fsdp, die = scenario == "learn_fsdp", scenario == "die"
+            result = learn(algo, model_dir, out, int(sys.argv[5]), resume, fsdp=fsdp, die=die)
         elif scenario == "sft":
             result = sft(model_dir, out)
         elif scenario == "reward_model":

@@ -144,6 +144,39 @@ def test_fsdp_run_resumes_exactly(words_model_dir, tmp_path):
     assert logged(resumed / "run") == logged(straight / "run")
 
 
+def test_a_dead_rank_stops_the_others_and_the_run_resumes(words_model_dir, tmp_path):
+    """Rank 1 dies in its second update, the processes started without torchrun's agent (which would kill the
+    others itself): rank 0 fails with an error instead of waiting, the first checkpoint is whole, and the run
+    resumes from it."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "TEXTGYM_DIST_TIMEOUT": "60",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    args = [sys.executable, str(WORKER), "die", words_model_dir, str(tmp_path), "grpo", "24"]
+    procs = [subprocess.Popen(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT) for r in (0, 1)]
+    codes = [p.wait(timeout=180) for p in procs]
+    assert codes == [1, 3]  # rank 0 raised (the worker's exit status for an error); rank 1 died
+    assert "(rank 0 of 2) If another process failed" in rank_result(tmp_path, 0)["traceback"]
+    run = tmp_path / "run"
+    assert json.loads((run / "latest.json").read_text()) == {"checkpoint": "checkpoint-000001"}
+    assert (run / "checkpoint-000001" / "trainer_state.json").exists()
+    assert_ok(launch(tmp_path, "learn", words_model_dir, str(tmp_path), "grpo", "24", "resume"))
+    assert rank_result(tmp_path, 1)["episodes_seen"] == 24
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.parametrize(
     ("scenario", "message"),
     [
