@@ -169,6 +169,21 @@ def test_a_dead_rank_stops_the_others_and_the_run_resumes(words_model_dir, tmp_p
     assert rank_result(tmp_path, 1)["episodes_seen"] == 24
 
 
+def test_torchrun_runs_the_textgym_command(tiny_model_dir, tmp_path):
+    """``torchrun -m textgym train`` with FSDP: 2 processes of 2 sub-envs each, rank 0's log and final model."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "textgym"]
+    command += ["train", "--algo", "grpo", "--model", tiny_model_dir, "--num-envs", "4", "--total-episodes", "16"]
+    command += ["--out", str(out), "--env-kwargs", '{"max_new_tokens": 4}', "--fsdp", "--set", "batch_size=8"]
+    command += ["--set", "group_size=2", "--set", "minibatch_size=8", "--set", "tensorboard=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TEXTGYM_DIST_TIMEOUT": "60"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert_ok(proc)
+    assert proc.stdout.count("model saved to") == 1  # printed by rank 0 only
+    assert [row["episodes"] for row in logged(out)] == ["8", "16"]
+    assert (out / "final" / "model.safetensors").exists()
+
+
 def free_port() -> int:
     import socket
 

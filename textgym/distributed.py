@@ -245,7 +245,8 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """An FSDP model's whole state dict on the CPU (every process must call it; all get it)."""
+    """An FSDP model's whole state dict on the CPU of rank 0 (every process must call it; the others get an
+    empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
