@@ -159,6 +159,7 @@ class PPO(LMAgent):
                 break
 
         episodes = torch.ones_like(mask[:, 0])  # (E,) for means over the episodes of every process
+        episodes_total = len(batch) * self.world_size  # the whole batch's
         kl_per_episode = (
             float("nan")
             if ref_logprobs is None
@@ -166,13 +167,13 @@ class PPO(LMAgent):
         )
         if c.kl_target is not None:  # proportional controller on log β
             error = float(np.clip(kl_per_episode / c.kl_target - 1, -0.2, 0.2))
-            self.kl_coef *= 1 + error * len(batch) / c.kl_horizon
+            self.kl_coef *= 1 + error * episodes_total / c.kl_horizon
         residual = returns - old_values
         residual_var = global_masked_mean((residual - global_masked_mean(residual, mask)) ** 2, mask)
         returns_var = global_masked_mean((returns - global_masked_mean(returns, mask)) ** 2, mask)
         return {
             **{name: float(np.mean(values)) for name, values in stats.items()},
-            "train/epochs_run": len(stats["train/grad_norm"]) / math.ceil(c.batch_size / c.minibatch_size),
+            "train/epochs_run": len(stats["train/grad_norm"]) / math.ceil(episodes_total / c.minibatch_size),
             "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
             "train/kl_ref": kl_per_episode,

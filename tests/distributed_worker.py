@@ -64,7 +64,8 @@ def update(algo: str, model_dir: str, out: Path, fsdp: bool = False) -> dict:
     policy sharded by FSDP if ``fsdp``)."""
     from textgym.models import load_causal_lm
 
-    agent = make_agent(algo, model_dir, num_envs=2, normalize_rewards=True, fsdp=fsdp)
+    adaptive = {"kl_target": 0.1, "kl_horizon": 100} if algo == "ppo" else {}  # β adapts by the whole batch
+    agent = make_agent(algo, model_dir, num_envs=2, normalize_rewards=True, fsdp=fsdp, **adaptive)
     # The global batch, sampled identically on every rank by a collector of its own (seed 0) with the same
     # starting weights, of the prompts a single process would draw; each rank then trains on its share.
     reference = RolloutCollector(load_causal_lm(model_dir), make_envs(model_dir, 4), seed=0)

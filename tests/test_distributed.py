@@ -83,7 +83,8 @@ def test_two_processes_take_the_single_process_step(words_model_dir, tmp_path, s
     assert_same_weights(weights(double, 0), weights(double, 1), atol=0)  # the replicas stay identical
     assert_same_weights(weights(double, 0), before)
     expected, got = rank_result(single, 0), rank_result(double, 0)
-    for name in ("train/policy_loss", "train/entropy", "train/clip_fraction", "train/approx_kl", "train/grad_norm"):
+    metrics = ("policy_loss", "entropy", "clip_fraction", "approx_kl", "grad_norm", "kl_coef", "sampler_logprob_error")
+    for name in (f"train/{m}" for m in metrics):
         assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name
     if scenario == "update_fsdp":  # the sharded policy saves whole weights that load without textgym
         from transformers import AutoModelForCausalLM
