@@ -205,3 +205,17 @@ def test_bad_setups_fail_on_every_rank(words_model_dir, tmp_path, scenario, mess
     assert proc.returncode != 0
     for rank in (0, 1):
         assert message in rank_result(tmp_path, rank)["error"]
+
+
+def test_fsdp_settings_that_cannot_work_fail_clearly(words_model_dir):
+    import gymnasium as gym
+    from synthetic_task import NEW_TOKENS
+
+    import textgym  # noqa: F401
+    from agents import PPO, PPOConfig
+
+    with pytest.raises(ValueError, match="lora_rank"):
+        PPOConfig(fsdp=True, lora_rank=8)
+    envs = gym.make_vec("TextGen-v0", num_envs=2, model=words_model_dir, prompts=["say yes"], max_new_tokens=NEW_TOKENS)
+    with pytest.raises(ValueError, match="this is one process"):
+        PPO(words_model_dir, envs, batch_size=4, minibatch_size=4, fsdp=True)
