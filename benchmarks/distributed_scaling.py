@@ -121,12 +121,23 @@ def launch(args: argparse.Namespace, processes: int, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown"
+
+
 def main() -> None:
     args = parse_args()
     if args.worker is not None:
         worker(args)
         return
     counts = [int(n) for n in args.procs.split(",")]
+    print(f"CPU: {cpu_model()}")
     print(
         f"{args.algo}, model {args.model or 'embedded'}, batch {args.batch}, {args.num_envs} sub-envs, "
         f"{args.new_tokens} new tokens, device {args.device}{', FSDP' if args.fsdp else ''}, {args.cores} cores"
