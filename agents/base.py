@@ -6,6 +6,11 @@ metrics), as Stable-Baselines3's algorithms do over ``OnPolicyAlgorithm``; :meth
 Every batch is on-policy: :meth:`LMAgent.collect` draws ``batch_size`` prompts with the agent's own random
 generator and the rollout engine runs each to its end with the current weights, so every token of an update
 was sampled by the weights its log-prob is credited to, and a resumed run continues the same prompt stream.
+
+Data-parallel (launched by ``torchrun``; :mod:`textgym.distributed`): every process draws the same
+``batch_size`` prompts and rolls out its contiguous share of them on its own envs; the update normalises each
+loss by the counts of the whole batch and sums the gradients over the processes, so the step is the one a
+single process would take on the whole batch (docs/distributed.md). Only rank 0 writes logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ from gymnasium.vector import VectorEnv
 from agents.policy import ActorCritic
 from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
 from agents.run_log import RunLog, write_json_atomic
+from textgym import distributed as dist
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest.json"
 # Settings that may change between a run and its resumption without making it another run.
 _RESUMABLE_CHANGES = {"device", "reference_device", "checkpoint_every", "tensorboard", "samples_per_log"}
+# Settings that may differ between the processes of one distributed run.
+_PER_PROCESS = {"device", "reference_device"}
 KL_ESTIMATORS = ("k1", "k2", "k3")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -53,9 +61,10 @@ class AgentConfig:
     """AdamW's decoupled weight decay. 0, as the RLHF references use: decay pulls the weights toward zero, not
     toward the reference."""
     batch_size: int = 16
-    """Finished episodes per iteration (one rollout, then the update); a multiple of the env's ``num_envs``."""
+    """Finished episodes per iteration (one rollout, then the update), over all processes of a distributed run;
+    each process's share (``batch_size / world_size``) is a multiple of its env's ``num_envs``."""
     minibatch_size: int = 8
-    """Episodes per gradient step; each minibatch is one forward pass over its whole sequences."""
+    """Episodes per gradient step (over all processes); each process makes one forward pass over its part."""
     eval_batch_size: int | None = None
     """Episodes per chunk of the passes without gradients (old log-probs and values, reference); ``None``:
     ``minibatch_size``. It bounds their memory: one chunk's full-vocabulary logits exist at a time."""
@@ -89,6 +98,11 @@ class AgentConfig:
     """Clip each (normalised) per-token reward to ``[−reward_clip, reward_clip]``."""
     lora_rank: int = 0
     """Train LoRA adapters of this rank (``peft``) instead of all weights; 0 trains everything."""
+    fsdp: bool = False
+    """Shard the policy and its reference over the processes of a distributed run with FSDP2
+    (``torch.distributed.fsdp.fully_shard``): each process keeps ``1/world_size`` of the weights, gradients and
+    optimizer state, gathering one transformer block at a time in the passes and the whole policy once per
+    rollout for sampling (docs/distributed.md). Not with ``lora_rank`` or ``separate_critic``."""
     seed: int = 0
     """Seeds weight init of new heads, sampling, prompt order and minibatch order."""
     device: str | None = None
@@ -120,6 +134,11 @@ class AgentConfig:
         for name, valid in (("kl_estimator", KL_ESTIMATORS), ("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}.")
+        if self.fsdp and (self.lora_rank > 0 or getattr(self, "separate_critic", False)):
+            raise ValueError(
+                "fsdp=True shards the whole policy and reference; it does not support lora_rank > 0 (LoRA's "
+                "weights are small: replicate them, fsdp=False) or separate_critic=True. Drop one of the settings."
+            )
         if self.lora_rank > 0 and self.reference_device is not None:
             raise ValueError(
                 "reference_device has no effect with lora_rank > 0: the reference is the policy's own weights with "
@@ -158,8 +177,15 @@ class LMAgent:
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(base).__name__}.")
         self.config = dataclasses.replace(base, **overrides)
         c = self.config
-        _check_env(envs, c, type(self).__name__)
-        self.model_name = str(resolve_model_dir(model))
+        dist.init_distributed()  # joins the launcher's process group; nothing without one
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        _check_env(envs, c, type(self).__name__, self.world_size)
+        with dist.main_process_first():  # rank 0 converts or builds a cached model before the others look for it
+            self.model_name = str(resolve_model_dir(model))
+        shared = {k: v for k, v in dataclasses.asdict(c).items() if k not in _PER_PROCESS}
+        dist.check_same_on_all_ranks(
+            "configuration", {"algo": self.algo, "config": shared, "num_envs": envs.num_envs, "model": model}
+        )
         self.tokenizer = load_tokenizer(model)
         _check_same_tokenizer(self.tokenizer, envs.tokenizer, self.model_name)
         self.device = torch.device(resolve_device(c.device))
@@ -174,10 +200,22 @@ class LMAgent:
             lora_rank=c.lora_rank,
             reference_device=c.reference_device,
         )
+        if c.fsdp:
+            if self.world_size == 1:
+                raise ValueError(
+                    "fsdp=True shards the model over the processes of a distributed run, and this is one process: "
+                    "launch with torchrun --nproc_per_node=N (N > 1), or drop fsdp."
+                )
+            self.policy.shard()
         self.optimizer = make_optimizer(self.parameter_groups(), c.learning_rate, self.device, c.weight_decay)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # built by learn(), which knows its length
+        # Each process samples its own stream: with the same seed, the ranks of a group method would draw the
+        # same completions of the same prompt. Rank 0's is the single-process stream.
         self.collector = RolloutCollector(
-            self.policy.generator_model, envs, SamplingConfig(temperature=c.temperature), seed=c.seed
+            self.policy.generator_model,
+            envs,
+            SamplingConfig(temperature=c.temperature),
+            seed=c.seed + 1_000_003 * self.rank,
         )
         self.rng = np.random.default_rng(c.seed)
         self.return_stats = RunningMoments()
@@ -185,20 +223,24 @@ class LMAgent:
         self.iteration = 0
         self.episodes_seen = 0
         self.history: list[dict[str, float]] = []
-        self._log: RunLog | None = None  # open while learn() runs with a run_dir
+        self._log: RunLog | None = None  # open while learn() runs with a run_dir (on rank 0 only)
+        self._resumed = False  # learn() has looked for a checkpoint to continue
 
     # --- what an algorithm supplies ------------------------------------------------------------------------
     def collect(self) -> RolloutBatch:
         """``batch_size`` finished episodes, all sampled by the current weights, of prompts drawn uniformly from
-        the env's prompt set with the agent's generator (distinct while the set is large enough)."""
+        the env's prompt set with the agent's generator (distinct while the set is large enough).
+
+        Distributed, every process draws the same prompts (the generators are equal) and rolls out its
+        contiguous share: the shares together are the single-process batch's prompts."""
         pool = self.envs.prompts
         n = self.config.batch_size
         chosen = self.rng.choice(len(pool), size=n, replace=len(pool) < n)
-        return self.collect_prompts([pool[i] for i in chosen])
+        return self.collect_prompts([pool[i] for i in chosen][dist.shard_range(n, "batch_size")])
 
     def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
-        """One episode per prompt, sampled under the agent's precision."""
-        with self.autocast():
+        """One episode per prompt, sampled under the agent's precision (with FSDP, by the gathered weights)."""
+        with self.autocast(), dist.gathered_for_generation(self.policy.lm):
             return self.collector.collect_prompts(prompts)
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
@@ -224,19 +266,28 @@ class LMAgent:
             self.scheduler = self._make_scheduler(total_episodes)
         log = self._open_run(resume)
         initial = min(self.episodes_seen, total_episodes)
-        bar = tqdm(total=total_episodes, initial=initial, unit="episode", desc=self.algo, disable=not progress_bar)
+        show = progress_bar and dist.is_main()
+        bar = tqdm(total=total_episodes, initial=initial, unit="episode", desc=self.algo, disable=not show)
         try:
             while self.episodes_seen < total_episodes:
                 metrics = self._iteration()
                 self.history.append(metrics)
                 if log is not None:
                     log.log(self.episodes_seen, metrics)
-                    if self.iteration % self.config.checkpoint_every == 0:
-                        self._checkpoint()
+                if self.run_dir is not None and self.iteration % self.config.checkpoint_every == 0:
+                    self._checkpoint()
                 bar.update(min(int(metrics["rollout/episodes"]), total_episodes - bar.n))
                 bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['train/kl_ref']:.3f}")
-            if log is not None and self.iteration % self.config.checkpoint_every:
+            if self.run_dir is not None and self.iteration % self.config.checkpoint_every:
                 self._checkpoint()
+        except Exception as err:
+            if self.world_size > 1 and hasattr(err, "add_note"):  # Python >= 3.11
+                err.add_note(
+                    f"(rank {self.rank} of {self.world_size}) If another process failed or stopped first, its error "
+                    "is the cause. The last complete checkpoint in run_dir is intact: relaunch with resume=True "
+                    "(--resume) and as many processes."
+                )
+            raise
         finally:
             bar.close()
             if log is not None:
@@ -258,25 +309,30 @@ class LMAgent:
             ) from err
         self.collector.invalidate_cache()  # the cached keys/values came from the old weights
         seconds = time.perf_counter() - start
+        # The whole batch's figures, whatever the number of processes: each gathers every rank's episodes.
+        per_episode = torch.stack(
+            [batch.returns.float(), batch.completion_mask.sum(dim=1).float(), (~batch.terminated).float()], dim=1
+        )  # (E, 3)
+        returns, lengths, truncated = dist.all_gather_cat(per_episode.cpu()).unbind(dim=1)  # each (E_global,)
+        tokens = dist.all_reduce_sum(torch.tensor([float(self.collector.tokens_generated - tokens_before)]))
+        episodes = len(returns)
         self.iteration += 1
-        self.episodes_seen += len(batch)
-        returns = batch.returns.float()
-        lengths = batch.completion_mask.sum(dim=1).float()
+        self.episodes_seen += episodes
         if self._log is not None and self.config.samples_per_log:
             n = self.config.samples_per_log
             self._log.log_samples(self.episodes_seen, batch.prompts[:n], batch.completions[:n], returns[:n].tolist())
         return {
-            "rollout/episodes": float(len(batch)),
+            "rollout/episodes": float(episodes),
             "rollout/reward_mean": returns.mean().item(),
-            "rollout/reward_std": returns.std().item() if len(batch) > 1 else 0.0,
+            "rollout/reward_std": returns.std().item() if episodes > 1 else 0.0,
             "rollout/ep_len_mean": lengths.mean().item(),
-            "rollout/truncated_fraction": (~batch.terminated).float().mean().item(),
+            "rollout/truncated_fraction": truncated.mean().item(),
             **stats,
             "train/learning_rate": self.optimizer.param_groups[0]["lr"],
             "time/rollout_seconds": rollout_seconds,
             "time/iteration_seconds": seconds,
-            "time/completions_per_s": len(batch) / seconds,
-            "time/tokens_per_s": (self.collector.tokens_generated - tokens_before) / seconds,
+            "time/completions_per_s": episodes / seconds,
+            "time/tokens_per_s": tokens.item() / seconds,
         }
 
     # --- shared pieces of updates --------------------------------------------------------------------------
@@ -284,11 +340,22 @@ class LMAgent:
     def eval_batch_size(self) -> int:
         return self.config.eval_batch_size or self.config.minibatch_size
 
-    def minibatches(self, size: int) -> Iterator[torch.Tensor]:
-        """Index tensors of shuffled minibatches of ``minibatch_size`` over ``size`` episodes."""
-        order = torch.as_tensor(self.rng.permutation(size), device=self.device)
-        for start in range(0, size, self.config.minibatch_size):
-            yield order[start : start + self.config.minibatch_size]
+    def minibatches(self, size: int) -> Iterator[tuple[torch.Tensor, float]]:
+        """Shuffled minibatches of ``minibatch_size`` episodes of the whole batch, as ``(index, weight)``: the
+        indices of this process's ``size`` episodes in the minibatch, and 1.0.
+
+        Distributed, the order is a permutation of the whole batch (the same on every rank) and each rank takes
+        its own episodes of each minibatch, so the minibatches are the single-process ones. A rank with none in
+        a minibatch gets its first episode with weight 0.0: it makes the same forward and backward passes as
+        the others (FSDP needs them in step) and adds nothing to the loss.
+        """
+        total = size * self.world_size
+        first = self.rank * size  # this rank's episodes are first .. first + size - 1 of the whole batch
+        order = torch.as_tensor(self.rng.permutation(total), device=self.device)
+        for start in range(0, total, self.config.minibatch_size):
+            chosen = order[start : start + self.config.minibatch_size]
+            local = chosen[(chosen >= first) & (chosen < first + size)] - first
+            yield (local, 1.0) if len(local) else (torch.zeros(1, dtype=torch.long, device=self.device), 0.0)
 
     def loss_mask(self, batch: RolloutBatch) -> torch.Tensor:
         """``(E, T)`` float: the completion tokens the loss sees (truncated ones left out if so configured)."""
@@ -306,8 +373,8 @@ class LMAgent:
             last = batch.completion_mask.sum(dim=1) - 1  # (E,) each episode's last step
             rows = torch.arange(len(batch), device=rewards.device)
             rewards[rows, last] -= c.missing_eos_penalty * (~batch.terminated).float()
-        if c.normalize_rewards:
-            self.return_stats.update(rewards.sum(dim=1))
+        if c.normalize_rewards:  # with every process's returns, so all keep the same statistics
+            self.return_stats.update(dist.all_gather_cat(rewards.sum(dim=1)))
             rewards = rewards / self.return_stats.std
         if c.reward_clip is not None:
             rewards = rewards.clamp(-c.reward_clip, c.reward_clip) * batch.completion_mask
@@ -329,14 +396,19 @@ class LMAgent:
         return kl_estimate(logprobs, ref_logprobs, self.config.kl_estimator)
 
     def kl_exceeded(self, approx_kl: float) -> bool:
-        """Whether a minibatch's approximate KL to π_old calls for stopping this iteration's epochs."""
+        """Whether a minibatch's approximate KL to π_old (of the whole minibatch, the same on every rank) calls
+        for stopping this iteration's epochs."""
         return self.config.target_kl is not None and approx_kl > 1.5 * self.config.target_kl
 
     def optimizer_step(self, loss: torch.Tensor) -> float:
-        """One clipped AdamW step on ``loss`` (and one step of the schedule); returns the gradient norm."""
+        """One clipped AdamW step on ``loss`` (and one step of the schedule); returns the gradient norm.
+
+        Distributed, ``loss`` is this rank's share (normalised by the whole minibatch's counts), so the sum of
+        the ranks' gradients is the single-process gradient; it is clipped after the sum."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
+        dist.all_reduce_gradients(self.policy.trainable_parameters())
+        norm = dist.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -363,17 +435,26 @@ class LMAgent:
 
         ``AutoModelForCausalLM.from_pretrained(path)`` loads the trained policy (with ``lora_rank``,
         ``peft``'s ``AutoPeftModelForCausalLM`` does).
+
+        Distributed, every process must call it (it gathers each one's sampling state); only rank 0 writes.
         """
+        sampler_rngs = dist.all_gather_object(self.collector.generator.get_state())  # CPU generators: any device
+        sharded = dist.is_sharded(self.policy.lm)
+        lm_weights = dist.full_state_dict(self.policy.lm) if sharded else None  # gathered by every process
+        optimizer = _full_optimizer_state(self.policy, self.optimizer) if sharded else self.optimizer.state_dict()
+        if not dist.is_main():
+            return
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.policy.save(out)
+        self.policy.save(out, lm_weights)
         self.tokenizer.save_pretrained(out)
         torch.save(
             {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "sampler_rng": self.collector.generator.get_state(),  # a CPU generator: loads on any device
+                "sampler_rng": sampler_rngs[0],
+                "sampler_rngs": sampler_rngs,  # one per process of a distributed run
             },
             out / "optimizer.pt",
         )
@@ -386,6 +467,7 @@ class LMAgent:
             "kl_coef": self.kl_coef,
             "return_stats": dataclasses.asdict(self.return_stats),
             "numpy_rng": self.rng.bit_generator.state,
+            "world_size": self.world_size,
         }
         write_json_atomic(out / STATE_FILE, state)
 
@@ -393,17 +475,28 @@ class LMAgent:
         """Restore everything :meth:`save` wrote for this run, so training continues as if never stopped: the
         weights (policy, value head), optimizer and schedule, β, the counters, the running reward statistics,
         and every random stream (prompt order, minibatch order, sampling, torch's). The env itself is not
-        restored: each batch starts its episodes with a reset that sets the prompts, so it needs no state."""
+        restored: each batch starts its episodes with a reset that sets the prompts, so it needs no state.
+
+        Distributed, every process reads the checkpoint (``run_dir`` on a file system they share) and takes its
+        own sampling stream, so the run must resume with as many processes as wrote it."""
         src = Path(path)
         state = json.loads((src / STATE_FILE).read_text())
         self._check_same_run(state, src)
+        if state.get("world_size", 1) != self.world_size:
+            raise ValueError(
+                f"{src} was written by a run of {state.get('world_size', 1)} processes; resume it with as many "
+                f"(this run has {self.world_size}): each process continues its own sampling stream."
+            )
         self.policy.load_weights(src)
         extra = torch.load(src / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(extra["optimizer"])
+        if dist.is_sharded(self.policy.lm):
+            _load_full_optimizer_state(self.policy, self.optimizer, extra["optimizer"])
+        else:
+            self.optimizer.load_state_dict(extra["optimizer"])
         if self.scheduler is not None and extra.get("scheduler") is not None:
             self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"].cpu())
-        self.collector.generator.set_state(extra["sampler_rng"].cpu())
+        self.collector.generator.set_state(extra.get("sampler_rngs", [extra["sampler_rng"]])[self.rank].cpu())
         self.rng.bit_generator.state = state["numpy_rng"]
         self.return_stats = RunningMoments(**state.get("return_stats", {}))
         self.iteration, self.episodes_seen, self.kl_coef = state["iteration"], state["episodes_seen"], state["kl_coef"]
@@ -414,13 +507,18 @@ class LMAgent:
                 raise ValueError("resume=True needs the run_dir the run was checkpointed to.")
             return None
         latest = self.run_dir / LATEST_FILE
-        if latest.exists() and self._log is None:
+        # Rank 0 decides, so that every rank takes the same branch (and raises the same error).
+        found = dist.broadcast_object(json.loads(latest.read_text())["checkpoint"] if latest.exists() else None)
+        if found is not None and not self._resumed:
             if not resume:
                 raise FileExistsError(
                     f"{self.run_dir} already holds a checkpoint. Pass resume=True to continue that run, or choose "
                     "another run_dir."
                 )
-            self.load(self.run_dir / json.loads(latest.read_text())["checkpoint"])
+            self.load(self.run_dir / found)
+        self._resumed = True  # a second learn() on this agent continues it
+        if not dist.is_main():
+            return None
         self._log = RunLog(self.run_dir, tensorboard=self.config.tensorboard)
         self._log.truncate(self.episodes_seen)  # rows of iterations after the checkpoint are redone
         return self._log
@@ -429,14 +527,17 @@ class LMAgent:
         """Write a checkpoint so that a crash at any moment leaves the previous one intact and findable."""
         final = self.run_dir / f"checkpoint-{self.iteration:06d}"
         tmp = self.run_dir / f".{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        write_json_atomic(self.run_dir / LATEST_FILE, {"checkpoint": final.name})
-        for old in self.run_dir.glob("checkpoint-*"):
-            if old != final:
-                shutil.rmtree(old)
+        if dist.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.save(tmp)  # every rank takes part; rank 0 writes
+        if dist.is_main():
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            write_json_atomic(self.run_dir / LATEST_FILE, {"checkpoint": final.name})
+            for old in self.run_dir.glob("checkpoint-*"):
+                if old != final:
+                    shutil.rmtree(old)
+        dist.barrier()  # no rank runs on (and could be killed) before the checkpoint is complete
 
     def _check_same_run(self, state: dict[str, Any], src: Path) -> None:
         ours = dataclasses.asdict(self.config)
@@ -450,6 +551,20 @@ class LMAgent:
                 f"{', differing in ' + ', '.join(differ) if differ else ''}); this agent is {self.algo!r} on "
                 f"{self.model_name!r}. Use another run_dir, or the same settings to resume."
             )
+
+
+def _full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer's whole state over FSDP-sharded parameters, keyed by parameter name (every process calls)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def make_optimizer(
@@ -509,10 +624,29 @@ def completion_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (masked_mean(values, mask, dim=1) * has_tokens).sum() / has_tokens.sum().clamp(min=1)
 
 
+def masked_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """This process's share of the masked mean over every process's entries (differentiable): the sum of its
+    masked values over the count of all processes. Summed over the processes, as their gradients are, it is
+    the mean of the whole batch; with one process it is :func:`masked_mean`."""
+    return (values * mask).sum() / dist.all_reduce_sum(mask.sum().detach()).clamp(min=1)
+
+
+def completion_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """This process's share of :func:`completion_mean` over every process's completions (differentiable)."""
+    has_tokens = (mask.sum(dim=1) > 0).float()  # (E,)
+    return (masked_mean(values, mask, dim=1) * has_tokens).sum() / dist.all_reduce_sum(has_tokens.sum()).clamp(min=1)
+
+
+def global_masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked mean over every process's entries, the same on every rank (no gradient)."""
+    sums = dist.all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]).detach())
+    return sums[0] / sums[1].clamp(min=1)
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Shift and scale ``values`` to mean 0 and std 1 over the masked entries."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    """Shift and scale ``values`` to mean 0 and std 1 over the masked entries (of every process)."""
+    mean = global_masked_mean(values, mask)
+    var = global_masked_mean((values - mean) ** 2, mask)
     return (values - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -545,11 +679,17 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _check_env(envs: VectorEnv, config: AgentConfig, agent: str) -> None:
+def _check_env(envs: VectorEnv, config: AgentConfig, agent: str, world_size: int = 1) -> None:
     """Refuse envs the LM agents cannot train on correctly, saying what to change."""
     if not hasattr(envs, "num_envs") or not hasattr(envs, "tokenizer") or not hasattr(envs, "prompts"):
         raise TypeError(
             f"{agent} needs a textgym vector env (gym.make_vec('TextGen-v0', num_envs=N)); got {type(envs).__name__}."
+        )
+    if world_size > 1 and (config.batch_size % world_size or config.batch_size // world_size % envs.num_envs):
+        raise ValueError(
+            f"batch_size={config.batch_size} does not split into {world_size} processes' shares that are "
+            f"multiples of each process's num_envs={envs.num_envs}: make batch_size a multiple of "
+            f"{world_size * envs.num_envs} (world size x num_envs), or change the number of processes."
         )
     if config.batch_size % envs.num_envs:
         raise ValueError(

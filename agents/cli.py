@@ -6,6 +6,10 @@ Examples::
     textgym train --algo ppo --env TextGen-v0 --model runs/sft --num-envs 8 --total-episodes 2000 \\
         --out runs/ppo --set kl_coef=0.05 --set learning_rate=1e-5
     textgym train --algo ppo ... --out runs/ppo --resume      # continue a killed run
+
+Data-parallel on several processes (docs/distributed.md): the same command under a launcher, e.g.
+``torchrun --nproc_per_node=4 -m textgym train --algo grpo ...``; ``--num-envs`` and ``batch_size`` are the
+totals over the processes, each process stepping ``num_envs / world_size`` sub-envs.
 """
 
 from __future__ import annotations
@@ -44,9 +48,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     rl.add_argument(
         "--env-kwargs", default="{}", help="JSON keyword arguments of the env, e.g. '{\"max_new_tokens\": 24}'"
     )
-    rl.add_argument("--num-envs", type=int, default=8)
+    rl.add_argument("--num-envs", type=int, default=8, help="sub-envs over all processes of a distributed run")
     rl.add_argument("--total-episodes", type=int, default=1000)
     rl.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    rl.add_argument(
+        "--fsdp", action="store_true", help="shard policy and reference over the processes (FSDP2; torchrun only)"
+    )
     sft = parser.add_argument_group("SFT")
     sft.add_argument("--data", default="instructions", help="JSONL file, or a shipped set name")
     return parser
@@ -54,13 +61,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "textgym train") -> int:
     args = build_parser(prog).parse_args(argv)
+    from textgym import distributed as dist
+
+    dist.init_distributed()  # under torchrun / accelerate launch; nothing for one process
     if args.algo == "sft":
         from agents.sft import SFT, SFTConfig
 
         sft = SFT(args.model, args.data, **parse_overrides(args.set, SFTConfig))
-        sft.learn()
+        sft.learn(progress_bar=dist.is_main())
         sft.save(args.out)
-        print(f"final loss {sft.losses[-1]:.4f}; model saved to {args.out}")
+        if dist.is_main():
+            print(f"final loss {sft.losses[-1]:.4f}; model saved to {args.out}")
         return 0
 
     import gymnasium as gym
@@ -71,10 +82,16 @@ def main(argv: list[str] | None = None, prog: str = "textgym train") -> int:
     algo = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO}[args.algo]
     env_kwargs = json.loads(args.env_kwargs)
     env_kwargs.setdefault("model", args.model)
-    envs = gym.make_vec(args.env, num_envs=args.num_envs, **env_kwargs)
-    agent = algo(args.model, envs, run_dir=args.out, **parse_overrides(args.set, algo.config_class))
+    share = dist.shard_range(args.num_envs, "--num-envs")  # every process steps its share of the sub-envs
+    with dist.main_process_first():  # rank 0 builds a cached model (embedded, tiny) before the others load it
+        envs = gym.make_vec(args.env, num_envs=share.stop - share.start, **env_kwargs)
+    overrides = parse_overrides(args.set, algo.config_class)
+    if args.fsdp:
+        overrides["fsdp"] = True
+    agent = algo(args.model, envs, run_dir=args.out, **overrides)
     agent.learn(args.total_episodes, resume=args.resume)
     agent.save(f"{args.out}/final")
     last = agent.history[-1] if agent.history else {}
-    print(f"mean reward {last.get('rollout/reward_mean', float('nan')):.4f}; model saved to {args.out}/final")
+    if dist.is_main():
+        print(f"mean reward {last.get('rollout/reward_mean', float('nan')):.4f}; model saved to {args.out}/final")
     return 0

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from agents.base import AgentConfig, LMAgent, masked_mean
+from agents.base import AgentConfig, LMAgent, global_masked_mean, masked_mean_share
 from agents.rollout import RolloutBatch
+from textgym import distributed as dist
 
 
 @dataclass
@@ -42,12 +44,25 @@ class GroupAgent(LMAgent):
 
     config: GroupConfig
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        c = self.config
+        if c.batch_size // self.world_size % c.group_size:
+            raise ValueError(
+                f"Each of the {self.world_size} processes rolls out batch_size / world_size = "
+                f"{c.batch_size // self.world_size} completions, not whole groups of group_size={c.group_size}: "
+                f"a group's baseline needs all its completions on one process. Make batch_size a multiple of "
+                f"{self.world_size * c.group_size}."
+            )
+
     def collect(self) -> RolloutBatch:
+        """Every process draws the same prompts and rolls out its share of whole groups (see LMAgent.collect)."""
         c = self.config
         pool = self.envs.prompts
         n = c.batch_size // c.group_size
         chosen = self.rng.choice(len(pool), size=n, replace=len(pool) < n)  # distinct prompts when there are enough
-        return self.collect_prompts([pool[i] for i in chosen for _ in range(c.group_size)])
+        prompts = [pool[i] for i in chosen for _ in range(c.group_size)]
+        return self.collect_prompts(prompts[dist.shard_range(c.batch_size, "batch_size")])
 
     def advantages(self, scores: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """Per-completion advantages ``(E,)`` from task scores and the KL to the reference (the configured
@@ -63,6 +78,10 @@ class GroupAgent(LMAgent):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The loss of one minibatch (a scalar), with the ratio's clip indicator and approximate KL per token.
+
+        Distributed, the loss is this process's share of the minibatch's (its terms normalised by the counts of
+        the whole minibatch, :func:`~agents.base.masked_mean_share`): the ranks' gradients sum to the
+        single-process gradient.
 
         Args:
             logprobs: ``(B, T)`` under the policy being trained (with gradients).
@@ -94,8 +113,8 @@ class GroupAgent(LMAgent):
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
         for _ in range(c.epochs):
-            for index in self.minibatches(len(batch)):
-                m = loss_mask[index]
+            for index, weight in self.minibatches(len(batch)):
+                m = loss_mask[index] * weight
                 with self.autocast():
                     new = self.policy.evaluate(
                         ids[index], attn[index], width, c.temperature, entropy_grad=c.ent_coef > 0
@@ -104,22 +123,27 @@ class GroupAgent(LMAgent):
                 loss, clipped, approx_kl = self.policy_loss(
                     new.logprobs, old_logprobs[index], ref, advantages[index], m
                 )
-                entropy = masked_mean(new.entropy, m)
+                entropy = masked_mean_share(new.entropy, m)
                 loss = loss - c.ent_coef * entropy
-                stats["train/policy_loss"].append(loss.item())
-                stats["train/entropy"].append(entropy.item())
-                stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
-                stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
+                terms = torch.stack([loss, entropy, masked_mean_share(clipped, m), masked_mean_share(approx_kl, m)])
+                totals = dist.all_reduce_sum(terms.detach()).tolist()  # the whole minibatch's, on every rank
+                for name, total in zip(("policy_loss", "entropy", "clip_fraction", "approx_kl"), totals):
+                    stats[f"train/{name}"].append(total)
                 if self.kl_exceeded(stats["train/approx_kl"][-1]):  # before stepping, as SB3 does
                     stop = True
                     break
                 stats["train/grad_norm"].append(self.optimizer_step(loss))
             if stop:
                 break
-        kl_ref = float("nan") if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item()
+        episodes = torch.ones_like(mask[:, 0])  # (E,) for means over the episodes of every process
+        kl_ref = (
+            float("nan")
+            if ref_logprobs is None
+            else global_masked_mean(((old_logprobs - ref_logprobs) * mask).sum(1), episodes).item()
+        )
         return {
             **{name: float(np.mean(values)) for name, values in stats.items()},
-            "train/sampler_logprob_error": masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
+            "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/kl_ref": kl_ref,
             "train/kl_coef": self.kl_coef,
         }

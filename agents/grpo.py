@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.base import clipped_surrogate, completion_mean, masked_mean
+from agents.base import clipped_surrogate, completion_mean_share, masked_mean_share
 from agents.group import GroupAgent, GroupConfig
 
 LOSS_TYPES = ("sequence", "token")
@@ -69,6 +69,6 @@ class GRPO(GroupAgent):
         )  # (B, T)
         if ref_logprobs is not None:
             per_token = per_token + self.kl_coef * self.kl_penalty(logprobs, ref_logprobs)
-        if c.loss_type == "token":
-            return masked_mean(per_token, mask), clipped, approx_kl
-        return completion_mean(per_token, mask), clipped, approx_kl
+        if c.loss_type == "token":  # this process's share of the minibatch's mean (docstring of GroupAgent)
+            return masked_mean_share(per_token, mask), clipped, approx_kl
+        return completion_mean_share(per_token, mask), clipped, approx_kl

@@ -169,13 +169,23 @@ class ActorCritic(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def save(self, out_dir: str | os.PathLike) -> None:
+    def shard(self) -> None:
+        """Shard the policy LM and (when it shares the policy's device) the reference over the processes with
+        FSDP2 (:func:`textgym.distributed.fully_shard_model`); the value head stays whole on every process."""
+        from textgym.distributed import fully_shard_model
+
+        fully_shard_model(self.lm)
+        if self.reference is not None and next(self.reference.parameters()).device == self.device:
+            fully_shard_model(self.reference)
+
+    def save(self, out_dir: str | os.PathLike, lm_weights: dict[str, torch.Tensor] | None = None) -> None:
         """Write the policy as a Hugging Face model directory (LoRA: a ``peft`` adapter directory), plus the
-        value head as safetensors and, with a separate critic, its trunk under ``critic/``."""
+        value head as safetensors and, with a separate critic, its trunk under ``critic/``. ``lm_weights``: the
+        LM's whole state dict when it is sharded (gathered by every process beforehand)."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
-        self.lm.save_pretrained(out)
+        self.lm.save_pretrained(out, state_dict=lm_weights)
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out / VALUE_HEAD_FILE)
         if self.critic_trunk is not None:
@@ -191,7 +201,14 @@ class ActorCritic(nn.Module):
 
             set_peft_model_state_dict(self.lm, load_file(src / "adapter_model.safetensors", device=str(self.device)))
         else:
-            _load_exactly(self.lm, _load_hf_weights(src, self.device), src)
+            from textgym.distributed import is_sharded, load_full_state_dict
+
+            weights = _load_hf_weights(src, self.device)
+            if is_sharded(self.lm):  # each process keeps its shard of the whole weights
+                _check_fits(self.lm, weights, src)
+                load_full_state_dict(self.lm, weights)
+            else:
+                _load_exactly(self.lm, weights, src)
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(src / VALUE_HEAD_FILE, device=str(self.device)))
         if self.critic_trunk is not None:
@@ -287,6 +304,16 @@ def _load_hf_weights(model_dir: Path, device: torch.device) -> dict[str, torch.T
 def _load_exactly(model: PreTrainedModel, weights: dict[str, torch.Tensor], src: Path) -> None:
     """Load a checkpoint's weights; only an output layer tied to the input embeddings may be absent."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    _raise_unless_fits(model, missing, unexpected, src)
+
+
+def _check_fits(model: PreTrainedModel, weights: dict[str, torch.Tensor], src: Path) -> None:
+    """:func:`_load_exactly`'s check, by names, for a model that loads another way (FSDP)."""
+    ours = set(model.state_dict())
+    _raise_unless_fits(model, sorted(ours - set(weights)), sorted(set(weights) - ours), src)
+
+
+def _raise_unless_fits(model: PreTrainedModel, missing: list[str], unexpected: list[str], src: Path) -> None:
     tied = model.config.get_text_config().tie_word_embeddings
     missing = [key for key in missing if not (tied and key.endswith("lm_head.weight"))]
     if missing or unexpected:

@@ -15,8 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import AgentConfig, LMAgent, clipped_surrogate, masked_mean, masked_whiten
+from agents.base import (
+    AgentConfig,
+    LMAgent,
+    clipped_surrogate,
+    global_masked_mean,
+    masked_mean_share,
+    masked_whiten,
+)
 from agents.rollout import RolloutBatch
+from textgym import distributed as dist
 
 
 @dataclass
@@ -123,8 +131,8 @@ class PPO(LMAgent):
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
         for _ in range(c.epochs):
-            for index in self.minibatches(len(batch)):
-                m = loss_mask[index]
+            for index, weight in self.minibatches(len(batch)):
+                m = loss_mask[index] * weight
                 with self.autocast():
                     new = self.policy.evaluate(
                         ids[index], attn[index], width, c.temperature, with_values=True, entropy_grad=c.ent_coef > 0
@@ -137,13 +145,12 @@ class PPO(LMAgent):
                     -c.clip_range_value, c.clip_range_value
                 )
                 value_loss = 0.5 * torch.maximum((values - returns[index]) ** 2, (values_clipped - returns[index]) ** 2)
-                entropy = masked_mean(new.entropy, m)
-                loss = masked_mean(policy_loss, m) + c.vf_coef * masked_mean(value_loss, m) - c.ent_coef * entropy
-                stats["train/policy_loss"].append(masked_mean(policy_loss, m).item())
-                stats["train/value_loss"].append(masked_mean(value_loss, m).item())
-                stats["train/entropy"].append(entropy.item())
-                stats["train/clip_fraction"].append(masked_mean(clipped, m).item())
-                stats["train/approx_kl"].append(masked_mean(approx_kl, m).item())
+                # Each term is this process's share of the whole minibatch's mean (the mean with one process).
+                terms = [masked_mean_share(x, m) for x in (policy_loss, value_loss, new.entropy, clipped, approx_kl)]
+                loss = terms[0] + c.vf_coef * terms[1] - c.ent_coef * terms[2]
+                totals = dist.all_reduce_sum(torch.stack(terms).detach()).tolist()  # the minibatch's, on every rank
+                for name, total in zip(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), totals):
+                    stats[f"train/{name}"].append(total)
                 if self.kl_exceeded(stats["train/approx_kl"][-1]):  # before stepping, as SB3 does
                     stop = True
                     break
@@ -151,18 +158,23 @@ class PPO(LMAgent):
             if stop:
                 break
 
+        episodes = torch.ones_like(mask[:, 0])  # (E,) for means over the episodes of every process
+        episodes_total = len(batch) * self.world_size  # the whole batch's
         kl_per_episode = (
-            float("nan") if ref_logprobs is None else ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item()
+            float("nan")
+            if ref_logprobs is None
+            else global_masked_mean(((old_logprobs - ref_logprobs) * mask).sum(1), episodes).item()
         )
         if c.kl_target is not None:  # proportional controller on log β
             error = float(np.clip(kl_per_episode / c.kl_target - 1, -0.2, 0.2))
-            self.kl_coef *= 1 + error * len(batch) / c.kl_horizon
-        residual_var = masked_mean((returns - old_values - masked_mean(returns - old_values, mask)) ** 2, mask)
-        returns_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+            self.kl_coef *= 1 + error * episodes_total / c.kl_horizon
+        residual = returns - old_values
+        residual_var = global_masked_mean((residual - global_masked_mean(residual, mask)) ** 2, mask)
+        returns_var = global_masked_mean((returns - global_masked_mean(returns, mask)) ** 2, mask)
         return {
             **{name: float(np.mean(values)) for name, values in stats.items()},
-            "train/epochs_run": len(stats["train/grad_norm"]) / math.ceil(len(batch) / c.minibatch_size),
-            "train/sampler_logprob_error": masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
+            "train/epochs_run": len(stats["train/grad_norm"]) / math.ceil(episodes_total / c.minibatch_size),
+            "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
             "train/kl_ref": kl_per_episode,
             "train/kl_coef": self.kl_coef,

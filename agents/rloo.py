@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.base import clipped_surrogate, completion_mean
+from agents.base import clipped_surrogate, completion_mean_share
 from agents.group import GroupAgent, GroupConfig
 
 
@@ -41,4 +41,4 @@ class RLOO(GroupAgent):
         per_token, clipped, approx_kl = clipped_surrogate(
             logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), self.config.clip_range
         )  # (B, T); the KL is already in the reward
-        return completion_mean(per_token, mask), clipped, approx_kl
+        return completion_mean_share(per_token, mask), clipped, approx_kl  # this process's share

@@ -100,6 +100,14 @@ class RolloutBatch:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
+    def rows(self, index: slice) -> RolloutBatch:
+        """The episodes ``index`` (e.g. one process's share of a batch), with the same padded widths."""
+        tensors = {f: getattr(self, f)[index] for f in ("prompt_ids", "prompt_mask", "completion_ids",
+                   "completion_mask", "logprobs", "rewards", "terminated")}  # fmt: skip
+        return RolloutBatch(
+            **tensors, prompts=self.prompts[index], completions=self.completions[index], infos=self.infos[index]
+        )
+
 
 @dataclass
 class _EpisodeRecord:

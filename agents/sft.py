@@ -8,13 +8,17 @@ SFT teaches exactly what ``TextGen-v0`` with the same ``chat_template`` asks for
 env's own function (:func:`textgym.prompts.encode_prompt`), so their tokens are the env's observations, and
 every reply ends with one of the env's stop tokens (:func:`textgym.prompts.stop_token_ids`): with the chat
 template, the template's end-of-turn token (what follows it is cut, as the env stops there); without it, EOS.
+
+Under ``torchrun`` it is data-parallel: every process shuffles the examples alike and takes every
+``world_size``-th example of each batch; the loss is normalised by the batch's completion tokens over all
+processes and the gradients are summed, so each step is the single-process step (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from agents.base import make_optimizer
+from textgym import distributed as dist
 from textgym.prompts import encode_prompt, pad_token_id, stop_token_ids
 
 SHIPPED_DATA = {"instructions": Path(__file__).parent / "data" / "instructions.jsonl"}
@@ -37,7 +42,7 @@ class SFTConfig:
     epochs: int = 2
     """Passes over the data."""
     batch_size: int = 8
-    """Examples per gradient step."""
+    """Examples per gradient step (over all processes of a distributed run)."""
     max_length: int = 256
     """Longest prompt + completion in tokens; longer examples are an error unless ``truncate`` is set."""
     truncate: bool = False
@@ -115,8 +120,11 @@ class SFT:
 
         self.config = replace(config or SFTConfig(), **overrides)
         c = self.config
+        dist.init_distributed()  # joins the launcher's process group; nothing without one
+        dist.check_same_on_all_ranks("configuration", {**asdict(c), "device": None, "model": model, "data": data})
         self.device = torch.device(resolve_device(c.device))
-        self.tokenizer = load_tokenizer(model)
+        with dist.main_process_first():  # rank 0 builds a cached model before the others look for it
+            self.tokenizer = load_tokenizer(model)
         self.use_template = c.chat_template if c.chat_template is not None else bool(self.tokenizer.chat_template)
         if self.use_template and not self.tokenizer.chat_template:
             raise ValueError("chat_template=True, but this model's tokenizer has no chat template.")
@@ -170,14 +178,24 @@ class SFT:
 
         c = self.config
         steps = c.epochs * -(-len(self.examples) // c.batch_size)
+        rank, world = dist.rank(), dist.world_size()
         self.model.train()
         with tqdm(total=steps, desc="sft", unit="step", disable=not progress_bar) as bar:
             for _ in range(c.epochs):
-                order = self.rng.permutation(len(self.examples))
+                order = self.rng.permutation(len(self.examples))  # the same on every process
                 for start in range(0, len(order), c.batch_size):
-                    loss = self.loss([self.examples[i] for i in order[start : start + c.batch_size]])
+                    batch = [self.examples[i] for i in order[start : start + c.batch_size]]
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if world == 1:
+                        loss = self.loss(batch)
+                        loss.backward()
+                    else:  # this process's examples, normalised by the whole batch's completion tokens
+                        tokens = sum(len(reply) for _, reply in batch)
+                        share = self.loss(batch[rank::world], tokens) if batch[rank::world] else None
+                        if share is not None:
+                            share.backward()  # a process without examples contributes zero gradients
+                        dist.all_reduce_gradients(list(self.model.parameters()))
+                        loss = dist.all_reduce_sum(torch.zeros(()) if share is None else share.detach().cpu())
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
                     self.optimizer.step()
                     self.losses.append(loss.item())
@@ -186,8 +204,9 @@ class SFT:
         self.model.eval()
         return self
 
-    def loss(self, examples: list[tuple[list, list]]) -> torch.Tensor:
-        """Mean cross-entropy of the completion tokens of ``examples`` (one forward pass, right-padded)."""
+    def loss(self, examples: list[tuple[list, list]], num_tokens: int | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the completion tokens of ``examples`` (one forward pass, right-padded); with
+        ``num_tokens``, their summed cross-entropy divided by it (a process's share of a larger batch)."""
         width = max(len(p) + len(r) for p, r in examples)
         pad = pad_token_id(self.tokenizer)
         ids = torch.full((len(examples), width), pad, dtype=torch.long)
@@ -198,8 +217,9 @@ class SFT:
             ids[row, :n] = torch.tensor(prompt + reply)
             labels[row, len(prompt) : n] = torch.tensor(reply)
             mask[row, :n] = 1
+        extra = {} if num_tokens is None else {"num_items_in_batch": num_tokens}
         out = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), labels=labels.to(self.device)
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), labels=labels.to(self.device), **extra
         )
         return out.loss
 
@@ -212,6 +232,9 @@ class SFT:
         return float(np.mean(losses))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a Hugging Face model directory (weights and tokenizer), the starting point of PPO/GRPO/RLOO."""
+        """Write a Hugging Face model directory (weights and tokenizer), the starting point of PPO/GRPO/RLOO.
+        Distributed, rank 0 writes (the weights are the same on every process)."""
+        if not dist.is_main():
+            return
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)

@@ -237,10 +237,6 @@ class EncoderHeadReward(BatchedRewardModel):
         """Read and fill ``cache`` (text -> embedding) from now on, e.g. one dict shared by several heads."""
         self._cache = cache
 
-    def clear_cache(self) -> None:
-        """Drop cached embeddings (scoring then encodes every text afresh)."""
-        self._cache.clear()
-
     def _embed(self, texts: list[str]) -> torch.Tensor:
         fresh = self._encode_missing(texts)
         return torch.stack([self._cache[t] if t in self._cache else fresh[t] for t in texts]).to(self.device)

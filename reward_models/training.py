@@ -13,6 +13,11 @@ rewards come out standardised.
 
     result = train_reward_model("prefs.jsonl", TrainConfig(backbone="minilm"), out_dir="my-rm")
     print(result.report["eval"]["accuracy"])
+
+Under ``torchrun`` training is data-parallel: every process draws the same batches and scores the prompts of
+each batch that fall to it (whole prompts, round robin); the loss is normalised by the batch's pair count and
+the gradients summed over the processes, so each step is the single-process step (with ``dropout=0``: dropout
+masks are drawn per process). Only rank 0 saves.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 
 from reward_models.base import Normalization, RewardFn
 from reward_models.preferences import PreferencePair, load_preferences, split_by_prompt
+from textgym import distributed as dist
 
 if TYPE_CHECKING:  # torch loads only when training starts, so the CLI and the config stay light
     import torch
@@ -163,11 +169,14 @@ def train_reward_model(
 
     start = time.perf_counter()  # training time includes loading the model and embedding the texts
     config = config or TrainConfig()
+    dist.init_distributed()  # joins the launcher's process group; nothing without one
+    dist.check_same_on_all_ranks("reward-model configuration", {**asdict(config), "device": None, "progress": None})
     pairs = load_preferences(data) if isinstance(data, (str, os.PathLike)) else list(data)
     train, held_out = split_by_prompt(pairs, config.eval_fraction, config.seed)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    model = _new_model(config)
+    with dist.main_process_first():  # rank 0 builds a cached model before the others look for it
+        model = _new_model(config)
     if isinstance(model, EncoderHeadReward):
         if embedding_cache is not None:
             model.share_cache(embedding_cache)  # filled by cache_embeddings below, and left filled for the next call
@@ -175,14 +184,18 @@ def train_reward_model(
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     history = []
-    bar = tqdm(total=config.epochs * len(train), disable=not config.progress, desc="reward model", unit="pair")
+    show = config.progress and dist.is_main()
+    bar = tqdm(total=config.epochs * len(train), disable=not show, desc="reward model", unit="pair")
     for epoch in range(1, config.epochs + 1):
         model.model.train()
         losses = []
         for batch in _batches(train, config.batch_size, rng):
-            loss = _bradley_terry_loss(model, batch, config.margin)
             optimizer.zero_grad()
-            loss.backward()
+            if dist.world_size() == 1:
+                loss = _bradley_terry_loss(model, batch, config.margin)
+                loss.backward()
+            else:
+                loss = _distributed_step(model, batch, config.margin)
             optimizer.step()
             losses.append(loss.item())
             bar.update(len(batch))
@@ -207,7 +220,7 @@ def train_reward_model(
     }
     if isinstance(model, EncoderHeadReward):
         model.share_cache({})  # the model keeps no embeddings (a shared cache stays filled, with its owner)
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main():
         model.save(out_dir)
         (Path(out_dir) / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return TrainResult(model, report)
@@ -242,10 +255,32 @@ def _batches(pairs: Sequence[PreferencePair], batch_size: int, rng: random.Rando
     return [*batches, current] if current else batches
 
 
-def _bradley_terry_loss(
+def _distributed_step(
     model: EncoderHeadReward | HFClassifierReward, batch: Sequence[PreferencePair], margin: float
 ) -> torch.Tensor:
-    """``mean(-log σ(r_w - r_l - m))`` over the batch, each distinct completion scored once."""
+    """This process's share of one batch's loss and gradients, the gradients then summed over the processes;
+    returns the batch's loss. Its pairs are those of every ``world_size``-th prompt of the batch (a prompt's
+    completions are scored on one process, once)."""
+    import torch
+
+    prompts = list(dict.fromkeys(p.prompt for p in batch))
+    mine = set(prompts[dist.rank() :: dist.world_size()])
+    local = [p for p in batch if p.prompt in mine]
+    share = _bradley_terry_loss(model, local, margin, normalizer=len(batch)) if local else None
+    if share is not None:
+        share.backward()  # a process without pairs contributes zero gradients
+    dist.all_reduce_gradients(list(model.trainable_parameters()))
+    return dist.all_reduce_sum(torch.zeros(()) if share is None else share.detach().cpu())
+
+
+def _bradley_terry_loss(
+    model: EncoderHeadReward | HFClassifierReward,
+    batch: Sequence[PreferencePair],
+    margin: float,
+    normalizer: int | None = None,
+) -> torch.Tensor:
+    """``mean(-log σ(r_w - r_l - m))`` over the batch, each distinct completion scored once; with
+    ``normalizer``, the sum divided by it (a process's share of a larger batch)."""
     import torch
     import torch.nn.functional as F
 
@@ -254,4 +289,5 @@ def _bradley_terry_loss(
     winners = torch.tensor([index[(p.prompt, p.chosen)] for p in batch], device=scores.device)
     losers = torch.tensor([index[(p.prompt, p.rejected)] for p in batch], device=scores.device)
     margins = torch.tensor([p.margin + margin for p in batch], device=scores.device, dtype=scores.dtype)
-    return -F.logsigmoid(scores[winners] - scores[losers] - margins).mean()  # (B,) -> ()
+    losses = -F.logsigmoid(scores[winners] - scores[losers] - margins)  # (B,)
+    return losses.mean() if normalizer is None else losses.sum() / normalizer
