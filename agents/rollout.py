@@ -13,6 +13,7 @@ still in progress with the new weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,12 +101,18 @@ class RolloutBatch:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
-    def rows(self, index: slice) -> RolloutBatch:
-        """The episodes ``index`` (e.g. one process's share of a batch), with the same padded widths."""
-        tensors = {f: getattr(self, f)[index] for f in ("prompt_ids", "prompt_mask", "completion_ids",
+    def rows(self, index: slice | Sequence[int]) -> RolloutBatch:
+        """The episodes ``index`` (a slice, e.g. one process's share of a batch, or a list of rows), with the
+        same padded widths."""
+        picked = list(range(len(self))[index]) if isinstance(index, slice) else list(index)
+        position = torch.as_tensor(picked, dtype=torch.long, device=self.prompt_ids.device)
+        tensors = {f: getattr(self, f)[position] for f in ("prompt_ids", "prompt_mask", "completion_ids",
                    "completion_mask", "logprobs", "rewards", "terminated")}  # fmt: skip
         return RolloutBatch(
-            **tensors, prompts=self.prompts[index], completions=self.completions[index], infos=self.infos[index]
+            **tensors,
+            prompts=[self.prompts[i] for i in picked],
+            completions=[self.completions[i] for i in picked],
+            infos=[self.infos[i] for i in picked],
         )
 
 

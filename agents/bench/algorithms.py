@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agents.bench.evaluation import TestSet, best_of_n_kl, scripted_episodes, select
+from agents.bench.evaluation import TestSet, best_of_n_kl, scripted_episodes
 from agents.rollout import RolloutBatch
 from textgym.tasks import TaskSpec
 
@@ -121,7 +121,7 @@ class BestOfN(Algorithm):
             self._samples = test.sample(test.reference, repeat=self.n_max)
         scores = np.array([info["score"] for info in self._samples.infos]).reshape(-1, self.n_max)[:, :n]
         rows = [p * self.n_max + int(best) for p, best in enumerate(scores.argmax(axis=1))]
-        return TestEpisodes(select(self._samples, rows), kl=best_of_n_kl(n), samples_per_prompt=n)
+        return TestEpisodes(self._samples.rows(rows), kl=best_of_n_kl(n), samples_per_prompt=n)
 
 
 class LMAgentAlgorithm(Algorithm):

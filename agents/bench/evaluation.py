@@ -101,22 +101,6 @@ def scripted_episodes(test: TestSet, completions: list[str]) -> RolloutBatch:
     return _pack(prompt_ids, completion_ids, infos, tokenizer.pad_token_id or 0, test.reference.device)
 
 
-def select(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
-    """The episodes ``rows`` of ``batch``."""
-    index = torch.as_tensor(rows, device=batch.prompt_ids.device)
-    tensors = {
-        name: getattr(batch, name)[index]
-        for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs", "rewards")
-    }
-    return RolloutBatch(
-        **tensors,
-        terminated=batch.terminated[index],
-        prompts=[batch.prompts[i] for i in rows],
-        completions=[batch.completions[i] for i in rows],
-        infos=[batch.infos[i] for i in rows],
-    )
-
-
 def completion_metrics(batch: RolloutBatch, reference: PreTrainedModel, kl: float | None = None) -> dict[str, float]:
     """What the benchmark reports about a batch of test episodes.
 
