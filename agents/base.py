@@ -453,7 +453,6 @@ class LMAgent:
                 "optimizer": optimizer,
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "sampler_rng": sampler_rngs[0],
                 "sampler_rngs": sampler_rngs,  # one per process of a distributed run
             },
             out / "optimizer.pt",
