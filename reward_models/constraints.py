@@ -198,9 +198,9 @@ class ConstraintSatisfaction:
         if self.gate == "fluency":
             return np.asarray(self.fluency(prompts, completions), dtype=np.float64)
         if self.gate == "distinct":
-            from reward_models.fluency import distinct_n
+            from reward_models.fluency import repetition_factor
 
-            return np.array([min(distinct_n(c, 2) / self.min_distinct, 1.0) for c in completions])
+            return repetition_factor(completions, self.min_distinct)
         return np.ones(len(completions))
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:

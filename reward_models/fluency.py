@@ -26,6 +26,11 @@ def distinct_n(text: str, n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
+def repetition_factor(completions: list[str], min_distinct: float = 0.5) -> np.ndarray:
+    """Each completion's distinct-bigram share over ``min_distinct``, clipped to [0, 1]: 1 without repetition."""
+    return np.clip(np.array([distinct_n(c) for c in completions], dtype=np.float64) / min_distinct, 0, 1)
+
+
 class Fluency(BatchedRewardModel):
     """Fluency in [0, 1]: the likelihood factor times the repetition factor (see the module docstring).
 
@@ -82,8 +87,9 @@ class Fluency(BatchedRewardModel):
             mask[i, : len(row)] = 1
         with torch.no_grad():
             logits = self.lm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(self.device))[..., 0]
-        logprobs = logprobs.cpu()  # (B, W-1): log-prob of token t+1 given the tokens up to t
+        logits = logits[:, :-1]  # (B, W-1, V): predictions of tokens 1 .. W-1
+        chosen = logits.gather(-1, ids[:, 1:, None].to(self.device))[..., 0]
+        logprobs = (chosen - logits.logsumexp(-1)).cpu()  # (B, W-1); no full-vocabulary log-softmax copy
         means = np.full(len(rows), -np.inf)
         for i, (row, start) in enumerate(zip(rows, starts)):
             if len(row) > start:
@@ -92,5 +98,4 @@ class Fluency(BatchedRewardModel):
 
     def score_batch(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         likelihood = np.clip((self.mean_logprobs(prompts, completions) - self.low) / (self.high - self.low), 0, 1)
-        repetition = np.clip(np.array([distinct_n(c) for c in completions]) / self.min_distinct, 0, 1)
-        return likelihood * repetition
+        return likelihood * repetition_factor(completions, self.min_distinct)
