@@ -6,6 +6,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from episodes import run_episode
 
 import textgym  # noqa: F401  (registers the envs)
 from reward_models import make_reward_model
@@ -15,17 +16,6 @@ from textgym.prompts import split_prompts
 from textgym.tasks import get_task
 
 COFFEE = "Write about coffee in 20 words."
-
-
-def run_episode(env, seed=0, actions=None):
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    for t in range(10_000):
-        action = actions[t] if actions is not None else int(rng.integers(env.action_space.n))
-        _, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return info
-    raise AssertionError("the episode did not end")
 
 
 def test_every_instance_states_constraints_that_parse_back_and_the_solver_meets_them():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from episodes import run_episode
 
 import textgym  # noqa: F401  (registers the envs)
 from reward_models import make_reward_model
@@ -21,15 +22,6 @@ TEXTS = [
     " love amazing best great happy joy wonderful excellent beautiful perfect",
 ]
 PROMPTS = ["The evening began"] * len(TEXTS)
-
-
-def run_episode(env, seed=0):
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    while True:
-        _, _, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
-        if terminated or truncated:
-            return info
 
 
 def test_the_default_level_has_its_heads():

@@ -6,22 +6,11 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from episodes import run_episode
 
 import textgym  # noqa: F401  (registers the envs)
 from textgym.prompts import load_prompts, split_prompts
 from textgym.tasks import get_task, task_names
-
-
-def run_episode(env, seed=0, actions=None):
-    """Step a single env to its end with uniform actions (or the given ones); return the last info."""
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    for t in range(10_000):
-        action = actions[t] if actions is not None else int(rng.integers(env.action_space.n))
-        _, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return info
-    raise AssertionError("the episode did not end")
 
 
 def test_splits_are_disjoint_cover_the_set_and_are_stable_under_reordering():
