@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from reward_models.concepts import parse_concepts
-from textgym.envs.text_gen import TextGenEnv
+from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
 from textgym.tasks import TaskSpec
 from textgym.vector import TextGenVectorEnv
 
@@ -92,10 +92,8 @@ class ConceptCoverageEnv(TextGenEnv):
         cls, level: int | None = None, fluency_model: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         level = TASK.check_level(level)
-        taken = ("prompts", "reward_model", "reward_model_kwargs", "gold_model", "gold_model_kwargs", "info_models")
-        for name in taken:
-            if name in kwargs:
-                raise ValueError(f"ConceptCoverage-v0 sets {name} itself.")
+        owned = ("prompts", "reward_model", "reward_model_kwargs", "gold_model", "gold_model_kwargs", "info_models")
+        refuse_task_arguments("ConceptCoverage-v0", kwargs, owned, ".")
         return {
             **kwargs,
             "prompts": list(instances(level)),

@@ -9,7 +9,7 @@ import numpy as np
 
 from reward_models.verifiable import KINDS, MODES, WORD_KINDS, expected_answer, instruction_prompt
 from textgym.envs.concepts import load_concept_words
-from textgym.envs.text_gen import TextGenEnv
+from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
 from textgym.tasks import TaskSpec
 from textgym.vector import TextGenVectorEnv
 
@@ -98,9 +98,8 @@ class VerifiableInstructionsEnv(TextGenEnv):
         level = TASK.check_level(level)
         if reward not in MODES:
             raise ValueError(f"reward must be one of {MODES}, got {reward!r}.")
-        for taken in ("prompts", "reward_model", "reward_model_kwargs", "gold_model", "gold_model_kwargs"):
-            if taken in kwargs:
-                raise ValueError(f"VerifiableInstructions-v0 sets {taken} itself; choose the reward with reward=.")
+        owned = ("prompts", "reward_model", "reward_model_kwargs", "gold_model", "gold_model_kwargs")
+        refuse_task_arguments("VerifiableInstructions-v0", kwargs, owned, "; choose the reward with reward=.")
         unknown = sorted(set(kinds or ()) - set(KINDS))
         if unknown or kinds == []:
             raise ValueError(f"kinds must be a non-empty list of {list(KINDS)}, got {kinds!r}.")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reward_models.constraints import Constraints, count_words, parse_constraints
-from textgym.envs.text_gen import TextGenEnv
+from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
 from textgym.tasks import TaskSpec
 from textgym.vector import TextGenVectorEnv
 
@@ -124,8 +124,8 @@ class LengthFormatEnv(TextGenEnv):
     @classmethod
     def episode_kwargs(cls, level: int | None = None, **kwargs: Any) -> dict[str, Any]:
         """The level's instances as the prompts; see *Arguments*."""
-        if "prompts" in kwargs:
-            raise ValueError("LengthFormat-v0 makes its own prompts (topics × constraints); choose them by level.")
+        hint = ": it makes its own prompts (topics × constraints); choose them by level."
+        refuse_task_arguments("LengthFormat-v0", kwargs, ("prompts",), hint)
         return {"reward_model": "constraints", **kwargs, "prompts": instances(TASK.check_level(level))}
 
 

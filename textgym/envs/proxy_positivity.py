@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from reward_models.proxy import COMBINE, LABEL_NOISES, PAIR_COUNTS
-from textgym.envs.text_gen import TextGenEnv
+from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
 from textgym.tasks import TaskSpec
 from textgym.vector import TextGenVectorEnv
 
@@ -83,12 +83,13 @@ class ProxyPositivityEnv(TextGenEnv):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """The proxy as the reward, the gold as ``gold_model``; see *Arguments*."""
-        for key in ("reward_model", "reward_model_kwargs", "gold_model"):
-            if key in kwargs:
-                raise ValueError(
-                    f"ProxyPositivity-v0 sets {key} itself; choose the proxy with proxy_pairs (or level), "
-                    "label_noise and proxy, or use TextGen-v0 for a reward of your own."
-                )
+        refuse_task_arguments(
+            "ProxyPositivity-v0",
+            kwargs,
+            ("reward_model", "reward_model_kwargs", "gold_model"),
+            "; choose the proxy with proxy_pairs (or level), label_noise and proxy, or use TextGen-v0 for a reward "
+            "of your own.",
+        )
         if level is not None and level not in LEVELS:
             raise ValueError(f"ProxyPositivity-v0 has levels {list(LEVELS)} (proxy pairs {LEVELS}), got {level!r}.")
         if proxy_pairs is not None and proxy_pairs not in PAIR_COUNTS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -181,6 +182,14 @@ class TextGenEnv(gym.Env):
             print(text)
             return None
         return text
+
+
+def refuse_task_arguments(env_id: str, kwargs: Mapping[str, Any], owned: Sequence[str], hint: str = "") -> None:
+    """A task env sets the TextGen arguments ``owned`` itself (its prompts, its reward): a ``ValueError`` naming
+    the first one the caller passed, followed by ``hint``."""
+    for name in owned:
+        if name in kwargs:
+            raise ValueError(f"{env_id} sets {name} itself{hint}")
 
 
 POSITIVE_REPLY = " I love it: a wonderful, beautiful, happy and great success. Excellent!"
