@@ -186,16 +186,14 @@ class SFT:
                 for start in range(0, len(order), c.batch_size):
                     batch = [self.examples[i] for i in order[start : start + c.batch_size]]
                     self.optimizer.zero_grad(set_to_none=True)
-                    if world == 1:
-                        loss = self.loss(batch)
-                        loss.backward()
-                    else:  # this process's examples, normalised by the whole batch's completion tokens
-                        tokens = sum(len(reply) for _, reply in batch)
-                        share = self.loss(batch[rank::world], tokens) if batch[rank::world] else None
-                        if share is not None:
-                            share.backward()  # a process without examples contributes zero gradients
-                        dist.all_reduce_gradients(list(self.model.parameters()))
-                        loss = dist.all_reduce_sum(torch.zeros(()) if share is None else share.detach().cpu())
+                    # This process's examples (all of them with one process), normalised by the whole batch's
+                    # completion tokens, so the summed gradients are those of the batch's mean loss.
+                    tokens = sum(len(reply) for _, reply in batch)
+                    share = self.loss(batch[rank::world], tokens) if batch[rank::world] else None
+                    if share is not None:
+                        share.backward()  # a process without examples contributes zero gradients
+                    dist.all_reduce_gradients(list(self.model.parameters()))
+                    loss = dist.all_reduce_sum(torch.zeros(()) if share is None else share.detach().cpu())
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
                     self.optimizer.step()
                     self.losses.append(loss.item())

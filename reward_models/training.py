@@ -191,11 +191,7 @@ def train_reward_model(
         losses = []
         for batch in _batches(train, config.batch_size, rng):
             optimizer.zero_grad()
-            if dist.world_size() == 1:
-                loss = _bradley_terry_loss(model, batch, config.margin)
-                loss.backward()
-            else:
-                loss = _distributed_step(model, batch, config.margin)
+            loss = _step(model, batch, config.margin)
             optimizer.step()
             losses.append(loss.item())
             bar.update(len(batch))
@@ -255,7 +251,7 @@ def _batches(pairs: Sequence[PreferencePair], batch_size: int, rng: random.Rando
     return [*batches, current] if current else batches
 
 
-def _distributed_step(
+def _step(
     model: EncoderHeadReward | HFClassifierReward, batch: Sequence[PreferencePair], margin: float
 ) -> torch.Tensor:
     """This process's share of one batch's loss and gradients, the gradients then summed over the processes;
