@@ -180,7 +180,7 @@ class SFT:
         steps = c.epochs * -(-len(self.examples) // c.batch_size)
         rank, world = dist.rank(), dist.world_size()
         self.model.train()
-        with tqdm(total=steps, desc="sft", unit="step", disable=not progress_bar) as bar:
+        with tqdm(total=steps, desc="sft", unit="step", disable=not (progress_bar and dist.is_main())) as bar:
             for _ in range(c.epochs):
                 order = self.rng.permutation(len(self.examples))  # the same on every process
                 for start in range(0, len(order), c.batch_size):
