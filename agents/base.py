@@ -495,7 +495,8 @@ class LMAgent:
         if self.scheduler is not None and extra.get("scheduler") is not None:
             self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"].cpu())
-        self.collector.generator.set_state(extra.get("sampler_rngs", [extra["sampler_rng"]])[self.rank].cpu())
+        sampler_rngs = extra["sampler_rngs"] if "sampler_rngs" in extra else [extra["sampler_rng"]]  # or older
+        self.collector.generator.set_state(sampler_rngs[self.rank].cpu())
         self.rng.bit_generator.state = state["numpy_rng"]
         self.return_stats = RunningMoments(**state.get("return_stats", {}))
         self.iteration, self.episodes_seen, self.kl_coef = state["iteration"], state["episodes_seen"], state["kl_coef"]
