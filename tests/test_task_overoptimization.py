@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from episodes import run_episode
 
 import textgym  # noqa: F401  (registers the envs)
 from reward_models import make_reward_model
-from reward_models.proxy import ENSEMBLE_SEEDS, LABEL_NOISES, ProxyEnsemble, head_dir
+from reward_models.proxy import ENSEMBLE_SEEDS, LABEL_NOISES, PAIR_COUNTS, ProxyEnsemble, head_dir
 from textgym.envs.proxy_positivity import LEVELS, ProxyPositivityEnv
 from textgym.prompts import load_prompts, split_prompts
 from textgym.tasks import get_task
@@ -24,12 +26,26 @@ TEXTS = [
 PROMPTS = ["The evening began"] * len(TEXTS)
 
 
-def test_the_default_level_has_its_heads():
-    for pairs in [LEVELS[get_task("overoptimization").default_level]]:
+def test_every_level_ships_its_heads_and_more_pairs_agree_more_with_the_gold():
+    assert get_task("overoptimization").default_level in LEVELS
+    agreement = {}
+    for pairs in PAIR_COUNTS:
         for noise in LABEL_NOISES:
             for seed in ENSEMBLE_SEEDS:
                 directory = head_dir(pairs, noise, seed)
                 assert (directory / "reward_model.json").is_file() and (directory / "head.safetensors").is_file()
+                report = json.loads((directory / "training_report.json").read_text())
+                assert report["pairs"] == pairs and report["label_noise"] == noise
+                agreement[pairs, noise, seed] = report["gold_heldout"]
+            # every setting loads, and its ensemble ranks a fluent positive text above a fluent negative one
+            scores = make_reward_model("proxy-positivity", pairs=pairs, label_noise=noise, proxy="mean")(
+                PROMPTS[:2], TEXTS[:2]
+            )
+            assert scores[0] > scores[1]
+    for noise in LABEL_NOISES:  # held-out agreement with the gold grows with the pairs, seed by seed
+        for seed in ENSEMBLE_SEEDS:
+            by_pairs = [agreement[n, noise, seed] for n in PAIR_COUNTS]
+            assert by_pairs == sorted(by_pairs)
 
 
 def test_the_proxy_rewards_what_the_gold_does_not():
