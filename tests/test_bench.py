@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -122,6 +123,25 @@ def test_a_killed_run_resumes_without_recomputing_finished_cells(tmp_path, monke
     assert all((tmp_path / "cells" / name).read_bytes() == data for name, data in before.items())
     assert {r["algorithm"] for r in read_runs(tmp_path)} == {"random", "zero-shot", "oracle"}
     assert (tmp_path / "results.md").exists()
+
+
+def test_cells_run_seed_by_seed_and_max_hours_ends_a_sitting_between_cells(tmp_path, monkeypatch):
+    clock, computed, real_run_cell = [0.0], [], runner.run_cell
+
+    def run_cell_for_an_hour(cell, config):
+        clock[0] += 3600
+        computed.append((cell.algorithm, cell.seed))
+        return real_run_cell(cell, config)
+
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(runner, "run_cell", run_cell_for_an_hour)
+    config = quick(tmp_path, algorithms=["random", "zero-shot"], seeds=2)
+    run_benchmark(dataclasses.replace(config, max_hours=1.5))
+    assert computed == [("random", 0), ("zero-shot", 0)]  # the second cell passed 1.5 h: no third was started
+    assert (tmp_path / "results.md").exists()  # the sitting's results are reported
+
+    run_benchmark(config)  # the same configuration without a limit: the other seed
+    assert computed[2:] == [("random", 1), ("zero-shot", 1)]
 
 
 def test_another_configuration_is_refused_unless_appended(tmp_path):

@@ -70,6 +70,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: the whole matrix in minutes")
     parser.add_argument("--append", action="store_true", help="add this configuration to a folder holding another")
+    parser.add_argument(
+        "--max-hours", type=float, default=None,
+        help="start no new cell after this many hours; run the same command again to continue",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None, prog: str = "textgym bench") -> int:
             quick=args.quick,
             append=args.append,
             device=args.device,
+            max_hours=args.max_hours,
             progress=not args.no_progress,
         )
         out = run_benchmark(config)

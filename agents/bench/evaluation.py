@@ -44,7 +44,8 @@ class TestSet:
         from textgym.models import load_causal_lm
 
         self.env_id, self.level, self.model, self.seed = env_id, level, model, seed
-        self.num_envs = gcd(episodes, 8)  # collect_prompts runs whole waves of sub-envs
+        # collect_prompts runs whole waves of sub-envs; a wide wave decodes many tokens for the price of few steps
+        self.num_envs = gcd(episodes, 32)
         self._envs: dict[tuple, Any] = {}
         pool = list(self.envs().prompts)
         rng = np.random.default_rng(0)  # the same prompts for every seed and algorithm: paired comparisons

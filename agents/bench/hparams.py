@@ -20,10 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # textgym's LM agents: batch_size episodes per update.
-    "ppo": {"num_envs": 8, "batch_size": 16, "minibatch_size": 8, "epochs": 4, "learning_rate": 1e-5, "kl_coef": 0.05},
-    "grpo": {"num_envs": 8, "batch_size": 32, "group_size": 8, "minibatch_size": 8, "learning_rate": 1e-5},
-    "rloo": {"num_envs": 8, "batch_size": 32, "group_size": 4, "minibatch_size": 8, "learning_rate": 1e-5},
+    # textgym's LM agents: batch_size episodes per update, all rolled out at once (num_envs = batch_size): a wide
+    # decode step costs little more than a narrow one (GRPO 33 vs 21 tokens/s with 32 vs 8 sub-envs on one core).
+    "ppo": {"num_envs": 16, "batch_size": 16, "minibatch_size": 8, "epochs": 4, "learning_rate": 1e-5, "kl_coef": 0.05},
+    "grpo": {"num_envs": 32, "batch_size": 32, "group_size": 8, "minibatch_size": 8, "learning_rate": 1e-5},
+    "rloo": {"num_envs": 32, "batch_size": 32, "group_size": 4, "minibatch_size": 8, "learning_rate": 1e-5},
     # SB3 with the LM policy: n_steps × num_envs tokens (timesteps) per update.
     "sb3-ppo": {
         "num_envs": 8,

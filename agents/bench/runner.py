@@ -37,7 +37,14 @@ COLUMNS = (
 
 FULL = {"model": "embedded", "budget_tokens": 200_000, "eval_points": (0.0, 0.25, 0.5, 0.75, 1.0), "eval_episodes": 64}
 QUICK = {"model": "tiny", "budget_tokens": 1024, "eval_points": (0.0, 0.5, 1.0), "eval_episodes": 8}
-_NOT_RESULTS = ("out", "append", "device", "progress", "bootstrap_reps")  # fields that do not change results
+_NOT_RESULTS = (
+    "out",
+    "append",
+    "device",
+    "progress",
+    "bootstrap_reps",
+    "max_hours",
+)  # fields that do not change results
 
 
 @dataclass
@@ -76,6 +83,8 @@ class BenchConfig:
     """Bootstrap resamples of the 95% confidence intervals (10,000; quick: 1,000)."""
     progress: bool = True
     """Show a progress bar over the cells."""
+    max_hours: float | None = None
+    """Start no new cell after this many hours (a sitting); the same call again continues where it stopped."""
 
     def __post_init__(self) -> None:
         defaults = QUICK if self.quick else FULL
@@ -91,6 +100,8 @@ class BenchConfig:
             raise ValueError(f"Unknown algorithm(s) {unknown}; the algorithms are: {', '.join(ALGORITHMS)}.")
         if not self.algorithms or len(set(self.algorithms)) != len(self.algorithms):
             raise ValueError(f"algorithms must name each algorithm once, got {self.algorithms}.")
+        if self.max_hours is not None and self.max_hours <= 0:
+            raise ValueError(f"max_hours must be positive, got {self.max_hours}.")
         if self.seeds < 1 or self.budget_tokens < 1 or self.eval_episodes < 1:
             raise ValueError(
                 f"seeds, budget_tokens and eval_episodes must be at least 1, got {self.seeds}, {self.budget_tokens} "
@@ -128,8 +139,12 @@ def run_benchmark(config: BenchConfig) -> Path:
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not config.progress)
     weight_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load would bury the cells' bar
+    start = time.monotonic()
     try:
         for cell in todo:
+            if config.max_hours is not None and time.monotonic() - start > config.max_hours * 3600:
+                bar.write(f"max_hours={config.max_hours} reached; run the same configuration again to continue.")
+                break
             bar.set_description(f"{cell.task.name} {cell.algorithm} seed {cell.seed}")
             rows = run_cell(cell, config)
             _write_csv(out / CELLS_DIR / cell_file(cell, config), rows)
@@ -146,8 +161,8 @@ def run_benchmark(config: BenchConfig) -> Path:
 
 
 def plan(config: BenchConfig) -> list[Cell]:
-    """The cells of ``config``, after checking every name, level, setting and budget (nothing is built but one
-    env per task, to read its episode length)."""
+    """The cells of ``config``, seed-major, after checking every name, level, setting and budget (nothing is built
+    but one env per task, to read its episode length)."""
     import gymnasium as gym
 
     import textgym  # noqa: F401  (registers the envs and their tasks)
@@ -180,7 +195,8 @@ def plan(config: BenchConfig) -> list[Cell]:
             cells += [
                 Cell(task, level, algorithm, seed, config.model, hparams, config.device) for seed in range(config.seeds)
             ]
-    return cells
+    # Seed by seed: a run stopped part-way (a sitting) holds every task × algorithm of its first seeds.
+    return sorted(cells, key=lambda cell: cell.seed)
 
 
 def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
