@@ -126,8 +126,8 @@ def plot_learning_curves(rows: Rows, label: Callable[[dict], str], path: Path) -
     import matplotlib.pyplot as plt
 
     tasks = sorted({(r["task"], r["level"]) for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, (task, level) in zip(axes[0], tasks):
+    fig, axes = _panels(len(tasks))
+    for ax, (task, level) in zip(axes, tasks):
         curves = _curves([r for r in rows if (r["task"], r["level"]) == (task, level)], label)
         for (algo, points), color in zip(curves.items(), _colors(len(curves))):
             x, y = points["train_tokens"], points["normalized_score"]
@@ -147,10 +147,14 @@ def plot_frontier(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({(r["task"], r["level"]) for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, (task, level) in zip(axes[0], tasks):
+    fig, axes = _panels(len(tasks))
+    for ax, (task, level) in zip(axes, tasks):
         curves = _curves([r for r in rows if (r["task"], r["level"]) == (task, level)], label)
         for (algo, points), color in zip(curves.items(), _colors(len(curves))):
+            if _base(algo) == "random":  # uniform tokens sit ~100 nats away: a level line keeps the axis readable
+                kl = points["kl"][-1]
+                ax.axhline(points["normalized_score"][-1], linestyle="--", color=color, label=f"{algo} (KL {kl:.0f})")
+                continue
             ax.plot(points["kl"], points["normalized_score"], marker="o", color=color, label=algo)
         ax.set(
             title=f"{task} (level {level}): reward–KL frontier",
@@ -171,12 +175,8 @@ def plot_overoptimization(rows: Rows, label: Callable[[dict], str], path: Path) 
     panels = [a for a in dict.fromkeys(label(r) for r in rows) if _base(a) in ("best-of-n", *TRAINED)]
     if not panels:
         return
-    cols = min(len(panels), 4)
-    rows_ = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.8 * cols, 4.2 * rows_), squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
-    for ax, algo in zip(axes.flat, panels):
+    fig, axes = _panels(len(panels), columns=4, size=(4.8, 4.2))
+    for ax, algo in zip(axes, panels):
         form = _bon_form if _base(algo) == "best-of-n" else _rl_form
         cell = [r for r in rows if label(r) == algo]
         starts = {r["seed"]: r for r in cell if r["point"] == 0}
@@ -258,6 +258,19 @@ def _fmt(value: float, low: float = math.nan, high: float = math.nan) -> str:
     if math.isnan(low):
         return f"{value:.3g}"
     return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def _panels(n: int, columns: int = 3, size: tuple[float, float] = (6, 4.5)) -> tuple[Any, list]:
+    """A figure of ``n`` panels of ``size`` inches, at most ``columns`` a row, and its axes in reading order
+    (spare ones hidden)."""
+    import matplotlib.pyplot as plt
+
+    ncols, nrows = min(n, columns), math.ceil(n / columns)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def _colors(n: int) -> list:
