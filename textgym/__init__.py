@@ -69,3 +69,12 @@ if "ProxyPositivity-v0" not in registry:
         vector_entry_point="textgym.envs.proxy_positivity:ProxyPositivityVectorEnv",
         kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32},
     )
+
+if "GuessNumber-v0" not in registry:
+    # Multi-turn: find a number from 1 to N, answered higher / lower / correct (textgym/envs/guess_number.py).
+    register(
+        id="GuessNumber-v0",
+        entry_point="textgym.envs.guess_number:GuessNumberEnv",
+        vector_entry_point="textgym.envs.guess_number:GuessNumberVectorEnv",
+        kwargs={"max_prompt_tokens": 96},
+    )

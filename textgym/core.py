@@ -187,8 +187,8 @@ class TokenEpisodes:
         if self.reference is not None:
             self.reference.restart(row)
 
-    def observation(self, row: int) -> dict[str, np.ndarray]:
-        """A copy of one row's observation."""
+    def observation(self, row: int | slice = slice(None)) -> dict[str, np.ndarray]:
+        """A copy of one row's observation (of every row's, stacked, by default)."""
         return {"input_ids": self.input_ids[row].copy(), "attention_mask": self.attention_mask[row].copy()}
 
     def action_masks(self, rows: np.ndarray) -> np.ndarray:

@@ -1,0 +1,175 @@
+"""Multi-turn envs (textgym.conversation): the observation is the chat template of the transcript token for token,
+the agent mask covers exactly the agent's tokens, the scripted solvers score the optimum, the vector env equals
+N single envs, and bad input gets clear errors that leave the env usable."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from test_vector import assert_same_results
+
+import textgym  # noqa: F401  (registers the envs)
+from textgym.tasks import get_task
+
+MULTI_TURN_TASKS = ["guess-number"]
+
+
+def template_ids(tokenizer, messages):
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+
+def play_solver(env, task, level, seed=0, prompt=None, turn_limit=None):
+    """Play the task's scripted solver; check the observation and agent mask after every turn. Return the last info."""
+    episodes = env.unwrapped.episodes
+    tokenizer = env.unwrapped.tokenizer
+    obs, info = env.reset(seed=seed, options=None if prompt is None else {"prompt": prompt})
+    agent_columns: list[int] = []
+    while True:
+        turn = task.solver(episodes.transcript(0), level)
+        actions = tokenizer(turn, add_special_tokens=False)["input_ids"]
+        if turn_limit is None:
+            actions = [*actions, episodes.end_of_turn]
+        for action in actions:
+            agent_columns.append(int(np.flatnonzero(obs["attention_mask"])[-1]) + 1)  # the next free column
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                return info
+        real = obs["attention_mask"] == 1
+        assert obs["input_ids"][real].tolist() == template_ids(tokenizer, episodes.transcript(0))
+        assert np.flatnonzero(obs["agent_mask"]).tolist() == agent_columns
+        assert not (obs["agent_mask"] & ~real).any()
+
+
+@pytest.mark.parametrize("name", MULTI_TURN_TASKS)
+def test_observation_is_the_chat_template_of_the_transcript_and_the_solver_scores_the_optimum(tiny_model_dir, name):
+    task = get_task(name)
+    for level in task.levels:
+        env = gym.make(task.env_id, model=tiny_model_dir, split="test", level=level)
+        for seed in range(3):
+            info = play_solver(env, task, level, seed)
+            assert info["outcome"] == "solved"
+            assert task.normalized(info["gold_score"], level) == pytest.approx(100.0)
+            assert info["transcript"][0]["content"] == info["prompt"]
+
+
+def test_a_turn_cut_at_its_token_limit_is_closed_by_the_env(tiny_model_dir):
+    task = get_task("guess-number")
+    env = gym.make(task.env_id, model=tiny_model_dir, level=2, max_turn_tokens=1)
+    info = play_solver(env, task, 2, turn_limit=1)  # single-token numbers: every turn hits the limit
+    assert info["outcome"] == "solved" and info["gold_score"] == 1.0
+
+
+def test_random_tokens_score_nothing_and_end_by_the_turn_limit(tiny_model_dir):
+    env = gym.make("GuessNumber-v0", model=tiny_model_dir, level=3, max_turn_tokens=3)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    steps = 0
+    while True:
+        *_, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        steps += 1
+        if terminated or truncated:
+            break
+    assert truncated and info["outcome"] is None and info["gold_score"] == 0.0
+    assert 1 < info["turns"] <= env.unwrapped.episodes.max_turns and steps <= 3 * info["turns"]
+
+
+def test_guess_number_rewards_and_format_reward(tiny_model_dir):
+    env = gym.make("GuessNumber-v0", model=tiny_model_dir, level=1, format_reward=0.1)
+    eot = env.unwrapped.episodes.end_of_turn
+    tokenizer = env.unwrapped.tokenizer
+    env.reset(options={"prompt": next(p for p, s in env.unwrapped.episodes.instances.items() if s == 4)})
+    replies = []
+    for guess in ["no idea", "2", "9", "4"]:
+        for action in [*tokenizer(guess, add_special_tokens=False)["input_ids"], eot]:
+            _, reward, terminated, _, info = env.step(action)
+        replies.append((info["reply"], reward))
+    assert replies == [
+        ("a number from 1 to 4, please", 0.0),
+        ("higher", 0.1),
+        ("a number from 1 to 4, please", 0.0),
+        ("correct", pytest.approx(0.1 + 3 / 4)),  # found at turn 4, binary search's worst case is 3
+    ]
+    assert terminated and info["gold_score"] == pytest.approx(0.75) and info["score"] == pytest.approx(0.95)
+
+
+def test_passes_gymnasium_and_sb3_checkers(tiny_model_dir):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(gym.make("GuessNumber-v0", model=tiny_model_dir).unwrapped, skip_render_check=False)
+        sb3_check_env(gym.make("GuessNumber-v0", model=tiny_model_dir).unwrapped, warn=True)
+
+
+def random_turn_actions(rng, env, n):
+    """Mostly turn-ending and number tokens, so that episodes end at different steps (some solved)."""
+    eot = env.unwrapped.episodes.end_of_turn
+    tokenizer = env.unwrapped.tokenizer
+    useful = [eot, *(tokenizer.convert_tokens_to_ids(str(d)) for d in range(1, 5))]
+    return np.array([rng.choice(useful) if rng.random() < 0.8 else rng.integers(50, 400) for _ in range(n)])
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode))
+def test_vector_env_equals_sync_vector_env_of_single_envs(tiny_model_dir, mode):
+    n, settings = 3, {"model": tiny_model_dir, "level": 1, "max_turn_tokens": 3}
+    mine = gym.make_vec("GuessNumber-v0", num_envs=n, autoreset_mode=mode, **settings)
+    reference = SyncVectorEnv([lambda: gym.make("GuessNumber-v0", **settings) for _ in range(n)], autoreset_mode=mode)
+    assert mine.single_observation_space == reference.single_observation_space
+    assert_same_results(mine.reset(seed=7), reference.reset(seed=7))
+    single = gym.make("GuessNumber-v0", **settings)
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for _ in range(120):
+        actions = random_turn_actions(rng, single, n)
+        result = mine.step(actions)
+        assert_same_results(result, reference.step(actions))
+        done = result[2] | result[3]
+        outcomes += [result[2][done].tolist()]
+        if mode == AutoresetMode.DISABLED and done.any():
+            options = {"reset_mask": done}
+            assert_same_results(mine.reset(options=dict(options)), reference.reset(options=dict(options)))
+    ended = [t for step in outcomes for t in step]
+    assert len(ended) > 10 and any(ended) and not all(ended)  # some solved, some truncated
+
+
+def test_bad_input_gets_clear_errors_and_leaves_the_env_usable(tiny_model_dir):
+    settings = {"model": tiny_model_dir, "level": 1}
+    with pytest.raises(ValueError, match="max_turns"):
+        gym.make("GuessNumber-v0", max_turns=0, **settings)
+    with pytest.raises(ValueError, match="not implemented"):
+        gym.make("GuessNumber-v0", kl_coef=0.1, **settings)
+    with pytest.raises(ValueError, match="sets prompts itself"):
+        gym.make("GuessNumber-v0", prompts=["hi"], **settings)
+    env = gym.make("GuessNumber-v0", **settings)
+    eot = env.unwrapped.episodes.end_of_turn
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="not the opening of one of this task's instances"):
+        env.reset(options={"prompt": "Guess my number"})  # the episode in progress goes on
+    solved = None
+    for guess in "1234":
+        for action in [*env.unwrapped.tokenizer(guess, add_special_tokens=False)["input_ids"], eot]:
+            _, _, solved, _, _ = env.step(action)
+        if solved:
+            break
+    assert solved
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(eot)
+    obs, _ = env.reset(seed=1)  # still usable
+    assert obs["agent_mask"].sum() == 0
+
+
+def test_a_reply_that_does_not_fit_truncates_the_episode(tiny_model_dir):
+    env = gym.make("GuessNumber-v0", model=tiny_model_dir, level=1, max_new_tokens=6)
+    eot = env.unwrapped.episodes.end_of_turn
+    env.reset(options={"prompt": next(p for p, s in env.unwrapped.episodes.instances.items() if s == 4)})
+    two = env.unwrapped.tokenizer("2", add_special_tokens=False)["input_ids"]
+    env.step(two[0])
+    obs, _, terminated, truncated, info = env.step(eot)
+    assert truncated and not terminated
+    assert info["transcript"][-1] == {"role": "user", "content": "higher"}  # in the info, not the observation
+    assert obs["attention_mask"].sum() == obs["attention_mask"][:96].sum() + 2
