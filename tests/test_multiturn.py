@@ -9,13 +9,14 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from test_vector import assert_same_results
 
 import textgym  # noqa: F401  (registers the envs)
-from textgym.tasks import get_task
+from textgym.envs import guess_number
 
-MULTI_TURN_TASKS = ["guess-number"]
+MULTI_TURN_TASKS = [guess_number.TASK]
 
 
 def template_ids(tokenizer, messages):
@@ -44,9 +45,8 @@ def play_solver(env, task, level, seed=0, prompt=None, turn_limit=None):
         assert not (obs["agent_mask"] & ~real).any()
 
 
-@pytest.mark.parametrize("name", MULTI_TURN_TASKS)
-def test_observation_is_the_chat_template_of_the_transcript_and_the_solver_scores_the_optimum(tiny_model_dir, name):
-    task = get_task(name)
+@pytest.mark.parametrize("task", MULTI_TURN_TASKS, ids=lambda task: task.name)
+def test_observation_is_the_chat_template_of_the_transcript_and_the_solver_scores_the_optimum(tiny_model_dir, task):
     for level in task.levels:
         env = gym.make(task.env_id, model=tiny_model_dir, split="test", level=level)
         for seed in range(3):
@@ -57,7 +57,7 @@ def test_observation_is_the_chat_template_of_the_transcript_and_the_solver_score
 
 
 def test_a_turn_cut_at_its_token_limit_is_closed_by_the_env(tiny_model_dir):
-    task = get_task("guess-number")
+    task = guess_number.TASK
     env = gym.make(task.env_id, model=tiny_model_dir, level=2, max_turn_tokens=1)
     info = play_solver(env, task, 2, turn_limit=1)  # single-token numbers: every turn hits the limit
     assert info["outcome"] == "solved" and info["gold_score"] == 1.0
@@ -173,3 +173,56 @@ def test_a_reply_that_does_not_fit_truncates_the_episode(tiny_model_dir):
     assert truncated and not terminated
     assert info["transcript"][-1] == {"role": "user", "content": "higher"}  # in the info, not the observation
     assert obs["attention_mask"].sum() == obs["attention_mask"][:96].sum() + 2
+
+
+def runs(mask):
+    """The maximal runs of columns where ``mask`` is 1, as lists of column indices."""
+    out: list[list[int]] = []
+    for column in np.flatnonzero(mask):
+        if out and out[-1][-1] == column - 1:
+            out[-1].append(int(column))
+        else:
+            out.append([int(column)])
+    return out
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode))
+def test_rollout_ingests_replies_and_its_logprobs_equal_a_full_forward_pass(
+    tiny_model_dir, tiny_policy, teacher_forced, mode
+):
+    from agents import RolloutCollector, SamplingConfig
+
+    envs = gym.make_vec(
+        "GuessNumber-v0", num_envs=3, model=tiny_model_dir, level=1, max_turn_tokens=3, autoreset_mode=mode
+    )
+    collector = RolloutCollector(tiny_policy, envs, SamplingConfig(temperature=0.7), seed=0)
+    batch = collector.collect(8)
+    assert batch.env_mask.sum() > 0 and not (batch.env_mask & batch.completion_mask).any()
+    torch.testing.assert_close(batch.logprobs, teacher_forced(tiny_policy, batch, 0.7), atol=1e-4, rtol=1e-4)
+    assert (batch.logprobs[batch.completion_mask == 0] == 0).all() and (batch.rewards[batch.env_mask == 1] == 0).all()
+    # The agent mask covers exactly the sampled tokens: its runs are the agent's turns of the transcript.
+    tokenizer, eot = envs.tokenizer, envs.episodes.end_of_turn
+    for i, info in enumerate(batch.infos):
+        turns = [m["content"] for m in info["transcript"][1:] if m["role"] == "assistant"]
+        sampled = [batch.completion_ids[i, run].tolist() for run in runs(batch.completion_mask[i].cpu().numpy())]
+        assert len(sampled) == len(turns) == info["turns"]
+        for tokens, text in zip(sampled, turns):
+            assert tokenizer.decode([t for t in tokens if t != eot] if tokens[-1] == eot else tokens) == text
+        replies = [batch.completion_ids[i, run].tolist() for run in runs(batch.env_mask[i].cpu().numpy())]
+        assert len(replies) == len(turns) - 1  # the last reply ends the episode and is not in the context
+        for tokens, reply in zip(replies, info["transcript"][2::2]):
+            assert reply["content"] in tokenizer.decode(tokens)
+    assert (batch.returns.cpu().numpy() == [info["score"] for info in batch.infos]).all()
+
+
+def test_gae_runs_across_turns_over_the_env_tokens():
+    from agents.ppo import gae
+
+    rewards = torch.tensor([[0.0, 0.5, 0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.1, 0.2, 0.0, 0.0, 0.3, 0.0]])
+    mask = torch.tensor([[1.0, 1, 0, 0, 1, 0]])  # two agent tokens, two env tokens, one agent token, padding
+    advantages, returns = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    steps = mask[0] == 1
+    expected, _ = gae(rewards[:, steps], values[:, steps], torch.ones(1, 3), gamma=0.9, lam=0.8)
+    torch.testing.assert_close(advantages[:, steps], expected)  # as if the env's tokens were not there
+    assert advantages[:, ~steps].abs().sum() == 0 and returns[:, ~steps].abs().sum() == 0
