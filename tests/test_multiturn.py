@@ -14,9 +14,9 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from test_vector import assert_same_results
 
 import textgym  # noqa: F401  (registers the envs)
-from textgym.envs import guess_number
+from textgym.envs import guess_number, twenty_questions, word_guess
 
-MULTI_TURN_TASKS = [guess_number.TASK]
+MULTI_TURN_TASKS = [guess_number.TASK, twenty_questions.TASK, word_guess.TASK]
 
 
 def template_ids(tokenizer, messages):
@@ -96,14 +96,15 @@ def test_guess_number_rewards_and_format_reward(tiny_model_dir):
     assert terminated and info["gold_score"] == pytest.approx(0.75) and info["score"] == pytest.approx(0.95)
 
 
-def test_passes_gymnasium_and_sb3_checkers(tiny_model_dir):
+@pytest.mark.parametrize("task", MULTI_TURN_TASKS, ids=lambda task: task.name)
+def test_passes_gymnasium_and_sb3_checkers(tiny_model_dir, task):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_env(gym.make("GuessNumber-v0", model=tiny_model_dir).unwrapped, skip_render_check=False)
-        sb3_check_env(gym.make("GuessNumber-v0", model=tiny_model_dir).unwrapped, warn=True)
+        check_env(gym.make(task.env_id, model=tiny_model_dir).unwrapped, skip_render_check=False)
+        sb3_check_env(gym.make(task.env_id, model=tiny_model_dir).unwrapped, warn=True)
 
 
 def random_turn_actions(rng, env, n):
@@ -172,7 +173,8 @@ def test_a_reply_that_does_not_fit_truncates_the_episode(tiny_model_dir):
     obs, _, terminated, truncated, info = env.step(eot)
     assert truncated and not terminated
     assert info["transcript"][-1] == {"role": "user", "content": "higher"}  # in the info, not the observation
-    assert obs["attention_mask"].sum() == obs["attention_mask"][:96].sum() + 2
+    width = env.unwrapped.episodes.max_prompt_tokens
+    assert obs["attention_mask"].sum() == obs["attention_mask"][:width].sum() + 2
 
 
 def runs(mask):
@@ -302,3 +304,57 @@ def test_sb3_policy_reads_the_replies_from_the_observation(tiny_model_dir):
     assert replies > 5 and starts > 0 and sum(encoded) == starts
     policy.set_training_mode(True)
     model.learn(24)
+
+
+def play_turns(env, turns, prompt):
+    """Reset to ``prompt`` and play whole turns; return ``(reply, reward)`` per turn and the last step's result."""
+    eot, tokenizer = env.unwrapped.episodes.end_of_turn, env.unwrapped.tokenizer
+    env.reset(options={"prompt": prompt})
+    replies = []
+    for turn in turns:
+        for action in [*tokenizer(turn, add_special_tokens=False)["input_ids"], eot]:
+            result = env.step(action)
+        replies.append((result[-1]["reply"], result[1]))
+    return replies, result
+
+
+def test_twenty_questions_answers_by_the_table(tiny_model_dir):
+    env = gym.make("TwentyQuestions-v0", model=tiny_model_dir, level=1, format_reward=0.1)
+    prompt, (_, candidates) = next((p, s) for p, s in env.unwrapped.episodes.instances.items() if s[0] == "whale")
+    turns = ["Is it a mammal?", "Can it fly?", "Is it blue?", "Is it big and metal?", "Is it a dog?", "Is it a whale?"]
+    replies, (*_, terminated, _, info) = play_turns(env, turns, prompt)
+    t_star = twenty_questions.solver_turns("whale", candidates)
+    assert replies == [
+        ("yes", 0.1),
+        ("no", 0.1),
+        ("unknown", 0.0),  # about no attribute, or about two: the partner cannot answer, no reward
+        ("unknown", 0.0),
+        ("no", 0.1),  # a wrong guess
+        ("correct", pytest.approx(0.1 + min(1, t_star / 6))),
+    ]
+    assert terminated and info["gold_score"] == pytest.approx(min(1, t_star / 6))
+
+
+def test_a_task_table_that_fails_to_load_is_a_clear_error(tiny_model_dir, tmp_path):
+    bad_header = tmp_path / "header.csv"
+    bad_header.write_text("object,alive\ndog,1\n")
+    bad_row = tmp_path / "row.csv"
+    bad_row.write_text(twenty_questions.TABLE_FILE.read_text().replace("dog,1,1,1", "dog,1,yes,1"))
+    for path, message in [(bad_header, "header"), (bad_row, "row"), (tmp_path / "missing.csv", "Cannot read")]:
+        with pytest.raises(ValueError, match=message) as caught:
+            gym.make("TwentyQuestions-v0", model=tiny_model_dir, table=str(path))
+        assert str(path) in str(caught.value)
+    good = tmp_path / "good.csv"
+    good.write_text(twenty_questions.TABLE_FILE.read_text())
+    obs, _ = gym.make("TwentyQuestions-v0", model=tiny_model_dir, table=str(good)).reset(seed=0)
+    assert obs["attention_mask"].sum() > 0
+
+
+def test_word_guess_marks_letters_and_an_invalid_guess_earns_nothing(tiny_model_dir):
+    assert word_guess.marks("eerie", "there") == "Y - Y - G"  # a repeated letter is marked as often as it occurs
+    assert word_guess.marks("abbey", "kebab") == "Y Y G Y -"
+    env = gym.make("WordGuess-v0", model=tiny_model_dir, level=2, format_reward=0.1)
+    prompt = next(p for p, s in env.unwrapped.episodes.instances.items() if s == "lamp")
+    replies, (*_, terminated, _, info) = play_turns(env, ["xyzw", "Lake", "lamp"], prompt)
+    assert replies == [("not in the list", 0.0), ("G G - -", 0.1), ("correct", pytest.approx(0.1 + info["gold_score"]))]
+    assert terminated and info["gold_score"] == min(1, word_guess.solver_turns("lamp", 2) / 3)

@@ -76,5 +76,20 @@ if "GuessNumber-v0" not in registry:
         id="GuessNumber-v0",
         entry_point="textgym.envs.guess_number:GuessNumberEnv",
         vector_entry_point="textgym.envs.guess_number:GuessNumberVectorEnv",
-        kwargs={"max_prompt_tokens": 96},
+    )
+
+if "TwentyQuestions-v0" not in registry:
+    # Multi-turn: find an object by yes/no questions about its attributes (textgym/envs/twenty_questions.py).
+    register(
+        id="TwentyQuestions-v0",
+        entry_point="textgym.envs.twenty_questions:TwentyQuestionsEnv",
+        vector_entry_point="textgym.envs.twenty_questions:TwentyQuestionsVectorEnv",
+    )
+
+if "WordGuess-v0" not in registry:
+    # Multi-turn: find a secret word of a list from Wordle-style letter marks (textgym/envs/word_guess.py).
+    register(
+        id="WordGuess-v0",
+        entry_point="textgym.envs.word_guess:WordGuessEnv",
+        vector_entry_point="textgym.envs.word_guess:WordGuessVectorEnv",
     )

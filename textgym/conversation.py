@@ -24,13 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from gymnasium import spaces
 
 from textgym.core import TokenEpisodes
-from textgym.prompts import end_of_turn_token_id
+from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
+from textgym.models import load_tokenizer
+from textgym.prompts import encode_prompt, end_of_turn_token_id
 
 OUTCOMES = ("solved", "lost")
 
@@ -70,8 +72,10 @@ class ConversationEpisodes(TokenEpisodes):
             env writes the end-of-turn token itself.
         format_reward: added to the reward of every turn the partner could read (a shaping reward for training:
             the gold score leaves it out).
+        max_prompt_tokens: ``P``; ``None``: the longest opening (of every instance, so that a task's train and test
+            envs have the same spaces).
         **kwargs: :class:`~textgym.core.TokenEpisodes`'s other arguments (``model``, ``split``,
-            ``max_prompt_tokens``, ``max_new_tokens``, ``prompt_truncation``); the chat template is always on.
+            ``max_new_tokens``, ``prompt_truncation``); the chat template is always on.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class ConversationEpisodes(TokenEpisodes):
         max_turns: int = 8,
         max_turn_tokens: int = 16,
         format_reward: float = 0.0,
+        max_prompt_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
         if max_turns < 1 or max_turn_tokens < 1:
@@ -97,8 +102,16 @@ class ConversationEpisodes(TokenEpisodes):
                 "and KL shaping and action masks are not implemented for them (use the agent's kl_coef instead)."
             )
         self.game, self.instances = game, dict(instances)  # encode_prompt, called by the core, checks openings
+        if max_prompt_tokens is None:  # the longest opening of both splits: a task's envs share their spaces
+            tokenizer = load_tokenizer(kwargs.get("model"))
+            max_prompt_tokens = max(len(encode_prompt(tokenizer, text, chat_template=True)) for text in instances)
         super().__init__(
-            num_rows, prompts=list(instances), reward_model=_scored_by_the_game, chat_template=True, **kwargs
+            num_rows,
+            prompts=list(instances),
+            max_prompt_tokens=max_prompt_tokens,
+            reward_model=_scored_by_the_game,
+            chat_template=True,
+            **kwargs,
         )
         self.end_of_turn = end_of_turn_token_id(self.tokenizer)
         if self.end_of_turn is None:
@@ -223,6 +236,54 @@ class ConversationEpisodes(TokenEpisodes):
         if reply not in self._reply_tokens:
             self._reply_tokens[reply] = _partner_tokens(self.tokenizer, reply)
         return self._reply_tokens[reply]
+
+
+class ConversationEnv(TextGenEnv):
+    """Base class of the multi-turn task envs: a :class:`~textgym.envs.text_gen.TextGenEnv` on
+    :class:`ConversationEpisodes`, whose ``level`` picks the game and its instances (see a task's docstring,
+    e.g. :class:`textgym.envs.guess_number.GuessNumberEnv`)."""
+
+    episodes_class: ClassVar[type[ConversationEpisodes]] = ConversationEpisodes
+    env_id: ClassVar[str]
+    levels: ClassVar[tuple[int, ...]]
+    default_level: ClassVar[int]
+    turn_tokens: ClassVar[int] = 8
+    """The default ``max_turn_tokens``."""
+    reply_tokens: ClassVar[int] = 24
+    """Tokens to budget per partner reply (with its chat-template framing) for the default ``max_new_tokens``."""
+    options: ClassVar[tuple[str, ...]] = ()
+    """The task's own arguments, passed to :meth:`setup`."""
+
+    @classmethod
+    def setup(cls, level: int, **options: Any) -> tuple[Game, dict[str, Any], int]:
+        """The level's partner, its instances (``{opening: secret}``, both splits) and its default ``max_turns``."""
+        raise NotImplementedError
+
+    @classmethod
+    def episode_kwargs(
+        cls,
+        level: int | None = None,
+        max_turns: int | None = None,
+        max_turn_tokens: int | None = None,
+        max_new_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        max_turn_tokens = cls.turn_tokens if max_turn_tokens is None else max_turn_tokens
+        level = cls.default_level if level is None else level
+        if level not in cls.levels:
+            raise ValueError(f"{cls.env_id} has levels {list(cls.levels)}, got {level!r}.")
+        refuse_task_arguments(cls.env_id, kwargs, ("prompts", "reward_model", "reward_model_kwargs", "gold_model"))
+        game, instances, default_turns = cls.setup(level, **{k: kwargs.pop(k) for k in cls.options if k in kwargs})
+        max_turns = default_turns if max_turns is None else max_turns
+        budget = max_new_tokens or max_turns * (max_turn_tokens + cls.reply_tokens)
+        return {
+            **kwargs,
+            "game": game,
+            "instances": instances,
+            "max_turns": max_turns,
+            "max_turn_tokens": max_turn_tokens,
+            "max_new_tokens": budget,
+        }
 
 
 def _partner_tokens(tokenizer: Any, reply: str) -> list[int]:

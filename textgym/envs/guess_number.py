@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 import re
 from functools import cache
-from typing import Any, ClassVar
 
 import numpy as np
 
-from textgym.conversation import ConversationEpisodes, Reply
-from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
+from textgym.conversation import ConversationEnv, Reply
 from textgym.tasks import TaskSpec
 from textgym.vector import TextGenVectorEnv
 
@@ -44,7 +42,7 @@ class GuessNumberGame:
         return Reply("higher" if guess < secret else "lower")
 
 
-class GuessNumberEnv(TextGenEnv):
+class GuessNumberEnv(ConversationEnv):
     """
     ## Description
 
@@ -97,7 +95,7 @@ class GuessNumberEnv(TextGenEnv):
 
     ```python
     gym.make("GuessNumber-v0", split=None, level=1, max_turns=None, max_turn_tokens=8, format_reward=0.0,
-             model=None, max_prompt_tokens=96, max_new_tokens=None)
+             model=None, max_prompt_tokens=None, max_new_tokens=None)
     ```
 
     - ``split``: ``"train"`` or ``"test"`` (disjoint games, by a stable hash of the opening; about 80% / 20%);
@@ -108,36 +106,22 @@ class GuessNumberEnv(TextGenEnv):
     - ``format_reward``: shaping reward per turn with a valid guess (not in the gold score).
     - ``max_new_tokens``: the conversation's token budget after the opening; ``None``: ``max_turns ·
       (max_turn_tokens + 24)``.
-    - ``model``, ``max_prompt_tokens``, ``prompt_truncation``: as for ``TextGen-v0``. The prompts, reward, chat
-      template, stop tokens, reference model, KL shaping and action masks are the task's or not supported.
+    - ``max_prompt_tokens``: the opening's width; ``None``: the longest opening of the level's games.
+    - ``model``, ``prompt_truncation``: as for ``TextGen-v0``. The prompts, reward, chat template, stop tokens,
+      reference model, KL shaping and action masks are the task's or not supported.
 
     ## Version History
 
     * v0: Initial version.
     """
 
-    episodes_class: ClassVar[type[ConversationEpisodes]] = ConversationEpisodes
+    env_id = "GuessNumber-v0"
+    levels = tuple(LEVELS)
+    default_level = 1
 
     @classmethod
-    def episode_kwargs(
-        cls,
-        level: int | None = None,
-        max_turns: int | None = None,
-        max_turn_tokens: int = 8,
-        max_new_tokens: int | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        level = TASK.check_level(level)
-        refuse_task_arguments("GuessNumber-v0", kwargs, ("prompts", "reward_model", "reward_model_kwargs"))
-        max_turns = 2 * optimal_turns(LEVELS[level]) if max_turns is None else max_turns
-        return {
-            **kwargs,
-            "game": GuessNumberGame(LEVELS[level]),
-            "instances": instances(level),
-            "max_turns": max_turns,
-            "max_turn_tokens": max_turn_tokens,
-            "max_new_tokens": max_new_tokens or max_turns * (max_turn_tokens + 24),
-        }
+    def setup(cls, level: int) -> tuple[GuessNumberGame, dict[str, int], int]:
+        return GuessNumberGame(LEVELS[level]), instances(level), 2 * optimal_turns(LEVELS[level])
 
 
 class GuessNumberVectorEnv(TextGenVectorEnv):
