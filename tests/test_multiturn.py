@@ -142,8 +142,8 @@ def test_bad_input_gets_clear_errors_and_leaves_the_env_usable(tiny_model_dir):
     settings = {"model": tiny_model_dir, "level": 1}
     with pytest.raises(ValueError, match="max_turns"):
         gym.make("GuessNumber-v0", max_turns=0, **settings)
-    with pytest.raises(ValueError, match="not implemented"):
-        gym.make("GuessNumber-v0", kl_coef=0.1, **settings)
+    with pytest.raises(ValueError, match="do not take"):
+        gym.make("GuessNumber-v0", stop_token_ids=[1], **settings)
     with pytest.raises(ValueError, match="sets prompts itself"):
         gym.make("GuessNumber-v0", prompts=["hi"], **settings)
     env = gym.make("GuessNumber-v0", **settings)
@@ -358,3 +358,33 @@ def test_word_guess_marks_letters_and_an_invalid_guess_earns_nothing(tiny_model_
     replies, (*_, terminated, _, info) = play_turns(env, ["xyzw", "Lake", "lamp"], prompt)
     assert replies == [("not in the list", 0.0), ("G G - -", 0.1), ("correct", pytest.approx(0.1 + info["gold_score"]))]
     assert terminated and info["gold_score"] == min(1, word_guess.solver_turns("lamp", 2) / 3)
+
+
+def test_twenty_questions_default_turns_leave_the_solver_room():
+    for level in twenty_questions.LEVELS:
+        worst = max(twenty_questions.solver_turns(o, c) for o, c in twenty_questions.instances(level).values())
+        assert twenty_questions.MAX_TURNS[level] == worst + 2
+
+
+def test_reference_model_scores_every_action_in_the_whole_conversation(tiny_model_dir, tiny_policy):
+    """The env's reference model (KL reward, and action masks from the same log-probs) re-reads a row after the
+    partner's reply: each step's ``ref_logprob`` equals a full forward pass over the observation it acted in."""
+    env = gym.make("GuessNumber-v0", model=tiny_model_dir, level=1, reference_model=tiny_model_dir, kl_coef=0.5)
+    episodes, tokenizer = env.unwrapped.episodes, env.unwrapped.tokenizer
+    obs, _ = env.reset(seed=0)
+    done, steps = False, 0
+    while not done:
+        turn = guess_number.TASK.solver(episodes.transcript(0), 1)
+        for action in [*tokenizer(turn, add_special_tokens=False)["input_ids"], episodes.end_of_turn]:
+            context = torch.as_tensor(obs["input_ids"][obs["attention_mask"] == 1])[None]
+            with torch.no_grad():
+                expected = torch.log_softmax(tiny_policy(context).logits[0, -1].float(), -1)[action].item()
+            obs, reward, terminated, truncated, info = env.step(action)
+            assert info["ref_logprob"] == pytest.approx(expected, abs=1e-4)
+            task_reward = reward - 0.5 * info["ref_logprob"]
+            assert task_reward == pytest.approx(info.get("score", 0.0) if terminated else 0.0, abs=1e-6)
+            steps += 1
+            done = terminated or truncated
+            if done:
+                break
+    assert terminated and info["gold_score"] == 1.0 and steps > 2

@@ -75,7 +75,8 @@ class ConversationEpisodes(TokenEpisodes):
         max_prompt_tokens: ``P``; ``None``: the longest opening (of every instance, so that a task's train and test
             envs have the same spaces).
         **kwargs: :class:`~textgym.core.TokenEpisodes`'s other arguments (``model``, ``split``,
-            ``max_new_tokens``, ``prompt_truncation``); the chat template is always on.
+            ``max_new_tokens``, ``prompt_truncation``, ``reference_model``, ``kl_coef``, ``action_mask``, ...); the
+            chat template is always on, and the stop tokens are the template's end-of-turn token.
     """
 
     def __init__(
@@ -93,13 +94,11 @@ class ConversationEpisodes(TokenEpisodes):
             raise ValueError(
                 f"max_turns and max_turn_tokens must be at least 1, got {max_turns} and {max_turn_tokens}."
             )
-        unsupported = sorted(
-            k for k in ("reference_model", "kl_coef", "action_mask", "stop_token_ids", "chat_template") if k in kwargs
-        )
+        unsupported = sorted(k for k in ("stop_token_ids", "chat_template") if k in kwargs)
         if unsupported:
             raise ValueError(
-                f"Multi-turn envs do not take {unsupported}: a turn ends on the chat template's end-of-turn token, "
-                "and KL shaping and action masks are not implemented for them (use the agent's kl_coef instead)."
+                f"Multi-turn envs do not take {unsupported}: they use the chat template, and a turn ends on its "
+                "end-of-turn token."
             )
         self.game, self.instances = game, dict(instances)  # encode_prompt, called by the core, checks openings
         if max_prompt_tokens is None:  # the longest opening of both splits: a task's envs share their spaces
@@ -129,6 +128,11 @@ class ConversationEpisodes(TokenEpisodes):
         self.scores = np.zeros(num_rows)
         self.returns = np.zeros(num_rows)
         self._reply_tokens: dict[str, list[int]] = {}  # partners repeat themselves ("higher", "no")
+
+    @property
+    def max_steps(self) -> int:
+        """The most tokens the agent can write in an episode (the env's replies take the rest of the budget)."""
+        return min(self.max_new_tokens, self.max_turns * self.max_turn_tokens)
 
     def encode_prompt(self, text: str, where: str = "the prompt") -> list[int]:
         """An opening's tokens; only an instance's opening starts a conversation (its partner knows the secret)."""
@@ -165,17 +169,19 @@ class ConversationEpisodes(TokenEpisodes):
             ``rewards``, ``terminated``, ``truncated`` and infos as :meth:`TokenEpisodes.step` does; a step that
             ends a turn has ``turn`` (its index) and ``reply`` in its info, and the final info also holds
             ``transcript`` (chat messages), ``turns``, ``outcome`` (``"solved"``, ``"lost"`` or ``None``),
-            ``prompt``, ``completion`` (the agent's turns, one per line), ``score`` (the return) and
-            ``gold_score`` (the task score, without ``format_reward``).
+            ``prompt``, ``completion`` (the agent's turns, one per line), ``score`` (the return without the KL
+            part) and ``gold_score`` (the task score, without ``format_reward``). With a reference model every
+            step's info holds ``ref_logprob`` and ``kl_reward``, as in TextGen-v0.
         """
         if not self.running[rows].all():
             raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
         start, budget = self.max_prompt_tokens, self.max_new_tokens
+        ref_logprobs = self.reference_logprobs(rows, actions)
         position = start + self.num_generated[rows]
-        rewards = np.zeros(len(rows))
+        rewards = np.zeros(len(rows))  # the task's part; the KL part is added at the end
         terminated = np.zeros(len(rows), dtype=bool)
         truncated = self.num_generated[rows] + 1 >= budget  # no room left for another token
-        infos: list[dict] = [{} for _ in rows]
+        infos: list[dict] = [{} for _ in rows]  # (the reference model's per-step part is added below)
         # Decide every turn's outcome before writing anything, so that an error leaves the episodes as they were.
         appended: dict[int, list[int]] = {}
         updates = []
@@ -188,7 +194,7 @@ class ConversationEpisodes(TokenEpisodes):
             text = self.tokenizer.decode(tokens[:-1] if closed else tokens, skip_special_tokens=False)
             turns = [*self.turns[row], text]
             reply = self.game.respond(self.instances[self.prompt_texts[row]], turns)
-            rewards[k] = reply.score + self.format_reward * reply.valid
+            rewards[k] += reply.score + self.format_reward * reply.valid
             infos[k].update(turn=len(turns) - 1, reply=reply.text)
             terminated[k] = reply.outcome is not None
             if reply.outcome is None and not truncated[k]:
@@ -204,6 +210,10 @@ class ConversationEpisodes(TokenEpisodes):
         self.attention_mask[rows, position] = 1
         self.agent_mask[rows, position] = 1
         self.num_generated[rows] += 1
+        for k in np.flatnonzero(terminated | truncated):
+            self.running[rows[k]] = False
+        for k, info in enumerate(self.advance_reference(rows, actions, ref_logprobs)):
+            infos[k].update(info)
         for k, row, turns, reply in updates:
             self.turns[row] = turns
             self.replies[row].append(reply.text)
@@ -214,12 +224,14 @@ class ConversationEpisodes(TokenEpisodes):
                 self.attention_mask[row, end : end + len(appended[k])] = 1
                 self.num_generated[row] += len(appended[k])
                 self.turn_start[row] = self.num_generated[row]
+                if self.reference is not None:
+                    self.reference.restart(row)  # the reference re-reads the row, reply included, when next asked
             if terminated[k] or truncated[k]:
                 infos[k]["outcome"] = reply.outcome
         self.returns[rows] += rewards
+        rewards = rewards + self.kl_coef * ref_logprobs
         for k in np.flatnonzero(terminated | truncated):
             row = rows[k]
-            self.running[row] = False
             infos[k].update(
                 prompt=self.prompt_texts[row],
                 completion="\n".join(self.turns[row]),

@@ -79,6 +79,9 @@ BUILTIN_TASK_MODULES = (
     "textgym.envs.instructions",
     "textgym.envs.length_format",
     "textgym.envs.proxy_positivity",
+    "textgym.envs.guess_number",
+    "textgym.envs.twenty_questions",
+    "textgym.envs.word_guess",
 )
 """The modules whose ``TASK`` is one of the suite's tasks, in the order tables list them. They are imported on
 the first question about the suite, so ``import textgym`` stays light."""

@@ -16,7 +16,8 @@ LEVELS = {1: 4, 2: 16, 3: 64, 4: 256}
 """GuessNumber-v0's levels: the numbers go from 1 to ``LEVELS[level]``."""
 GAMES_PER_LEVEL = 500
 """Instances per level (before the train/test split): game ``k`` hides a number drawn for it."""
-NUMBER = re.compile(r"\d+")
+NUMBER = re.compile(r"\W*(\d+)\W*")
+"""A guess: a turn that is one whole number (punctuation and spaces around it allowed, e.g. ``" 42."``)."""
 
 
 def optimal_turns(n: int) -> int:
@@ -26,14 +27,14 @@ def optimal_turns(n: int) -> int:
 
 
 class GuessNumberGame:
-    """The partner: the first whole number of a turn is its guess, answered higher, lower or correct."""
+    """The partner: a turn that is a whole number is a guess, answered higher, lower or correct."""
 
     def __init__(self, n: int) -> None:
         self.n = n
 
     def respond(self, secret: int, turns: list[str]) -> Reply:
-        found = NUMBER.search(turns[-1])
-        guess = int(found.group()) if found else None
+        found = NUMBER.fullmatch(turns[-1])
+        guess = int(found.group(1)) if found else None
         if guess is None or not 1 <= guess <= self.n:
             return Reply(f"a number from 1 to {self.n}, please", valid=False)
         if guess == secret:
@@ -82,8 +83,9 @@ class GuessNumberEnv(ConversationEnv):
 
     ## Episode End
 
-    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens; the first whole
-      number in it is the guess (none, or one out of range, is answered with a reminder of the range).
+    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens. A turn that is a
+      whole number (spaces and punctuation around it allowed) is a guess; anything else, or a number out of
+      range, is answered with a reminder of the range (a strict format: uniform tokens then almost never guess).
     - Termination: a correct guess.
     - Truncation: ``max_turns`` turns without finding the number, or the conversation reaching
       ``max_new_tokens`` tokens (a reply that does not fit truncates the episode).

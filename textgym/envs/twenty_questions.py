@@ -16,6 +16,8 @@ from textgym.vector import TextGenVectorEnv
 
 LEVELS = {1: 8, 2: 16, 3: 32, 4: 64}
 """TwentyQuestions-v0's levels: how many candidate objects a game lists (drawn from the table's 64)."""
+MAX_TURNS = {1: 8, 2: 9, 3: 11, 4: 12}
+"""Each level's default ``max_turns``: two more than the scripted solver needs at worst on the shipped table."""
 GAMES_PER_LEVEL = 500
 """Instances per level (before the train/test split)."""
 TABLE_FILE = Path(__file__).resolve().parent.parent / "data" / "twenty_questions.csv"
@@ -25,7 +27,7 @@ ATTRIBUTES = {
     "mammal": ("Is it a mammal?", r"\bmammal"),
     "bird": ("Is it a bird?", r"\bbird"),
     "flies": ("Can it fly?", r"\bfl(y|ies|ying)\b"),
-    "water": ("Does it live in or go in water?", r"\b(water|swim)"),
+    "water": ("Does it live in water?", r"\b(water|swim)"),
     "big": ("Is it bigger than a person?", r"\b(big|large|huge)"),
     "edible": ("Do people eat it?", r"\b(eat|edible|food)"),
     "metal": ("Is it made of metal?", r"\bmetal"),
@@ -161,7 +163,8 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens.
     - Termination: naming the object.
-    - Truncation: ``max_turns`` (20) turns, or the conversation reaching ``max_new_tokens``.
+    - Truncation: ``max_turns`` turns (8, 9, 11, 12 by level: two more than the solver needs at worst), or the
+      conversation reaching ``max_new_tokens``.
 
     The infos are those of ``GuessNumber-v0`` (``turn``, ``reply``; finally ``transcript``, ``turns``,
     ``outcome``, ``gold_score``, ``score``).
@@ -169,14 +172,14 @@ class TwentyQuestionsEnv(ConversationEnv):
     ## Arguments
 
     ```python
-    gym.make("TwentyQuestions-v0", split=None, level=1, table=None, max_turns=None, max_turn_tokens=24,
+    gym.make("TwentyQuestions-v0", split=None, level=1, table=None, max_turns=None, max_turn_tokens=16,
              format_reward=0.0, model=None, max_prompt_tokens=None, max_new_tokens=None)
     ```
 
     - ``level``: ``1`` to ``4``, 8, 16, 32 or 64 candidates (``LEVELS``); ``None`` is the default level, 1.
     - ``table``: another CSV of the same form (header ``object,alive,...,wheels``, at least 64 objects); a file
       that does not load raises ``ValueError`` naming the file and row.
-    - ``max_turns``: questions before truncation; ``None``: 20.
+    - ``max_turns``: questions before truncation; ``None``: ``MAX_TURNS[level]``.
     - The other arguments are ``GuessNumber-v0``'s.
 
     ## Version History
@@ -187,7 +190,7 @@ class TwentyQuestionsEnv(ConversationEnv):
     env_id = "TwentyQuestions-v0"
     levels = tuple(LEVELS)
     default_level = 1
-    turn_tokens = 24
+    turn_tokens = 16
     options = ("table",)
 
     @classmethod
@@ -195,7 +198,7 @@ class TwentyQuestionsEnv(ConversationEnv):
         cls, level: int, table: str | os.PathLike | None = None
     ) -> tuple[TwentyQuestionsGame, dict[str, tuple[str, tuple[str, ...]]], int]:
         table = TABLE_FILE if table is None else table
-        return TwentyQuestionsGame(table), instances(level, table), 20
+        return TwentyQuestionsGame(table), instances(level, table), MAX_TURNS[level]
 
 
 class TwentyQuestionsVectorEnv(TextGenVectorEnv):
