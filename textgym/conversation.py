@@ -22,7 +22,7 @@ after the opening, the agent's tokens and the partner's together)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -33,6 +33,7 @@ from textgym.core import TokenEpisodes
 from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
 from textgym.models import load_tokenizer
 from textgym.prompts import encode_prompt, end_of_turn_token_id
+from textgym.tasks import TaskSpec
 
 OUTCOMES = ("solved", "lost")
 
@@ -258,7 +259,7 @@ class ConversationEnv(TextGenEnv):
     episodes_class: ClassVar[type[ConversationEpisodes]] = ConversationEpisodes
     env_id: ClassVar[str]
     levels: ClassVar[tuple[int, ...]]
-    default_level: ClassVar[int]
+    """The valid ``level`` values, easiest (and default) first."""
     turn_tokens: ClassVar[int] = 8
     """The default ``max_turn_tokens``."""
     reply_tokens: ClassVar[int] = 24
@@ -281,7 +282,7 @@ class ConversationEnv(TextGenEnv):
         **kwargs: Any,
     ) -> dict[str, Any]:
         max_turn_tokens = cls.turn_tokens if max_turn_tokens is None else max_turn_tokens
-        level = cls.default_level if level is None else level
+        level = cls.levels[0] if level is None else level
         if level not in cls.levels:
             raise ValueError(f"{cls.env_id} has levels {list(cls.levels)}, got {level!r}.")
         refuse_task_arguments(cls.env_id, kwargs, ("prompts", "reward_model", "reward_model_kwargs", "gold_model"))
@@ -296,6 +297,26 @@ class ConversationEnv(TextGenEnv):
             "max_turn_tokens": max_turn_tokens,
             "max_new_tokens": budget,
         }
+
+
+def conversation_task(
+    name: str, env_id: str, description: str, levels: tuple[int, ...], solver: Callable[[Any, int], str]
+) -> TaskSpec:
+    """The suite entry of a multi-turn task that scores a game won in turn ``t`` ``min(1, t*/t)``, ``t*`` being its
+    solver's turns on that game: the optimum is 1 at every level by construction, and uniform tokens, which
+    almost never write a turn the partner can read, score 0 (measured: at most 0.004 a level, docs/tasks.md).
+    The default level is the first."""
+    return TaskSpec(
+        name=name,
+        env_id=env_id,
+        description=description,
+        levels=levels,
+        default_level=levels[0],
+        random_score={level: 0.0 for level in levels},
+        optimum_score={level: 1.0 for level in levels},
+        solver=solver,
+        multi_turn=True,
+    )
 
 
 def _partner_tokens(tokenizer: Any, reply: str) -> list[int]:

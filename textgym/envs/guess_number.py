@@ -8,8 +8,7 @@ from functools import cache
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply
-from textgym.tasks import TaskSpec
+from textgym.conversation import ConversationEnv, Reply, conversation_task
 from textgym.vector import TextGenVectorEnv
 
 LEVELS = {1: 4, 2: 16, 3: 64, 4: 256}
@@ -119,7 +118,6 @@ class GuessNumberEnv(ConversationEnv):
 
     env_id = "GuessNumber-v0"
     levels = tuple(LEVELS)
-    default_level = 1
 
     @classmethod
     def setup(cls, level: int) -> tuple[GuessNumberGame, dict[str, int], int]:
@@ -160,16 +158,10 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
     return str((low + high) // 2)
 
 
-TASK = TaskSpec(
-    name="guess-number",
-    env_id="GuessNumber-v0",
-    description="find a number from 1 to N by guesses answered higher / lower (multi-turn)",
-    levels=tuple(LEVELS),
-    default_level=1,
-    # Binary search scores 1 on every game by construction. Uniform tokens rarely write a number in range and
-    # the right one even more rarely: 0.0 measured (benchmarks/multiturn_zero_shot.py).
-    random_score={level: 0.0 for level in LEVELS},
-    optimum_score={level: 1.0 for level in LEVELS},
-    solver=solve,
-    multi_turn=True,
+TASK = conversation_task(
+    "guess-number",
+    "GuessNumber-v0",
+    "find a number from 1 to N by guesses answered higher / lower (multi-turn)",
+    tuple(LEVELS),
+    solve,
 )

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply
-from textgym.tasks import TaskSpec
+from textgym.conversation import ConversationEnv, Reply, conversation_task
 from textgym.vector import TextGenVectorEnv
 
 LEVELS = {1: 8, 2: 16, 3: 32, 4: 64}
@@ -189,7 +188,6 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     env_id = "TwentyQuestions-v0"
     levels = tuple(LEVELS)
-    default_level = 1
     turn_tokens = 16
     options = ("table",)
 
@@ -236,15 +234,10 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
     return next_question(table, candidates, history)
 
 
-TASK = TaskSpec(
-    name="twenty-questions",
-    env_id="TwentyQuestions-v0",
-    description="find an object by yes/no questions about 12 attributes, then name it (multi-turn)",
-    levels=tuple(LEVELS),
-    default_level=1,
-    # The solver scores 1 on every game by construction; uniform tokens never name an object: 0.0 measured.
-    random_score={level: 0.0 for level in LEVELS},
-    optimum_score={level: 1.0 for level in LEVELS},
-    solver=solve,
-    multi_turn=True,
+TASK = conversation_task(
+    "twenty-questions",
+    "TwentyQuestions-v0",
+    "find an object by yes/no questions about 12 attributes, then name it (multi-turn)",
+    tuple(LEVELS),
+    solve,
 )

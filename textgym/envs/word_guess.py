@@ -7,9 +7,8 @@ from functools import cache
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply
+from textgym.conversation import ConversationEnv, Reply, conversation_task
 from textgym.envs.concepts import load_concept_words
-from textgym.tasks import TaskSpec
 from textgym.vector import TextGenVectorEnv
 
 LEVELS = {1: 3, 2: 4, 3: 5}
@@ -128,7 +127,6 @@ class WordGuessEnv(ConversationEnv):
 
     env_id = "WordGuess-v0"
     levels = tuple(LEVELS)
-    default_level = 1
 
     @classmethod
     def setup(cls, level: int) -> tuple[WordGuessGame, dict[str, str], int]:
@@ -160,15 +158,10 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
     return next_guess(level, [(g["content"], m["content"]) for g, m in zip(messages[1::2], messages[2::2])])
 
 
-TASK = TaskSpec(
-    name="word-guess",
-    env_id="WordGuess-v0",
-    description="find a secret word of a list from Wordle-style letter marks (multi-turn)",
-    levels=tuple(LEVELS),
-    default_level=1,
-    # The solver scores 1 on every game by construction; uniform tokens never spell a listed word: 0.0 measured.
-    random_score={level: 0.0 for level in LEVELS},
-    optimum_score={level: 1.0 for level in LEVELS},
-    solver=solve,
-    multi_turn=True,
+TASK = conversation_task(
+    "word-guess",
+    "WordGuess-v0",
+    "find a secret word of a list from Wordle-style letter marks (multi-turn)",
+    tuple(LEVELS),
+    solve,
 )
