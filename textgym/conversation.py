@@ -8,8 +8,9 @@ agent's turns as the tokens it wrote).
 
 :class:`ConversationEpisodes` extends :class:`textgym.core.TokenEpisodes` (the single and the vector env run on
 it, as TextGen's do). A task supplies a :class:`Game` (the partner's rules) and its instances: ``{opening text:
-hidden state}``, the opening being the first user message; a task env is a
-:class:`~textgym.envs.text_gen.TextGenEnv` subclass whose ``episodes_class`` is :class:`ConversationEpisodes`.
+hidden state}``, the opening being the first user message; its env subclasses :class:`ConversationEnv` (a
+:class:`~textgym.envs.text_gen.TextGenEnv` on :class:`ConversationEpisodes`) and its vector env
+:class:`~textgym.vector.TextGenVectorEnv`, as the single-turn tasks do.
 
 Row layout, with ``P = max_prompt_tokens`` and ``T = max_new_tokens`` (the budget of the whole conversation
 after the opening, the agent's tokens and the partner's together)::
@@ -34,8 +35,6 @@ from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
 from textgym.models import load_tokenizer
 from textgym.prompts import encode_prompt, end_of_turn_token_id
 from textgym.tasks import TaskSpec
-
-OUTCOMES = ("solved", "lost")
 
 
 @dataclass(frozen=True)
