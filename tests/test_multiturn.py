@@ -146,6 +146,8 @@ def test_bad_input_gets_clear_errors_and_leaves_the_env_usable(tiny_model_dir):
         gym.make("GuessNumber-v0", stop_token_ids=[1], **settings)
     with pytest.raises(ValueError, match="sets prompts itself"):
         gym.make("GuessNumber-v0", prompts=["hi"], **settings)
+    with pytest.raises(ValueError, match=r"has levels \[1, 2, 3, 4\], got 9"):
+        gym.make("GuessNumber-v0", model=tiny_model_dir, level=9)
     env = gym.make("GuessNumber-v0", **settings)
     eot = env.unwrapped.episodes.end_of_turn
     env.reset(seed=0)

@@ -284,7 +284,8 @@ class ConversationEnv(TextGenEnv):
         level = cls.levels[0] if level is None else level
         if level not in cls.levels:
             raise ValueError(f"{cls.env_id} has levels {list(cls.levels)}, got {level!r}.")
-        refuse_task_arguments(cls.env_id, kwargs, ("prompts", "reward_model", "reward_model_kwargs", "gold_model"))
+        owned = ("prompts", "reward_model", "reward_model_kwargs", "gold_model", "gold_model_kwargs", "info_models")
+        refuse_task_arguments(cls.env_id, kwargs, owned, ": its partner scores the turns.")
         game, instances, default_turns = cls.setup(level, **{k: kwargs.pop(k) for k in cls.options if k in kwargs})
         max_turns = default_turns if max_turns is None else max_turns
         budget = max_new_tokens or max_turns * (max_turn_tokens + cls.reply_tokens)
