@@ -116,13 +116,14 @@ def random_turn_actions(rng, env, n):
 
 
 @pytest.mark.parametrize("mode", list(AutoresetMode))
-def test_vector_env_equals_sync_vector_env_of_single_envs(tiny_model_dir, mode):
+@pytest.mark.parametrize("task", MULTI_TURN_TASKS, ids=lambda task: task.name)
+def test_vector_env_equals_sync_vector_env_of_single_envs(tiny_model_dir, task, mode):
     n, settings = 3, {"model": tiny_model_dir, "level": 1, "max_turn_tokens": 3}
-    mine = gym.make_vec("GuessNumber-v0", num_envs=n, autoreset_mode=mode, **settings)
-    reference = SyncVectorEnv([lambda: gym.make("GuessNumber-v0", **settings) for _ in range(n)], autoreset_mode=mode)
+    mine = gym.make_vec(task.env_id, num_envs=n, autoreset_mode=mode, **settings)
+    reference = SyncVectorEnv([lambda: gym.make(task.env_id, **settings) for _ in range(n)], autoreset_mode=mode)
     assert mine.single_observation_space == reference.single_observation_space
     assert_same_results(mine.reset(seed=7), reference.reset(seed=7))
-    single = gym.make("GuessNumber-v0", **settings)
+    single = gym.make(task.env_id, **settings)
     rng = np.random.default_rng(0)
     outcomes = []
     for _ in range(120):
@@ -135,7 +136,9 @@ def test_vector_env_equals_sync_vector_env_of_single_envs(tiny_model_dir, mode):
             options = {"reset_mask": done}
             assert_same_results(mine.reset(options=dict(options)), reference.reset(options=dict(options)))
     ended = [t for step in outcomes for t in step]
-    assert len(ended) > 10 and any(ended) and not all(ended)  # some solved, some truncated
+    assert len(ended) > 10 and not all(ended)
+    if task.name == "guess-number":
+        assert any(ended)  # some solved (by the number tokens among the actions), some truncated
 
 
 def test_bad_input_gets_clear_errors_and_leaves_the_env_usable(tiny_model_dir):
