@@ -35,6 +35,7 @@ from agents.policy import ActorCritic
 from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
 from agents.run_log import RunLog, write_json_atomic
 from textgym import distributed as dist
+from textgym.lm_cache import last_real_column
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest.json"
@@ -370,7 +371,7 @@ class LMAgent:
         c = self.config
         rewards = batch.rewards.float().clone()
         if c.missing_eos_penalty is not None:
-            last = batch.completion_mask.sum(dim=1) - 1  # (E,) each episode's last step
+            last = last_real_column(batch.completion_mask)  # (E,) each episode's last step
             rows = torch.arange(len(batch), device=rewards.device)
             rewards[rows, last] -= c.missing_eos_penalty * (~batch.terminated).float()
         if c.normalize_rewards:  # with every process's returns, so all keep the same statistics

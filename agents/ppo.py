@@ -2,7 +2,8 @@
 
 Each token is an action. The reward of token ``t`` is ``−β·KL_t`` (the configured per-token estimate of
 KL(π_old‖π_ref), by default ``log π_old(a_t|s_t) − log π_ref(a_t|s_t)``), plus the task reward on the last
-token; advantages come from GAE over these per-token rewards and the value head.
+token; advantages come from GAE over these per-token rewards and the value head. In a multi-turn episode only
+the agent's tokens are steps: GAE runs across its turns, over the env's replies (see :func:`gae`).
 """
 
 from __future__ import annotations
@@ -67,24 +68,28 @@ class PPOConfig(AgentConfig):
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimates and returns for right-padded episodes.
+    """Generalised advantage estimates and returns over the agent's steps of finished episodes.
+
+    The steps are the columns where ``mask`` is 1; the columns between them (the tokens a multi-turn env wrote
+    between the agent's turns) and after them (padding) are not steps: the recursion passes over them, so γ and
+    λ discount per agent token, across turns, and the env's reply costs no discount. The value after an
+    episode's last step is 0 (every episode here is finished).
 
     Args:
-        rewards, values, mask: ``(E, T)``; an episode's steps are the first ``mask.sum(1)`` columns, and the
-            value after its last step is 0 (every episode here is finished).
+        rewards, values, mask: ``(E, T)``.
 
     Returns:
-        ``(advantages, returns)``, each ``(E, T)`` and 0 on padding; ``returns = advantages + values``.
+        ``(advantages, returns)``, each ``(E, T)`` and 0 off the steps; ``returns = advantages + values``.
     """
     advantages = torch.zeros_like(rewards)
     next_value = torch.zeros_like(rewards[:, 0])
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        live = mask[:, t]
+        step = mask[:, t] > 0
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * lam * running) * live  # padding resets the recursion
-        advantages[:, t] = running
-        next_value = values[:, t] * live
+        running = torch.where(step, delta + gamma * lam * running, running)  # a non-step column passes it on
+        advantages[:, t] = running * mask[:, t]
+        next_value = torch.where(step, values[:, t], next_value)
     return advantages, (advantages + values) * mask
 
 

@@ -70,19 +70,27 @@ class SamplingConfig:
 class RolloutBatch:
     """Finished episodes, padded into tensors on the policy's device, ready for training.
 
-    ``E`` episodes, prompts left-padded to ``P`` tokens, completions right-padded to ``T`` tokens.
+    ``E`` episodes, prompts left-padded to ``P`` tokens, completions right-padded to ``T`` tokens. In a
+    multi-turn episode the completion is the whole conversation after the opening: the agent's actions
+    (``completion_mask``, the steps every loss sees) and between its turns the tokens the env wrote
+    (``env_mask``), which the model reads but is never trained on.
     """
 
     prompt_ids: torch.Tensor  # (E, P) left-padded
     prompt_mask: torch.Tensor  # (E, P) 1 on prompt tokens
-    completion_ids: torch.Tensor  # (E, T) the actions, right-padded
+    completion_ids: torch.Tensor  # (E, T) the actions (and env-written tokens), right-padded
     completion_mask: torch.Tensor  # (E, T) 1 on actions
-    logprobs: torch.Tensor  # (E, T) log-prob of each action under the sampling distribution; 0 on padding
-    rewards: torch.Tensor  # (E, T) the env's reward at each step; 0 on padding
-    terminated: torch.Tensor  # (E,) True if the episode ended on a stop token, False if truncated
+    logprobs: torch.Tensor  # (E, T) log-prob of each action under the sampling distribution; 0 elsewhere
+    rewards: torch.Tensor  # (E, T) the env's reward at each step; 0 elsewhere
+    terminated: torch.Tensor  # (E,) True if the episode ended on a stop token (or was solved or lost)
+    env_mask: torch.Tensor | None = None  # (E, T) 1 on tokens the env wrote between turns; None: zeros
     prompts: list[str] = field(default_factory=list)
     completions: list[str] = field(default_factory=list)
     infos: list[dict[str, Any]] = field(default_factory=list)  # the final step's info of each episode
+
+    def __post_init__(self) -> None:
+        if self.env_mask is None:
+            self.env_mask = torch.zeros_like(self.completion_mask)
 
     @property
     def returns(self) -> torch.Tensor:
@@ -96,7 +104,7 @@ class RolloutBatch:
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+        return torch.cat([self.prompt_mask, self.completion_mask | self.env_mask], dim=1)
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -107,7 +115,7 @@ class RolloutBatch:
         picked = list(range(len(self))[index]) if isinstance(index, slice) else list(index)
         position = torch.as_tensor(picked, dtype=torch.long, device=self.prompt_ids.device)
         tensors = {f: getattr(self, f)[position] for f in ("prompt_ids", "prompt_mask", "completion_ids",
-                   "completion_mask", "logprobs", "rewards", "terminated")}  # fmt: skip
+                   "completion_mask", "logprobs", "rewards", "terminated", "env_mask")}  # fmt: skip
         return RolloutBatch(
             **tensors,
             prompts=[self.prompts[i] for i in picked],
@@ -119,9 +127,16 @@ class RolloutBatch:
 @dataclass
 class _EpisodeRecord:
     prompt_ids: np.ndarray
-    actions: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # the actions, and the tokens a multi-turn env wrote
+    from_env: list[bool] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # 0 on the env's tokens
     rewards: list[float] = field(default_factory=list)
+
+    def add(self, tokens: list[int], from_env: bool, logprob: float = 0.0, reward: float = 0.0) -> None:
+        self.tokens += tokens
+        self.from_env += [from_env] * len(tokens)
+        self.logprobs += [logprob] * len(tokens)
+        self.rewards += [reward] * len(tokens)
 
 
 @dataclass
@@ -269,11 +284,16 @@ class RolloutCollector:
         acted = ~self._pending_reset  # rows whose action was taken, not ignored by an autoreset
         done = (terminated | truncated) & acted
         logprobs_np = logprobs.cpu().numpy()
+        # A multi-turn env may write tokens after the action (the partner's reply): the context grew by more.
+        grown = obs["attention_mask"].sum(axis=1) - self._obs["attention_mask"].sum(axis=1) - 1  # (N,)
+        inserted = [
+            _last_real_tokens(obs, row, int(grown[row])) if acted[row] and not done[row] and grown[row] > 0 else []
+            for row in range(self.num_envs)
+        ]
         for row in np.flatnonzero(acted):
             record = self._records[row]
-            record.actions.append(int(actions_np[row]))
-            record.logprobs.append(float(logprobs_np[row]))
-            record.rewards.append(float(rewards[row]))
+            record.add([int(actions_np[row])], False, float(logprobs_np[row]), float(rewards[row]))
+            record.add(inserted[row], True)
         final_infos = infos.get("final_info", {}) if self.autoreset_mode == AutoresetMode.SAME_STEP else infos
         row_infos = unbatch_infos(final_infos, self.num_envs) if done.any() else []
         for row in np.flatnonzero(done):
@@ -293,9 +313,24 @@ class RolloutCollector:
                 for key in obs:
                     obs[key][done] = reset_obs[key][done]
         self._obs = obs
-        self._lm.advance(actions, acted & ~done)
+        self._feed(actions, acted & ~done, inserted)
         if started.any():
             self._start_episodes(started)
+
+    def _feed(self, actions: torch.Tensor, rows: np.ndarray, inserted: list[list[int]]) -> None:
+        """Append each continuing row's action, and the tokens the env wrote after it, to the KV cache: one
+        forward call, each row's tokens right-aligned in a chunk as wide as the most any row got."""
+        width = 1 + max(len(tokens) for tokens in inserted)
+        if width == 1:
+            self._lm.advance(actions, rows)
+            return
+        chunk = np.zeros((self.num_envs, width), dtype=np.int64)
+        mask = np.zeros((self.num_envs, width), dtype=bool)
+        actions_np = actions.cpu().numpy()
+        for row in np.flatnonzero(rows):
+            tokens = [int(actions_np[row]), *inserted[row]]
+            chunk[row, width - len(tokens) :], mask[row, width - len(tokens) :] = tokens, True
+        self._lm.extend(torch.as_tensor(chunk), mask)
 
     def _start_episodes(self, rows: np.ndarray) -> None:
         for row in np.flatnonzero(rows):
@@ -314,12 +349,13 @@ class RolloutCollector:
     def _to_batch(self, episodes: list[_FinishedEpisode]) -> RolloutBatch:
         n = len(episodes)
         prompt_width = max(len(e.record.prompt_ids) for e in episodes)
-        length = max(len(e.record.actions) for e in episodes)
+        length = max(len(e.record.tokens) for e in episodes)
         pad = 0
         prompt_ids = np.full((n, prompt_width), pad, dtype=np.int64)
         prompt_mask = np.zeros((n, prompt_width), dtype=np.int64)
         completion_ids = np.full((n, length), pad, dtype=np.int64)
         completion_mask = np.zeros((n, length), dtype=np.int64)
+        env_mask = np.zeros((n, length), dtype=np.int64)
         logprobs = np.zeros((n, length), dtype=np.float32)
         rewards = np.zeros((n, length), dtype=np.float32)
         for i, episode in enumerate(episodes):
@@ -328,9 +364,10 @@ class RolloutCollector:
             real = prompt >= 0
             prompt_ids[i, prompt_width - len(prompt) :] = np.where(real, prompt, pad)
             prompt_mask[i, prompt_width - len(prompt) :] = real
-            steps = len(record.actions)
-            completion_ids[i, :steps] = record.actions
-            completion_mask[i, :steps] = 1
+            steps = len(record.tokens)
+            completion_ids[i, :steps] = record.tokens
+            completion_mask[i, :steps] = ~np.array(record.from_env)
+            env_mask[i, :steps] = record.from_env
             logprobs[i, :steps] = record.logprobs
             rewards[i, :steps] = record.rewards
         to_device = lambda array: torch.as_tensor(array, device=self.device)  # noqa: E731
@@ -342,6 +379,7 @@ class RolloutCollector:
             logprobs=to_device(logprobs),
             rewards=to_device(rewards),
             terminated=to_device(np.array([e.terminated for e in episodes])),
+            env_mask=to_device(env_mask),
             prompts=[e.info.get("prompt", "") for e in episodes],
             completions=[e.info.get("completion", "") for e in episodes],
             infos=[e.info for e in episodes],
@@ -362,6 +400,12 @@ class RolloutCollector:
                 f"The policy's output layer has {vocab} tokens but the env's action space has {action_space.n}: "
                 "make the env with the same model (gym.make_vec(..., model=<the policy's directory>))."
             )
+
+
+def _last_real_tokens(obs: dict[str, np.ndarray], row: int, count: int) -> list[int]:
+    """The last ``count`` tokens of ``row``'s context in an observation (what the env appended last)."""
+    real = np.flatnonzero(obs["attention_mask"][row])
+    return obs["input_ids"][row, real[-count:]].tolist()
 
 
 def sample_tokens(

@@ -170,16 +170,21 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         else:
             old_ids, old_mask = self._cached_obs
             added = attention_mask - old_mask  # (B, L) 1 where a token was appended
+            count = added.sum(dim=1)  # (B,) tokens appended: one action, or more where a multi-turn env replied
             kept = ((added >= 0) & ((input_ids == old_ids) | (old_mask == 0))).all(dim=1)  # old tokens in place
-            # One token more, after the old context's last token: not in front of it (a new episode's prompt
-            # can be the old context with one token before it).
+            # Appended after the old context's last token: not in front of it (a new episode's prompt can be the
+            # old context with one token before it).
             after_old = added.argmax(dim=1) > last_real_column(old_mask)  # (B,)
-            grown = (kept & (added.sum(dim=1) == 1) & after_old).cpu().numpy()
-            same = (kept & (added.sum(dim=1) == 0)).cpu().numpy()
-            fresh = ~(grown | same)  # a new episode (or anything else): encode the row from scratch
+            grown = kept & (count > 0) & after_old
+            same = (kept & (count == 0)).cpu().numpy()
+            fresh = ~(grown.cpu().numpy() | same)  # a new episode (or anything else): encode the row from scratch
             if grown.any():
-                new_tokens = input_ids.gather(1, added.argmax(dim=1, keepdim=True)).squeeze(1)  # (B,)
-                cache.advance(new_tokens, grown)  # rows that stayed the same keep their features
+                width = int(count[grown].max())
+                columns = torch.argsort(added, dim=1, stable=True)[
+                    :, -width:
+                ]  # (B, K) the appended ones last, in order
+                new_mask = added.gather(1, columns).bool() & grown[:, None]  # (B, K) right-aligned
+                cache.extend(input_ids.gather(1, columns), new_mask.cpu().numpy())  # unchanged rows keep features
             if fresh.any():
                 cache.encode_rows(fresh, input_ids, attention_mask)
         self._cached_obs = (input_ids.clone(), attention_mask.clone())

@@ -9,7 +9,16 @@ from agents.bench import DEFAULT_ALGORITHMS, BenchConfig, read_runs, run_benchma
 from textgym.tasks import BUILTIN_TASK_MODULES, get_task, task_names
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-SUITE = ["positivity", "concepts", "instructions", "constraints", "overoptimization"]
+SUITE = [
+    "positivity",
+    "concepts",
+    "instructions",
+    "constraints",
+    "overoptimization",
+    "guess-number",
+    "twenty-questions",
+    "word-guess",
+]
 
 
 def test_the_suite_is_the_built_in_tasks():

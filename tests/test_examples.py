@@ -17,6 +17,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
         ("demo.py", ["--episodes", "3", "--num-envs", "2"]),
         ("random_agent.py", []),
         ("instructgpt_pipeline.py", ["--episodes", "16", "--sft-examples", "8"]),
+        ("multiturn.py", ["--episodes", "64"]),
     ],
 )
 def test_example_runs(tiny_model_dir, tmp_path, script, extra):

@@ -151,6 +151,11 @@ class TokenEpisodes:
         self.running = np.zeros(num_rows, dtype=bool)
         self.prompt_texts: list[str] = [""] * num_rows
 
+    @property
+    def max_steps(self) -> int:
+        """The most actions an episode can take (what a training budget counts)."""
+        return self.max_new_tokens
+
     # --- prompts -------------------------------------------------------------------------------------------
     def encode_prompt(self, text: str, where: str = "the prompt") -> list[int]:
         """Token ids of a prompt (:func:`textgym.prompts.encode_prompt`), checked against ``max_prompt_tokens``."""
@@ -187,8 +192,8 @@ class TokenEpisodes:
         if self.reference is not None:
             self.reference.restart(row)
 
-    def observation(self, row: int) -> dict[str, np.ndarray]:
-        """A copy of one row's observation."""
+    def observation(self, row: int | slice = slice(None)) -> dict[str, np.ndarray]:
+        """A copy of one row's observation (of every row's, stacked, by default)."""
         return {"input_ids": self.input_ids[row].copy(), "attention_mask": self.attention_mask[row].copy()}
 
     def action_masks(self, rows: np.ndarray) -> np.ndarray:
@@ -225,17 +230,7 @@ class TokenEpisodes:
         """
         if not self.running[rows].all():
             raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
-        ref_logprobs = np.zeros(len(rows))
-        if self.reference is not None:
-            context = self.input_ids, self.attention_mask, self.running
-            ref_logprobs = self.reference.logprobs(*context)[rows, actions]
-            if self.reference.action_mask is not None:
-                allowed = self.reference.masks(*context)[rows, actions]
-                if not allowed.all():
-                    raise ValueError(
-                        f"Action(s) {actions[~allowed].tolist()} are not allowed by the {self.reference.action_mask} "
-                        "action mask: choose among env.action_masks()."
-                    )
+        ref_logprobs = self.reference_logprobs(rows, actions)
         position = self.max_prompt_tokens + self.num_generated[rows]
         terminated = np.isin(actions, self.stop_token_ids)
         truncated = ~terminated & (self.num_generated[rows] + 1 >= self.max_new_tokens)
@@ -258,19 +253,38 @@ class TokenEpisodes:
         self.running[rows[ending]] = False
         rewards = self.kl_coef * ref_logprobs
         rewards[ending] += scores
-        infos: list[dict] = [{} for _ in rows]
-        if self.reference is not None:
-            continuing = np.zeros(len(self.running), dtype=bool)
-            continuing[rows] = self.running[rows]
-            tokens = np.zeros(len(self.running), dtype=np.int64)
-            tokens[rows] = actions
-            self.reference.advance(tokens, continuing)
-            for k in range(len(rows)):
-                infos[k] = {"ref_logprob": float(ref_logprobs[k]), "kl_reward": float(self.kl_coef * ref_logprobs[k])}
+        infos = self.advance_reference(rows, actions, ref_logprobs)
         for i, k in enumerate(ending):
             infos[k].update(prompt=prompts[i], completion=completions[i], score=float(scores[i]))
             infos[k].update(gold_score=float(gold_scores[i]), **{key: float(v[i]) for key, v in extra.items()})
         return rewards, terminated, truncated, infos
+
+    def reference_logprobs(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``log π_ref`` of each row's action (zeros without a reference model); a ``ValueError`` if an action is
+        outside the action mask. Called before the step changes anything."""
+        if self.reference is None:
+            return np.zeros(len(rows))
+        context = self.input_ids, self.attention_mask, self.running
+        if self.reference.action_mask is not None:
+            allowed = self.reference.masks(*context)[rows, actions]
+            if not allowed.all():
+                raise ValueError(
+                    f"Action(s) {actions[~allowed].tolist()} are not allowed by the {self.reference.action_mask} "
+                    "action mask: choose among env.action_masks()."
+                )
+        return self.reference.logprobs(*context)[rows, actions]
+
+    def advance_reference(self, rows: np.ndarray, actions: np.ndarray, ref_logprobs: np.ndarray) -> list[dict]:
+        """After a step: append the actions of the rows still running to the reference's cache; one info dict per
+        row, holding ``ref_logprob`` and ``kl_reward`` with a reference model (empty without)."""
+        if self.reference is None:
+            return [{} for _ in rows]
+        continuing = np.zeros(len(self.running), dtype=bool)
+        continuing[rows] = self.running[rows]
+        tokens = np.zeros(len(self.running), dtype=np.int64)
+        tokens[rows] = actions
+        self.reference.advance(tokens, continuing)
+        return [{"ref_logprob": float(lp), "kl_reward": float(self.kl_coef * lp)} for lp in ref_logprobs]
 
     def render_text(self, row: int) -> str:
         """The prompt and the text generated so far in ``row``."""

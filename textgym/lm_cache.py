@@ -82,7 +82,6 @@ class IncrementalLM:
         self._positions[torch.as_tensor(index, device=self.device)] = mask.sum(dim=1)
         self._write_rows(index, cache, mask)
 
-    @torch.inference_mode()
     def advance(self, tokens: torch.Tensor, active: np.ndarray) -> None:
         """Append ``tokens[i]`` to the context of each active row; inactive rows keep their outputs.
 
@@ -90,19 +89,31 @@ class IncrementalLM:
             tokens: ``(N,)`` token ids (any value on inactive rows).
             active: ``(N,)`` bool, the rows whose context grows.
         """
+        self.extend(torch.as_tensor(tokens, device=self.device)[:, None], active[:, None])
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, mask: np.ndarray) -> None:
+        """Append several tokens to each row in one forward pass (a multi-turn env's reply after the action).
+
+        Args:
+            tokens: ``(N, K)`` token ids, each row's new tokens right-aligned (any value where ``mask`` is 0).
+            mask: ``(N, K)`` bool, 1 on each row's new tokens (all at the right end); a row with none keeps its
+                outputs.
+        """
         if self.outputs is None:
             raise RuntimeError("advance() before encode_rows(): encode the rows' contexts first.")
-        if not active.any():
+        mask_t = torch.as_tensor(mask, device=self.device).long()  # (N, K)
+        active_t = mask_t[:, -1].bool()  # (N,) right-aligned: a row grows iff its last column is new
+        if not active_t.any():
             return
-        active_t = torch.as_tensor(active, device=self.device)
-        self._cache_mask = torch.cat([self._cache_mask, active_t.long()[:, None]], dim=1)  # (N, S + 1)
+        self._cache_mask = torch.cat([self._cache_mask, mask_t], dim=1)  # (N, S + K)
         outputs, self._cache = self._forward(
-            input_ids=torch.as_tensor(tokens, device=self.device)[:, None],  # (N, 1)
+            input_ids=torch.as_tensor(tokens, device=self.device),  # (N, K)
             attention_mask=self._cache_mask,
-            position_ids=self._positions[:, None],
+            position_ids=self._positions[:, None] + (mask_t.cumsum(dim=1) - 1).clamp(min=0),  # (N, K)
             past_key_values=self._cache,
         )
-        self._positions += active_t.long()
+        self._positions += mask_t.sum(dim=1)
         self.outputs[active_t] = outputs[:, -1][active_t]
 
     def _forward(self, **inputs: Any) -> tuple[torch.Tensor, DynamicCache]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,11 @@ class TaskSpec:
         default_level: the level benchmarks use unless told otherwise.
         random_score: per level, the mean gold score of the random policy (uniform tokens): normalised 0.
         optimum_score: per level, the gold score of the scripted solver (or the known optimum): normalised 100.
-        solver: ``solver(prompt) -> completion``, the scripted policy that reaches ``optimum_score``, given the
-            env's prompt text (``info["prompt"]``) and level; ``None`` when the optimum is known analytically.
+        solver: ``solver(prompt, level) -> completion``, the scripted policy that reaches ``optimum_score``, given
+            the env's prompt text (``info["prompt"]``) and level; ``None`` when the optimum is known analytically.
+            For a multi-turn task, ``solver(messages, level) -> turn``: its next turn, given the conversation so
+            far as chat messages (the opening, then its turns and the partner's replies).
+        multi_turn: an episode is a conversation with the env (:mod:`textgym.conversation`).
     """
 
     name: str
@@ -42,7 +46,8 @@ class TaskSpec:
     default_level: int
     random_score: Mapping[int, float]
     optimum_score: Mapping[int, float]
-    solver: Callable[[str, int], str] | None = field(default=None, compare=False)
+    solver: Callable[[Any, int], str] | None = field(default=None, compare=False)
+    multi_turn: bool = False
 
     def __post_init__(self) -> None:
         if self.default_level not in self.levels:
@@ -74,6 +79,9 @@ BUILTIN_TASK_MODULES = (
     "textgym.envs.instructions",
     "textgym.envs.length_format",
     "textgym.envs.proxy_positivity",
+    "textgym.envs.guess_number",
+    "textgym.envs.twenty_questions",
+    "textgym.envs.word_guess",
 )
 """The modules whose ``TASK`` is one of the suite's tasks, in the order tables list them. They are imported on
 the first question about the suite, so ``import textgym`` stays light."""

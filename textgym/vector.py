@@ -9,7 +9,6 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textgym.core import TokenEpisodes
 from textgym.envs.text_gen import TextGenEnv
 
 
@@ -51,7 +50,7 @@ class TextGenVectorEnv(VectorEnv):
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.metadata = {"render_modes": ["ansi", "human"], "render_fps": 4, "autoreset_mode": self.autoreset_mode}
         self.render_mode = render_mode
-        self.episodes = TokenEpisodes(num_envs, **self.env_class.episode_kwargs(**kwargs))
+        self.episodes = self.env_class.episodes_class(num_envs, **self.env_class.episode_kwargs(**kwargs))
         self.num_envs = num_envs
         self.tokenizer = self.episodes.tokenizer
         self.reward_model = self.episodes.reward_model
@@ -91,7 +90,7 @@ class TextGenVectorEnv(VectorEnv):
             infos = self._add_info(infos, self._start(row, forced.get(row)), row)
         self._needs_reset[rows] = False
         self._render_if_human()
-        return self._observations(), infos
+        return self.episodes.observation(), infos
 
     def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._rngs is None:
@@ -123,7 +122,7 @@ class TextGenVectorEnv(VectorEnv):
             infos = self._add_info(infos, row_infos[row], row)
         self._needs_reset = done
         self._render_if_human()
-        return self._observations(), rewards, terminated, truncated, infos
+        return self.episodes.observation(), rewards, terminated, truncated, infos
 
     def action_masks(self) -> np.ndarray:
         """The actions allowed now in each sub-env, bool ``(num_envs, vocab_size)``, from one batched reference
@@ -175,9 +174,6 @@ class TextGenVectorEnv(VectorEnv):
         text, ids = forced
         self.episodes.start(row, ids, text)
         return {"prompt": text}
-
-    def _observations(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.episodes.input_ids.copy(), "attention_mask": self.episodes.attention_mask.copy()}
 
     def _render_if_human(self) -> None:
         if self.render_mode == "human":

@@ -61,7 +61,7 @@ class Algorithm:
         self.train_seconds = 0.0
 
     @classmethod
-    def tokens_per_update(cls, hparams: dict[str, Any], max_new_tokens: int | None) -> int:
+    def tokens_per_update(cls, hparams: dict[str, Any], max_steps: int | None) -> int:
         """The most env tokens one update can take (0: trains nothing); the budget must cover one.
 
         Also checks ``hparams`` before anything is built, so bad settings fail before a run starts.
@@ -100,8 +100,7 @@ class Oracle(Algorithm):
     description = "the task's scripted solver (normalised score 100 by definition)"
 
     def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
-        solver = self.cell.task.solver
-        return TestEpisodes(scripted_episodes(test, [solver(prompt, self.cell.level) for prompt in test.prompts]))
+        return TestEpisodes(scripted_episodes(test, self.cell.task))
 
 
 class BestOfN(Algorithm):
@@ -145,12 +144,12 @@ class LMAgentAlgorithm(Algorithm):
         self.agent = agent_class(cell.model, envs, **settings)
 
     @classmethod
-    def tokens_per_update(cls, hparams: dict[str, Any], max_new_tokens: int | None) -> int:
+    def tokens_per_update(cls, hparams: dict[str, Any], max_steps: int | None) -> int:
         import agents
 
         settings = {k: v for k, v in hparams.items() if k != "num_envs"}
         config = getattr(agents, cls.agent_name).config_class(**settings)  # validates the settings
-        return config.batch_size * (max_new_tokens or 1)
+        return config.batch_size * (max_steps or 1)
 
     def train_until(self, tokens: int) -> None:
         agent, start = self.agent, time.perf_counter()
@@ -220,7 +219,7 @@ class SB3Algorithm(Algorithm):
         raise NotImplementedError
 
     @classmethod
-    def tokens_per_update(cls, hparams: dict[str, Any], max_new_tokens: int | None) -> int:
+    def tokens_per_update(cls, hparams: dict[str, Any], max_steps: int | None) -> int:
         import inspect
 
         algorithm_class = cls._classes()[0]

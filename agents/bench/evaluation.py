@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from agents.policy import completion_logprobs
 from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
+from textgym.tasks import TaskSpec
 
 
 class MaskedRolloutCollector(RolloutCollector):
@@ -74,32 +75,37 @@ class TestSet:
             envs.close()
 
 
-def scripted_episodes(test: TestSet, completions: list[str]) -> RolloutBatch:
-    """Play ``completions`` (one per test prompt) token by token in the test env, then a stop token.
+def scripted_episodes(test: TestSet, task: TaskSpec) -> RolloutBatch:
+    """Play the task's scripted solver on every test prompt: its completion token by token, then a stop token;
+    in a multi-turn task, each of its turns then the end-of-turn token, the env replying in between.
 
     The policy is deterministic, so every action's log-prob is 0 and the KL to the reference is
-    ``−log π_ref(completion)``.
+    ``−log π_ref(completion)`` (over the solver's own tokens).
     """
     import gymnasium as gym
 
     env = gym.make(test.env_id, split="test", level=test.level, model=test.model)
-    tokenizer = env.unwrapped.tokenizer
-    prompt_ids, completion_ids, infos = [], [], []
-    for prompt, completion in zip(test.prompts, completions):
+    core, tokenizer = env.unwrapped.episodes, env.unwrapped.tokenizer
+    stop = core.end_of_turn if task.multi_turn else tokenizer.eos_token_id
+    width = core.max_prompt_tokens
+    prompt_ids, completion_ids, agent_masks, infos = [], [], [], []
+    for prompt in test.prompts:
         obs, _ = env.reset(seed=test.seed, options={"prompt": prompt})
-        prompt_ids.append(obs["input_ids"][obs["attention_mask"] == 1])
-        tokens = list(tokenizer.encode(completion, add_special_tokens=False))
-        actions: list[int] = []
         done = False
         while not done:
-            action = tokens[len(actions)] if len(actions) < len(tokens) else tokenizer.eos_token_id
-            _, _, terminated, truncated, info = env.step(action)
-            actions.append(action)
-            done = terminated or truncated
-        completion_ids.append(actions)
+            turn = task.solver(core.transcript(0) if task.multi_turn else prompt, test.level)
+            for action in [*tokenizer.encode(turn, add_special_tokens=False), stop]:
+                obs, _, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+                if done:
+                    break
+        real = obs["attention_mask"] == 1
+        prompt_ids.append(obs["input_ids"][:width][real[:width]])
+        completion_ids.append(obs["input_ids"][width:][real[width:]])
+        agent_masks.append(obs.get("agent_mask", real.astype(np.int64))[width:][real[width:]])
         infos.append(info)
     env.close()
-    return _pack(prompt_ids, completion_ids, infos, tokenizer.pad_token_id or 0, test.reference.device)
+    return _pack(prompt_ids, completion_ids, agent_masks, infos, tokenizer.pad_token_id or 0, test.reference.device)
 
 
 def completion_metrics(batch: RolloutBatch, reference: PreTrainedModel, kl: float | None = None) -> dict[str, float]:
@@ -156,17 +162,25 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
 
 
 def _pack(
-    prompt_ids: list[np.ndarray], completion_ids: list[list[int]], infos: list[dict], pad: int, device: torch.device
+    prompt_ids: list[np.ndarray],
+    completion_ids: list[np.ndarray],
+    agent_masks: list[np.ndarray],
+    infos: list[dict],
+    pad: int,
+    device: torch.device,
 ) -> RolloutBatch:
-    """Scripted episodes as a :class:`RolloutBatch`: prompts left-padded, completions right-padded, log-probs 0."""
+    """Scripted episodes as a :class:`RolloutBatch`: prompts left-padded, completions (the agent's tokens and, in
+    a conversation, the env's between its turns) right-padded, log-probs 0."""
     n, width, length = len(prompt_ids), max(map(len, prompt_ids)), max(map(len, completion_ids))
     prompts = torch.full((n, width), pad, dtype=torch.long)
     prompt_mask = torch.zeros((n, width), dtype=torch.long)
     completions = torch.full((n, length), pad, dtype=torch.long)
     completion_mask = torch.zeros((n, length), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+    env_mask = torch.zeros((n, length), dtype=torch.long)
+    for i, (p, c, agent) in enumerate(zip(prompt_ids, completion_ids, agent_masks)):
         prompts[i, width - len(p) :], prompt_mask[i, width - len(p) :] = torch.as_tensor(p), 1
-        completions[i, : len(c)], completion_mask[i, : len(c)] = torch.as_tensor(c), 1
+        completions[i, : len(c)], completion_mask[i, : len(c)] = torch.as_tensor(c), torch.as_tensor(agent)
+        env_mask[i, : len(c)] = 1 - torch.as_tensor(agent)
     zeros = torch.zeros((n, length))
     return RolloutBatch(
         prompt_ids=prompts.to(device),
@@ -176,6 +190,7 @@ def _pack(
         logprobs=zeros.to(device),
         rewards=zeros.to(device),
         terminated=torch.ones(n, dtype=torch.bool, device=device),
+        env_mask=env_mask.to(device),
         prompts=[info.get("prompt", "") for info in infos],
         completions=[info.get("completion", "") for info in infos],
         infos=infos,

@@ -181,11 +181,11 @@ def plan(config: BenchConfig) -> list[Cell]:
         if "oracle" in config.algorithms and task.solver is None:
             raise ValueError(f"Task {name!r} has no scripted solver, so 'oracle' cannot run on it; leave one out.")
         env = gym.make(task.env_id, split="train", level=level, model=config.model)
-        max_new_tokens = getattr(getattr(env.unwrapped, "episodes", None), "max_new_tokens", None)
+        max_steps = getattr(getattr(env.unwrapped, "episodes", None), "max_steps", None)
         env.close()
         for algorithm in config.algorithms:
             hparams = hparams_for(name, algorithm, config.quick, config.hparams.get(algorithm))
-            needed = ALGORITHMS[algorithm].tokens_per_update(hparams, max_new_tokens)
+            needed = ALGORITHMS[algorithm].tokens_per_update(hparams, max_steps)
             if needed > config.budget_tokens:
                 raise ValueError(
                     f"budget_tokens={config.budget_tokens} is smaller than one update of {algorithm} on {name} "

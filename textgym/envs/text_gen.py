@@ -116,6 +116,8 @@ class TextGenEnv(gym.Env):
 
     # render_fps only informs tools that replay rendered text; the env itself never sleeps.
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "human"], "render_fps": 4}
+    episodes_class: ClassVar[type[TokenEpisodes]] = TokenEpisodes
+    """The episode core the single and the vector env run on (a multi-turn task's adds the partner's replies)."""
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         """See *Arguments* above; the arguments but ``render_mode`` become those of
@@ -125,7 +127,7 @@ class TextGenEnv(gym.Env):
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}."
             )
         self.render_mode = render_mode
-        self.episodes = TokenEpisodes(1, **self.episode_kwargs(**kwargs))
+        self.episodes = self.episodes_class(1, **self.episode_kwargs(**kwargs))
         self.observation_space = self.episodes.observation_space
         self.action_space = self.episodes.action_space
         self.tokenizer = self.episodes.tokenizer

@@ -1,0 +1,167 @@
+"""GuessNumber: find a hidden number from 1 to N, the env answering each guess with higher, lower or correct."""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import cache
+
+import numpy as np
+
+from textgym.conversation import ConversationEnv, Reply, conversation_task
+from textgym.vector import TextGenVectorEnv
+
+LEVELS = {1: 4, 2: 16, 3: 64, 4: 256}
+"""GuessNumber-v0's levels: the numbers go from 1 to ``LEVELS[level]``."""
+GAMES_PER_LEVEL = 500
+"""Instances per level (before the train/test split): game ``k`` hides a number drawn for it."""
+NUMBER = re.compile(r"\W*(\d+)\W*")
+"""A guess: a turn that is one whole number (punctuation and spaces around it allowed, e.g. ``" 42."``)."""
+
+
+def optimal_turns(n: int) -> int:
+    """The turns binary search needs at worst to find a number from 1 to ``n``: ``⌈log₂(n + 1)⌉``, its last guess
+    being the one answered "correct"."""
+    return math.ceil(math.log2(n + 1))
+
+
+class GuessNumberGame:
+    """The partner: a turn that is a whole number is a guess, answered higher, lower or correct."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def respond(self, secret: int, turns: list[str]) -> Reply:
+        found = NUMBER.fullmatch(turns[-1])
+        guess = int(found.group(1)) if found else None
+        if guess is None or not 1 <= guess <= self.n:
+            return Reply(f"a number from 1 to {self.n}, please", valid=False)
+        if guess == secret:
+            # Solving in turn t scores min(1, t*/t): binary search, never slower than t*, scores 1 on every game.
+            return Reply("correct", score=min(1.0, optimal_turns(self.n) / len(turns)), outcome="solved")
+        return Reply("higher" if guess < secret else "lower")
+
+
+class GuessNumberEnv(ConversationEnv):
+    """
+    ## Description
+
+    A multi-turn game. The env thinks of a whole number from 1 to N and the agent guesses it; after each guess
+    the env answers ``higher``, ``lower`` or ``correct`` as the next user message of the chat. Binary search
+    finds any number in ``t* = ⌈log₂(N + 1)⌉`` guesses, so the optimum is known exactly. The episode is a whole
+    conversation: the agent writes its turns token by token, the env appends its replies in the chat template
+    (see :mod:`textgym.conversation`).
+
+    ## Action Space
+
+    ``Discrete(vocab_size)``: the next token of the agent's turn (as in ``TextGen-v0``).
+
+    ## Observation Space
+
+    A ``Dict`` of three int64 ``Box`` arrays of shape ``(max_prompt_tokens + max_new_tokens,)``:
+
+    | key              | content                                                                         |
+    |------------------|---------------------------------------------------------------------------------|
+    | `input_ids`      | the opening message in the chat template, left-padded; then the conversation     |
+    | `attention_mask` | 1 where `input_ids` holds a real token, 0 on padding                             |
+    | `agent_mask`     | 1 on the tokens the agent wrote, 0 on the opening, the env's replies and padding  |
+
+    After every turn, the real tokens are exactly ``tokenizer.apply_chat_template(transcript,
+    add_generation_prompt=True)``.
+
+    ## Rewards
+
+    0 on every step but those that end a turn. The turn that finds the number at turn ``t`` earns
+    ``min(1, t*/t)``; ``format_reward`` (default 0) is added to every turn holding a number from 1 to N.
+    The final ``info`` holds ``gold_score`` (the ``min(1, t*/t)``, 0 if unsolved, what benchmarks report: task
+    ``guess-number``, 0 is the uniform-random policy, 100 binary search) and ``score`` (the return).
+
+    ## Starting State
+
+    A game drawn uniformly from the level's games of the ``split``; its opening names the range and the rules.
+
+    ## Episode End
+
+    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens. A turn that is a
+      whole number (spaces and punctuation around it allowed) is a guess; anything else, or a number out of
+      range, is answered with a reminder of the range (a strict format: uniform tokens then almost never guess).
+    - Termination: a correct guess.
+    - Truncation: ``max_turns`` turns without finding the number, or the conversation reaching
+      ``max_new_tokens`` tokens (a reply that does not fit truncates the episode).
+
+    Each turn-ending step's info holds ``turn`` and ``reply``; the final info also holds ``transcript`` (chat
+    messages), ``turns``, ``outcome`` (``"solved"`` or ``None``), ``prompt`` and ``completion``.
+
+    ## Arguments
+
+    ```python
+    gym.make("GuessNumber-v0", split=None, level=1, max_turns=None, max_turn_tokens=8, format_reward=0.0,
+             model=None, max_prompt_tokens=None, max_new_tokens=None)
+    ```
+
+    - ``split``: ``"train"`` or ``"test"`` (disjoint games, by a stable hash of the opening; about 80% / 20%);
+      ``None`` for all.
+    - ``level``: ``1`` to ``4``, numbers up to 4, 16, 64, 256 (``LEVELS``); ``None`` is the default level, 1.
+    - ``max_turns``: guesses before truncation; ``None``: ``2·t*``.
+    - ``max_turn_tokens``: the longest turn, in tokens.
+    - ``format_reward``: shaping reward per turn with a valid guess (not in the gold score).
+    - ``max_new_tokens``: the conversation's token budget after the opening; ``None``: ``max_turns ·
+      (max_turn_tokens + 24)``.
+    - ``max_prompt_tokens``: the opening's width; ``None``: the longest opening of the level's games.
+    - ``model``, ``prompt_truncation``: as for ``TextGen-v0``. The prompts, reward, chat template, stop tokens,
+      reference model, KL shaping and action masks are the task's or not supported.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    env_id = "GuessNumber-v0"
+    levels = tuple(LEVELS)
+
+    @classmethod
+    def setup(cls, level: int) -> tuple[GuessNumberGame, dict[str, int], int]:
+        return GuessNumberGame(LEVELS[level]), instances(level), 2 * optimal_turns(LEVELS[level])
+
+
+class GuessNumberVectorEnv(TextGenVectorEnv):
+    """``gym.make_vec("GuessNumber-v0", num_envs=N)``: see :class:`GuessNumberEnv`."""
+
+    env_class = GuessNumberEnv
+
+
+def opening(game: int, n: int) -> str:
+    return (
+        f"Game {game}: I am thinking of a whole number from 1 to {n}. Guess it: reply with one number, and I will "
+        "answer higher, lower or correct."
+    )
+
+
+@cache
+def instances(level: int) -> dict[str, int]:
+    """Every game of ``level``: ``{opening: hidden number}``, the same on every machine (a generator seeded by
+    the level draws the numbers)."""
+    n = LEVELS[level]
+    secrets = np.random.default_rng(2000 + level).integers(1, n + 1, size=GAMES_PER_LEVEL)
+    return {opening(k, n): int(secret) for k, secret in enumerate(secrets)}
+
+
+def solve(messages: list[dict[str, str]], level: int) -> str:
+    """The scripted solver, binary search: the middle of the range the replies so far leave."""
+    low, high = 1, LEVELS[level]
+    for guess, reply in zip(messages[1::2], messages[2::2]):
+        number = int(guess["content"])
+        if reply["content"] == "higher":
+            low = number + 1
+        elif reply["content"] == "lower":
+            high = number - 1
+    return str((low + high) // 2)
+
+
+TASK = conversation_task(
+    "guess-number",
+    "GuessNumber-v0",
+    "find a number from 1 to N by guesses answered higher / lower (multi-turn)",
+    tuple(LEVELS),
+    solve,
+)

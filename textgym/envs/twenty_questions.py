@@ -1,0 +1,243 @@
+"""TwentyQuestions: find the object the env thinks of by yes/no questions about its attributes, then name it."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from textgym.conversation import ConversationEnv, Reply, conversation_task
+from textgym.vector import TextGenVectorEnv
+
+LEVELS = {1: 8, 2: 16, 3: 32, 4: 64}
+"""TwentyQuestions-v0's levels: how many candidate objects a game lists (drawn from the table's 64)."""
+MAX_TURNS = {1: 8, 2: 9, 3: 11, 4: 12}
+"""Each level's default ``max_turns``: two more than the scripted solver needs at worst on the shipped table."""
+GAMES_PER_LEVEL = 500
+"""Instances per level (before the train/test split)."""
+TABLE_FILE = Path(__file__).resolve().parent.parent / "data" / "twenty_questions.csv"
+ATTRIBUTES = {
+    "alive": ("Is it alive?", r"\b(alive|living thing)"),
+    "animal": ("Is it an animal?", r"\banimal"),
+    "mammal": ("Is it a mammal?", r"\bmammal"),
+    "bird": ("Is it a bird?", r"\bbird"),
+    "flies": ("Can it fly?", r"\bfl(y|ies|ying)\b"),
+    "water": ("Does it live in water?", r"\b(water|swim)"),
+    "big": ("Is it bigger than a person?", r"\b(big|large|huge)"),
+    "edible": ("Do people eat it?", r"\b(eat|edible|food)"),
+    "metal": ("Is it made of metal?", r"\bmetal"),
+    "electric": ("Does it use electricity?", r"\belectric"),
+    "kitchen": ("Is it found in a kitchen?", r"\bkitchen"),
+    "wheels": ("Does it have wheels?", r"\bwheel"),
+}
+"""Each attribute's question (the solver's wording) and the pattern that recognises a question about it."""
+
+
+@cache
+def load_table(path: str | os.PathLike = TABLE_FILE) -> dict[str, dict[str, bool]]:
+    """``{object: {attribute: yes?}}`` from a CSV with the header ``object,<every attribute of ATTRIBUTES>`` and one
+    0/1 row per object (``#`` lines are comments). A file that does not load raises ``ValueError`` naming it."""
+    path = Path(path)
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    except OSError as err:
+        raise ValueError(f"Cannot read the twenty-questions table {path}: {err}.") from err
+    rows = list(csv.reader(lines))
+    if not rows or rows[0] != ["object", *ATTRIBUTES]:
+        raise ValueError(f"{path}: the header must be 'object,{','.join(ATTRIBUTES)}', got {rows[:1]}.")
+    table: dict[str, dict[str, bool]] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(ATTRIBUTES) + 1 or not set(row[1:]) <= {"0", "1"} or not row[0].strip():
+            raise ValueError(f"{path}, row {number}: expected an object name and {len(ATTRIBUTES)} 0/1 values: {row}.")
+        table[row[0].strip().lower()] = {a: v == "1" for a, v in zip(ATTRIBUTES, row[1:])}
+    if len(table) < max(LEVELS.values()):
+        raise ValueError(f"{path} lists {len(table)} distinct objects; the levels need {max(LEVELS.values())}.")
+    return table
+
+
+def parse(question: str, table: dict[str, dict[str, bool]]) -> tuple[str, str] | None:
+    """``("object", name)`` if the question names exactly one object (a guess), else ``("attribute", name)`` if it
+    asks about exactly one attribute, else ``None`` (the partner cannot answer it)."""
+    text = question.lower()
+    named = [name for name in table if re.search(rf"\b{re.escape(name)}\b", text)]
+    if named:
+        return ("object", named[0]) if len(named) == 1 else None
+    asked = [a for a, (_, pattern) in ATTRIBUTES.items() if re.search(pattern, text)]
+    return ("attribute", asked[0]) if len(asked) == 1 else None
+
+
+def answer(table: dict[str, dict[str, bool]], target: str, parsed: tuple[str, str]) -> str:
+    kind, name = parsed
+    if kind == "object":
+        return "correct" if name == target else "no"
+    return "yes" if table[target][name] else "no"
+
+
+def next_question(table: dict[str, dict[str, bool]], candidates: tuple[str, ...], history: list) -> str:
+    """The solver's next turn: the question whose worse answer leaves the fewest candidates, or a guess when no
+    question splits the candidates left. ``history`` holds ``(parsed question, answer)`` pairs."""
+    left = [
+        c
+        for c in candidates
+        if all(
+            (c != name if kind == "object" else table[c][name] == (reply == "yes")) for (kind, name), reply in history
+        )
+    ]
+    splits = {a: sum(table[c][a] for c in left) for a in ATTRIBUTES}
+    useful = {a: max(n, len(left) - n) for a, n in splits.items() if 0 < n < len(left)}
+    if len(left) == 1 or not useful:
+        return f"Is it {'an' if left[0][0] in 'aeiou' else 'a'} {left[0]}?"
+    return ATTRIBUTES[min(useful, key=useful.get)][0]
+
+
+@cache
+def solver_turns(target: str, candidates: tuple[str, ...], path: str | os.PathLike = TABLE_FILE) -> int:
+    """The turns the scripted solver takes to find ``target`` among ``candidates``."""
+    table, history = load_table(path), []
+    while True:
+        parsed = parse(next_question(table, candidates, history), table)
+        history.append((parsed, answer(table, target, parsed)))
+        if history[-1][1] == "correct":
+            return len(history)
+
+
+class TwentyQuestionsGame:
+    """The partner: answers yes / no by the table, ``correct`` to a right guess, ``unknown`` to anything else."""
+
+    def __init__(self, table_path: str | os.PathLike = TABLE_FILE) -> None:
+        self.table_path, self.table = table_path, load_table(table_path)
+
+    def respond(self, secret: tuple[str, tuple[str, ...]], turns: list[str]) -> Reply:
+        target, candidates = secret
+        parsed = parse(turns[-1], self.table)
+        if parsed is None:
+            return Reply("unknown", valid=False)
+        reply = answer(self.table, target, parsed)
+        if reply == "correct":
+            score = min(1.0, solver_turns(target, candidates, self.table_path) / len(turns))
+            return Reply(reply, score=score, outcome="solved")
+        return Reply(reply)
+
+
+class TwentyQuestionsEnv(ConversationEnv):
+    """
+    ## Description
+
+    A multi-turn game of twenty questions. The env thinks of one object of a list it names in its opening
+    (drawn from a shipped table of 64 everyday objects with 12 yes/no attributes,
+    ``textgym/data/twenty_questions.csv``); the agent asks yes/no questions about the attributes (is it alive,
+    an animal, a mammal, a bird; can it fly; does it live in water; is it bigger than a person; do people eat
+    it; is it made of metal; does it use electricity; is it found in a kitchen; does it have wheels) and wins
+    by naming the object (``Is it a cat?``). The env answers by rules: ``yes`` / ``no`` from the table for a
+    question about exactly one attribute, ``correct`` or ``no`` to a question naming exactly one object,
+    ``unknown`` otherwise. Fewer questions score more.
+
+    ## Action Space
+
+    ``Discrete(vocab_size)``: the next token of the agent's turn (as in ``TextGen-v0``).
+
+    ## Observation Space
+
+    As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
+    int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
+    chat template of the transcript (:mod:`textgym.conversation`).
+
+    ## Rewards
+
+    0 on every step but those that end a turn. Naming the object at turn ``t`` earns ``min(1, t*/t)``, ``t*``
+    being the turns the scripted solver (the question that splits the candidates left most evenly, then the
+    guess) takes on that game, so the solver scores 1 on every game; ``format_reward`` (default 0) is added to
+    every turn the env could answer. ``gold_score`` (what benchmarks report, task ``twenty-questions``: 0 is the
+    uniform-random policy, 100 the solver) is the ``min(1, t*/t)``, 0 if unsolved; ``score`` is the return.
+
+    ## Starting State
+
+    A game drawn uniformly from the level's games of the ``split``: an object and the candidates listed.
+
+    ## Episode End
+
+    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens.
+    - Termination: naming the object.
+    - Truncation: ``max_turns`` turns (8, 9, 11, 12 by level: two more than the solver needs at worst), or the
+      conversation reaching ``max_new_tokens``.
+
+    The infos are those of ``GuessNumber-v0`` (``turn``, ``reply``; finally ``transcript``, ``turns``,
+    ``outcome``, ``gold_score``, ``score``).
+
+    ## Arguments
+
+    ```python
+    gym.make("TwentyQuestions-v0", split=None, level=1, table=None, max_turns=None, max_turn_tokens=16,
+             format_reward=0.0, model=None, max_prompt_tokens=None, max_new_tokens=None)
+    ```
+
+    - ``level``: ``1`` to ``4``, 8, 16, 32 or 64 candidates (``LEVELS``); ``None`` is the default level, 1.
+    - ``table``: another CSV of the same form (header ``object,alive,...,wheels``, at least 64 objects); a file
+      that does not load raises ``ValueError`` naming the file and row.
+    - ``max_turns``: questions before truncation; ``None``: ``MAX_TURNS[level]``.
+    - The other arguments are ``GuessNumber-v0``'s.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    env_id = "TwentyQuestions-v0"
+    levels = tuple(LEVELS)
+    turn_tokens = 16
+    options = ("table",)
+
+    @classmethod
+    def setup(
+        cls, level: int, table: str | os.PathLike | None = None
+    ) -> tuple[TwentyQuestionsGame, dict[str, tuple[str, tuple[str, ...]]], int]:
+        table = TABLE_FILE if table is None else table
+        return TwentyQuestionsGame(table), instances(level, table), MAX_TURNS[level]
+
+
+class TwentyQuestionsVectorEnv(TextGenVectorEnv):
+    """``gym.make_vec("TwentyQuestions-v0", num_envs=N)``: see :class:`TwentyQuestionsEnv`."""
+
+    env_class = TwentyQuestionsEnv
+
+
+def opening(game: int, candidates: tuple[str, ...]) -> str:
+    return (
+        f"Game {game}: I am thinking of one of these: {', '.join(candidates)}. Ask me one yes/no question a turn "
+        "(is it alive, an animal, a mammal, a bird; can it fly; does it live in water; is it bigger than a person; "
+        "do people eat it; is it made of metal; does it use electricity; is it found in a kitchen; does it have "
+        "wheels?) and I answer yes, no or unknown. Win by naming it: Is it a ...?"
+    )
+
+
+@cache
+def instances(level: int, path: str | os.PathLike = TABLE_FILE) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every game of ``level``: ``{opening: (object, candidates)}``, the same on every machine."""
+    names = sorted(load_table(path))
+    rng = np.random.default_rng(3000 + level)
+    games = {}
+    for k in range(GAMES_PER_LEVEL):
+        candidates = tuple(str(n) for n in rng.choice(names, size=LEVELS[level], replace=False))
+        games[opening(k, candidates)] = (str(rng.choice(candidates)), candidates)
+    return games
+
+
+def solve(messages: list[dict[str, str]], level: int) -> str:
+    """The scripted solver (:func:`next_question`), reading the candidates from the opening."""
+    table = load_table()
+    candidates = tuple(re.search(r"one of these: (.*?)\. Ask", messages[0]["content"]).group(1).split(", "))
+    history = [(parse(q["content"], table), a["content"]) for q, a in zip(messages[1::2], messages[2::2])]
+    return next_question(table, candidates, history)
+
+
+TASK = conversation_task(
+    "twenty-questions",
+    "TwentyQuestions-v0",
+    "find an object by yes/no questions about 12 attributes, then name it (multi-turn)",
+    tuple(LEVELS),
+    solve,
+)

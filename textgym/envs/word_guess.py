@@ -1,0 +1,167 @@
+"""WordGuess: find a secret word of a listed set, the env marking each guess's letters (Wordle's rules)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+import numpy as np
+
+from textgym.conversation import ConversationEnv, Reply, conversation_task
+from textgym.envs.concepts import load_concept_words
+from textgym.vector import TextGenVectorEnv
+
+LEVELS = {1: 3, 2: 4, 3: 5}
+"""WordGuess-v0's levels: the length of the words, all those of ``textgym/data/concepts.txt`` (32, 82, 66 words)."""
+GAMES_PER_LEVEL = 500
+"""Instances per level (before the train/test split)."""
+WORD = re.compile(r"[a-z]+")
+
+
+@cache
+def words(level: int) -> tuple[str, ...]:
+    """The level's words, sorted: every guess must be one of them."""
+    return tuple(sorted(w for w in load_concept_words() if len(w) == LEVELS[level]))
+
+
+def marks(guess: str, secret: str) -> str:
+    """Wordle's marks, one per letter: ``G`` right place, ``Y`` elsewhere in the word (as often as it is there
+    beyond the letters marked ``G``), ``-`` not in the word."""
+    result = ["G" if g == s else "-" for g, s in zip(guess, secret)]
+    spare = [s for g, s in zip(guess, secret) if g != s]  # the secret's letters not matched in place
+    for i, g in enumerate(guess):
+        if result[i] == "-" and g in spare:
+            result[i] = "Y"
+            spare.remove(g)
+    return " ".join(result)
+
+
+def next_guess(level: int, history: list[tuple[str, str]]) -> str:
+    """The solver's next guess: the first word (alphabetically) that every ``(guess, marks)`` so far allows."""
+    return next(w for w in words(level) if all(marks(g, w) == m for g, m in history))
+
+
+@cache
+def solver_turns(secret: str, level: int) -> int:
+    """The turns the scripted solver takes to find ``secret``."""
+    history: list[tuple[str, str]] = []
+    while not history or history[-1][0] != secret:
+        guess = next_guess(level, history)
+        history.append((guess, marks(guess, secret)))
+    return len(history)
+
+
+class WordGuessGame:
+    """The partner: the first word of a turn is the guess; a word of the list gets its marks, anything else
+    ``not in the list`` (an invalid guess uses a turn and earns nothing)."""
+
+    def __init__(self, level: int) -> None:
+        self.level, self.valid = level, set(words(level))
+
+    def respond(self, secret: str, turns: list[str]) -> Reply:
+        found = WORD.search(turns[-1].lower())
+        guess = found.group() if found else None
+        if guess not in self.valid:
+            return Reply("not in the list", valid=False)
+        if guess == secret:
+            return Reply("correct", score=min(1.0, solver_turns(secret, self.level) / len(turns)), outcome="solved")
+        return Reply(marks(guess, secret))
+
+
+class WordGuessEnv(ConversationEnv):
+    """
+    ## Description
+
+    A multi-turn word game with Wordle's rules. The env picks a secret word from a list it gives in its opening
+    (the ``LEVELS[level]``-letter words of the shipped ``textgym/data/concepts.txt``); the agent guesses a word
+    of the list each turn, and the env marks each letter of the guess: ``G`` right letter in the right place,
+    ``Y`` in the word elsewhere, ``-`` not in it (e.g. ``G - Y -``), or says ``correct``. A guess that is not a
+    word of the list is answered ``not in the list``: it uses a turn and never earns partial credit.
+
+    ## Action Space
+
+    ``Discrete(vocab_size)``: the next token of the agent's turn (as in ``TextGen-v0``).
+
+    ## Observation Space
+
+    As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
+    int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
+    chat template of the transcript (:mod:`textgym.conversation`).
+
+    ## Rewards
+
+    0 on every step but those that end a turn. Finding the word at turn ``t`` earns ``min(1, t*/t)``, ``t*``
+    being the turns the scripted solver (the first word of the list every mark so far allows) takes for that
+    word, so the solver scores 1 on every game; ``format_reward`` (default 0) is added to every valid guess.
+    ``gold_score`` (what benchmarks report, task ``word-guess``: 0 is the uniform-random policy, 100 the solver)
+    is the ``min(1, t*/t)``, 0 if unsolved; ``score`` is the return.
+
+    ## Starting State
+
+    A game drawn uniformly from the level's games of the ``split``.
+
+    ## Episode End
+
+    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens; its first word
+      (letters a-z, any case) is the guess.
+    - Termination: the right word.
+    - Truncation: ``max_turns`` (8) turns, or the conversation reaching ``max_new_tokens``.
+
+    The infos are those of ``GuessNumber-v0``.
+
+    ## Arguments
+
+    ```python
+    gym.make("WordGuess-v0", split=None, level=1, max_turns=None, max_turn_tokens=8, format_reward=0.0,
+             model=None, max_prompt_tokens=None, max_new_tokens=None)
+    ```
+
+    - ``level``: ``1`` to ``3``, words of 3, 4 or 5 letters (``LEVELS``); ``None`` is the default level, 1.
+    - ``max_turns``: guesses before truncation; ``None``: 8.
+    - The other arguments are ``GuessNumber-v0``'s.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    env_id = "WordGuess-v0"
+    levels = tuple(LEVELS)
+
+    @classmethod
+    def setup(cls, level: int) -> tuple[WordGuessGame, dict[str, str], int]:
+        return WordGuessGame(level), instances(level), 8
+
+
+class WordGuessVectorEnv(TextGenVectorEnv):
+    """``gym.make_vec("WordGuess-v0", num_envs=N)``: see :class:`WordGuessEnv`."""
+
+    env_class = WordGuessEnv
+
+
+def opening(game: int, level: int) -> str:
+    return (
+        f"Game {game}: guess my secret {LEVELS[level]}-letter word, one of: {', '.join(words(level))}. Reply with one "
+        "word a turn. I mark each letter: G right place, Y in the word elsewhere, - not in the word."
+    )
+
+
+@cache
+def instances(level: int) -> dict[str, str]:
+    """Every game of ``level``: ``{opening: secret word}``, the same on every machine."""
+    secrets = np.random.default_rng(4000 + level).choice(words(level), size=GAMES_PER_LEVEL)
+    return {opening(k, level): str(secret) for k, secret in enumerate(secrets)}
+
+
+def solve(messages: list[dict[str, str]], level: int) -> str:
+    """The scripted solver (:func:`next_guess`)."""
+    return next_guess(level, [(g["content"], m["content"]) for g, m in zip(messages[1::2], messages[2::2])])
+
+
+TASK = conversation_task(
+    "word-guess",
+    "WordGuess-v0",
+    "find a secret word of a list from Wordle-style letter marks (multi-turn)",
+    tuple(LEVELS),
+    solve,
+)
