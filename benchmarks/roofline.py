@@ -315,6 +315,15 @@ def plot(results: dict[str, dict[str, Any]], path: str, title: str) -> None:
     print(f"plot: {path}")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="'tiny', a local model directory, or the embedded default")
@@ -336,12 +345,11 @@ def main() -> None:
     from textgym.models import load_causal_lm
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    )
     print(f"model={args.model or 'embedded SmolLM2-135M'} device={where} batch={args.batch} "
           f"minibatch={args.minibatch} new_tokens={args.new_tokens} torch={torch.__version__}")  # fmt: skip
 

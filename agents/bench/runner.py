@@ -37,14 +37,8 @@ COLUMNS = (
 
 FULL = {"model": "embedded", "budget_tokens": 200_000, "eval_points": (0.0, 0.25, 0.5, 0.75, 1.0), "eval_episodes": 64}
 QUICK = {"model": "tiny", "budget_tokens": 1024, "eval_points": (0.0, 0.5, 1.0), "eval_episodes": 8}
-_NOT_RESULTS = (
-    "out",
-    "append",
-    "device",
-    "progress",
-    "bootstrap_reps",
-    "max_hours",
-)  # fields that do not change results
+# The fields that do not change results: where they go, how they are shown, how long a sitting lasts.
+_NOT_RESULTS = ("out", "append", "device", "progress", "bootstrap_reps", "max_hours")
 
 
 @dataclass
