@@ -15,12 +15,14 @@ single process would take on the whole batch (docs/distributed.md). Only rank 0 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -87,8 +89,10 @@ class AgentConfig:
     temperature: float = 1.0
     """Sampling temperature; log-probs in the loss use the same temperature, so ratios stay consistent."""
     precision: str = "auto"
-    """``"fp32"``, or ``"bf16"``: sampling, the passes and the update under bfloat16 autocast, the weights and
-    optimizer staying float32; ``"auto"``: bf16 on a GPU that supports it, else fp32."""
+    """``"fp32"``, or ``"bf16"``: the passes and the update under bfloat16 autocast, the weights and optimizer
+    staying float32, and sampling by a bfloat16 copy of the weights (see :meth:`LMAgent.collect_prompts`);
+    ``"auto"``: bf16 on a GPU that supports it, else fp32. On a CPU without native bfloat16 (AMX or
+    AVX512-BF16) ``"bf16"`` would be slower than fp32, so it falls back to fp32 with a warning."""
     missing_eos_penalty: float | None = None
     """Subtract this from the last reward of every completion that was truncated, not ended by a stop token."""
     mask_truncated_completions: bool = False
@@ -212,8 +216,9 @@ class LMAgent:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # built by learn(), which knows its length
         # Each process samples its own stream: with the same seed, the ranks of a group method would draw the
         # same completions of the same prompt. Rank 0's is the single-process stream.
+        self.sampling_lm = self._sampling_model()
         self.collector = RolloutCollector(
-            self.policy.generator_model,
+            self.sampling_lm,
             envs,
             SamplingConfig(temperature=c.temperature),
             seed=c.seed + 1_000_003 * self.rank,
@@ -240,9 +245,26 @@ class LMAgent:
         return self.collect_prompts([pool[i] for i in chosen][dist.shard_range(n, "batch_size")])
 
     def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
-        """One episode per prompt, sampled under the agent's precision (with FSDP, by the gathered weights)."""
+        """One episode per prompt, sampled by the current weights: under bf16 by their bfloat16 copy, refreshed
+        first; else under the agent's autocast (with FSDP, by the gathered weights)."""
+        if self.sampling_lm is not self.policy.generator_model:
+            copy_weights(self.policy.generator_model, self.sampling_lm)
+            return self.collector.collect_prompts(prompts)
         with self.autocast(), dist.gathered_for_generation(self.policy.lm):
             return self.collector.collect_prompts(prompts)
+
+    def _sampling_model(self) -> torch.nn.Module:
+        """The model the rollout engine samples with: the policy's, or under bf16 a bfloat16 copy of its weights.
+
+        Autocast casts every float32 weight again at each decode step; the copy is cast once per rollout (a
+        decode step of the embedded model at batch 32 on one Xeon core with AMX: 185 ms in float32, 105 ms under
+        autocast, 93 ms with the copy). Its log-probs differ from the update's autocast pass by bfloat16
+        rounding, so π_old is recomputed in the update's precision (PPO always does; GRPO/RLOO's
+        ``recompute_old_logprobs``). LoRA and FSDP sample with the policy's own modules under autocast."""
+        lm = self.policy.generator_model
+        if self.precision != "bf16" or self.policy.uses_lora or self.config.fsdp:
+            return lm
+        return bfloat16_copy(lm)
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
         raise NotImplementedError
@@ -672,11 +694,37 @@ def clipped_surrogate(
     return loss, clipped, approx_kl
 
 
+def bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` with bfloat16 parameters (tied ones still tied), never holding a float32 copy;
+    buffers keep their dtype (rotary frequencies rounded to bfloat16 would shift every position)."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+@torch.no_grad()
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy ``source``'s parameters into ``target``'s (same architecture), casting to ``target``'s dtypes."""
+    for src, dst in zip(source.parameters(), target.parameters(), strict=True):
+        dst.copy_(src)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls in hardware (AMX or AVX512-BF16), where they beat float32."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 def _resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("precision='bf16', but this GPU does not support bfloat16; use precision='fp32'.")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "precision='bf16' on a CPU without native bfloat16 (AMX or AVX512-BF16) would run slower than float32; "
+            "training in fp32 instead.",
+            stacklevel=3,
+        )
+        return "fp32"
     return precision
 
 

@@ -1,13 +1,16 @@
-"""Seconds per iteration and completions/s of textgym's PPO and GRPO, side by side with TRL's GRPOTrainer.
+"""Completions/s of textgym's PPO and GRPO, side by side with TRL's GRPOTrainer, in each precision.
 
-Equal settings for all: the same model, the VADER positivity reward, 8 completions of up to ``--new-tokens``
-tokens per step (GRPO: one prompt × 8; PPO: 8 prompts), one gradient step per batch (one epoch, one
-minibatch), β = 0 as TRL's default (no reference pass; ``--kl-coef 0.05`` adds it on textgym's side). TRL
-runs with its defaults otherwise, with gradient checkpointing off. TRL is an optional dependency:
+Equal settings for all: the same model, the VADER positivity reward, one gradient step per ``--completions``
+completions of up to ``--new-tokens`` tokens (GRPO: groups of ``--completions``; PPO: one completion per
+prompt), one epoch, β = 0 as TRL's default (no reference pass; ``--kl-coef 0.05`` adds it on textgym's side).
+``--rollout-batch R`` samples R completions at once and then takes R / completions gradient steps on them, in
+textgym (``batch_size=R``) and in TRL (``generation_batch_size=R``) alike. TRL runs with its defaults
+otherwise, gradient checkpointing off, and ``bf16=True`` in the bf16 rows. TRL is an optional dependency:
 ``pip install trl`` (or ``.[bench]``).
 
-    python benchmarks/agent_speed.py                  # embedded SmolLM2-135M on CPU
-    python benchmarks/agent_speed.py --skip-trl       # textgym only
+    python benchmarks/agent_speed.py                          # embedded SmolLM2-135M, fp32 and (if native) bf16
+    python benchmarks/agent_speed.py --rollout-batch 64       # decode 64 at once, 8 gradient steps on them
+    python benchmarks/agent_speed.py --skip-trl --precisions bf16
 """
 
 from __future__ import annotations
@@ -18,34 +21,50 @@ import time
 
 import gymnasium as gym
 import torch
+from roofline import cpu_name  # benchmarks/ is on the path of a script run from it
 
 import textgym  # noqa: F401
 from agents import GRPO, PPO
+from agents.base import cpu_has_native_bf16
 from textgym.prompts import load_prompts
+
+TARGETS = {"GRPO": 2.0, "PPO": 1.5}
+"""The issue's targets: textgym's completions/s over TRL's best, per algorithm."""
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model name or local directory (default: embedded)")
-    parser.add_argument("--completions", type=int, default=8, help="completions per step")
+    parser.add_argument("--completions", type=int, default=8, help="completions per gradient step")
+    parser.add_argument("--rollout-batch", type=int, default=None, help="completions sampled at once")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--steps", type=int, default=3, help="timed rollouts after one warm-up rollout")
+    parser.add_argument("--precisions", default=None, help="comma-separated fp32,bf16 (default: bf16 too where native)")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="textgym β; 0 as TRL (no reference pass)")
     parser.add_argument("--skip-trl", action="store_true")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.rollout_batch = args.rollout_batch or args.completions
+    if args.rollout_batch % args.completions:
+        parser.error(f"--rollout-batch ({args.rollout_batch}) must be a multiple of --completions ({args.completions})")
+    native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
+    args.precisions = (args.precisions or ("fp32,bf16" if native else "fp32")).split(",")
+    return args
 
 
-def time_textgym(algo: type, args: argparse.Namespace, **settings: object) -> tuple[float, float]:
-    """Median seconds per iteration and mean completion length, after one warm-up iteration."""
-    envs = gym.make_vec("TextGen-v0", num_envs=args.completions, model=args.model, max_new_tokens=args.new_tokens)
-    n = args.completions
-    agent = algo(args.model, envs, batch_size=n, minibatch_size=n, epochs=1, kl_coef=args.kl_coef, **settings)
-    agent.learn(n * (args.steps + 1), progress_bar=False)
-    seconds = [h["time/iteration_seconds"] for h in agent.history[1:]]
-    return statistics.median(seconds), statistics.mean(h["rollout/ep_len_mean"] for h in agent.history[1:])
+def time_textgym(algo: type, precision: str, args: argparse.Namespace, **settings: object) -> tuple[float, float]:
+    """Completions/s over the timed rollouts (each with its updates) and their mean completion length."""
+    r, n = args.rollout_batch, args.completions
+    envs = gym.make_vec("TextGen-v0", num_envs=r, model=args.model, max_new_tokens=args.new_tokens)
+    settings = {"batch_size": r, "minibatch_size": n, "epochs": 1, "kl_coef": args.kl_coef, **settings}
+    agent = algo(args.model, envs, precision=precision, **settings)
+    agent.learn(r * (args.steps + 1), progress_bar=False)
+    timed = agent.history[1:]
+    rate = r * len(timed) / sum(h["time/iteration_seconds"] for h in timed)
+    return rate, statistics.mean(h["rollout/ep_len_mean"] for h in timed)
 
 
-def time_trl(args: argparse.Namespace) -> tuple[float, float]:
+def time_trl(precision: str, args: argparse.Namespace) -> tuple[float, float]:
+    """Completions/s over the steps after the first rollout's, and their mean completion length."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -70,12 +89,15 @@ def time_trl(args: argparse.Namespace) -> tuple[float, float]:
             self.seconds.append(time.perf_counter() - self.starts[-1])
 
     timer = StepTimer()
+    steps_per_rollout = args.rollout_batch // args.completions
     config = GRPOConfig(
         output_dir="/tmp/textgym-trl-bench",
         per_device_train_batch_size=args.completions,
+        generation_batch_size=args.rollout_batch,
         num_generations=args.completions,
         max_completion_length=args.new_tokens,
-        max_steps=args.steps + 1,
+        max_steps=steps_per_rollout * (args.steps + 1),
+        bf16=precision == "bf16",
         gradient_checkpointing=False,
         report_to=[],
         save_strategy="no",
@@ -91,30 +113,37 @@ def time_trl(args: argparse.Namespace) -> tuple[float, float]:
         callbacks=[timer],
     )
     trainer.train()
+    timed = timer.seconds[steps_per_rollout:]  # a rollout's sampling falls in the first of its steps
     lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
-    return statistics.median(timer.seconds[1:]), statistics.mean(lengths[1:]) if len(lengths) > 1 else float("nan")
+    timed_lengths = lengths[-args.steps :]  # logged once per rollout, with its sampling
+    return args.completions * len(timed) / sum(timed), statistics.mean(timed_lengths) if timed_lengths else float("nan")
 
 
 def main() -> None:
     args = parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    cpu = "" if device == "cuda" else f" cpu={cpu_name()}"
     print(
-        f"model={args.model or 'smollm2-135m-instruct'} device={device} torch_threads={torch.get_num_threads()} "
-        f"completions/step={args.completions} max_new_tokens={args.new_tokens} timed_steps={args.steps}"
+        f"model={args.model or 'smollm2-135m-instruct'} device={device}{cpu} torch_threads={torch.get_num_threads()} "
+        f"completions/step={args.completions} rollout_batch={args.rollout_batch} max_new_tokens={args.new_tokens} "
+        f"timed_rollouts={args.steps}"
     )
-    rows = [
-        ("textgym GRPO", *time_textgym(GRPO, args, group_size=args.completions)),
-        ("textgym PPO", *time_textgym(PPO, args)),
-    ]
-    if not args.skip_trl:
-        rows.append(("TRL GRPOTrainer (defaults)", *time_trl(args)))
-    print(f"{'method':<30}{'s/step':>10}{'completions/s':>16}{'mean length':>14}")
-    for name, seconds, length in rows:
-        print(f"{name:<30}{seconds:>10.2f}{args.completions / seconds:>16.3f}{length:>14.1f}")
-    if not args.skip_trl:
-        trl_rate = args.completions / rows[-1][1]
-        for name, seconds, _ in rows[:-1]:
-            print(f"{name} / TRL completions/s = {args.completions / seconds / trl_rate:.2f}  (target >= 4 on CPU)")
+    rows: list[tuple[str, str, float, float]] = []  # (method, precision, completions/s, mean length)
+    for precision in args.precisions:
+        rows.append(("textgym GRPO", precision, *time_textgym(GRPO, precision, args, group_size=args.completions)))
+        rows.append(("textgym PPO", precision, *time_textgym(PPO, precision, args)))
+        if not args.skip_trl:
+            rows.append(("TRL GRPOTrainer", precision, *time_trl(precision, args)))
+    print(f"{'method':<20}{'precision':>10}{'s/step':>10}{'completions/s':>16}{'mean length':>14}")
+    for name, precision, rate, length in rows:
+        print(f"{name:<20}{precision:>10}{args.completions / rate:>10.2f}{rate:>16.3f}{length:>14.1f}")
+    if args.skip_trl:
+        return
+    trl_best = max((rate, precision) for name, precision, rate, _ in rows if name.startswith("TRL"))
+    print(f"TRL's best: {trl_best[0]:.3f} completions/s ({trl_best[1]})")
+    for algo, target in TARGETS.items():
+        rate, precision = max((r, p) for name, p, r, _ in rows if name == f"textgym {algo}")
+        print(f"textgym {algo} ({precision}) / TRL's best = {rate / trl_best[0]:.2f}  (target >= {target})")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,8 @@ def instrument(agent: Any, clock: PhaseClock) -> None:
         if getattr(episodes, attribute) is not None:
             clock.wrap(episodes, attribute, "reward scoring")
     clock.count_flops(agent.policy.lm)
+    if agent.sampling_lm is not agent.policy.lm:  # bf16: a bfloat16 copy of the weights samples
+        clock.count_flops(agent.sampling_lm)
     if agent.policy.reference is not None:
         clock.count_flops(agent.policy.reference)
 
