@@ -7,6 +7,7 @@ partner could read (a number in range, a question about one attribute, a listed 
 
     OMP_NUM_THREADS=1 python benchmarks/multiturn_zero_shot.py                 # the embedded SmolLM2-135M
     python benchmarks/multiturn_zero_shot.py --model tiny --episodes 8         # a smoke run
+    python benchmarks/multiturn_zero_shot.py --levels default                  # each task's default level only
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from agents.bench.evaluation import TestSet
 from textgym.tasks import get_task
 
 TASKS = ("guess-number", "twenty-questions", "word-guess")
-UNREADABLE = ("a number from", "unknown", "not in the list")
+UNREADABLE = ("a number from", "unknown", "not in the list", "one word a turn")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", help="embedded (default), tiny, or a model directory")
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--levels", default="all", help="all, default, or a comma-separated list of levels")
     parser.add_argument("--episodes", type=int, default=24, help="test games per level")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -34,7 +36,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.tasks.split(","):
         spec = get_task(name)
-        for level in spec.levels:
+        chosen = {"all": spec.levels, "default": (spec.default_level,)}.get(args.levels)
+        for level in chosen or [int(level) for level in args.levels.split(",") if int(level) in spec.levels]:
             start = time.perf_counter()
             test = TestSet(spec.env_id, level, args.model, args.episodes, args.seed, device="cpu")
             infos = test.sample(test.reference).infos

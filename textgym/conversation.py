@@ -23,9 +23,9 @@ after the opening, the agent's tokens and the partner's together)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 from gymnasium import spaces
@@ -35,6 +35,8 @@ from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
 from textgym.models import load_tokenizer
 from textgym.prompts import encode_prompt, end_of_turn_token_id
 from textgym.tasks import TaskSpec
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ class ConversationEnv(TextGenEnv):
     """The valid ``level`` values, easiest (and default) first."""
     turn_tokens: ClassVar[int] = 8
     """The default ``max_turn_tokens``."""
-    reply_tokens: ClassVar[int] = 24
+    reply_tokens: ClassVar[int] = 32
     """Tokens to budget per partner reply (with its chat-template framing) for the default ``max_new_tokens``."""
     options: ClassVar[tuple[str, ...]] = ()
     """The task's own arguments, passed to :meth:`setup`."""
@@ -317,6 +319,24 @@ def conversation_task(
         solver=solver,
         multi_turn=True,
     )
+
+
+def ask_next(answer: str, move: str) -> str:
+    """A reply that lets the game go on: the answer, then a request for the next move (``"higher. Your next
+    guess?"``). Asked, small models go on playing; after a bare answer they mostly wander off into prose."""
+    return f"{answer}. Your next {move}?"
+
+
+def answer_of(reply: str) -> str:
+    """The answer in a partner's reply, without :func:`ask_next`'s request (what the scripted solvers read)."""
+    return reply.split(". Your next ")[0]
+
+
+def the_one(found: Iterable[T]) -> T | None:
+    """The one distinct item of ``found``, or ``None`` when there are none or several: how a partner reads a move
+    out of prose (the one number, object or listed word a turn names) without ever choosing between two."""
+    distinct = set(found)
+    return distinct.pop() if len(distinct) == 1 else None
 
 
 def _partner_tokens(tokenizer: Any, reply: str) -> list[int]:

@@ -8,15 +8,16 @@ from functools import cache
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply, conversation_task
+from textgym.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
 from textgym.vector import TextGenVectorEnv
 
 LEVELS = {1: 4, 2: 16, 3: 64, 4: 256}
 """GuessNumber-v0's levels: the numbers go from 1 to ``LEVELS[level]``."""
 GAMES_PER_LEVEL = 500
 """Instances per level (before the train/test split): game ``k`` hides a number drawn for it."""
-NUMBER = re.compile(r"\W*(\d+)\W*")
-"""A guess: a turn that is one whole number (punctuation and spaces around it allowed, e.g. ``" 42."``)."""
+NUMBER = re.compile(r"(?<![^\W\d_])\d+(?:[.,]\d+)*(?![^\W\d_])")
+"""A number written in a turn: digits not glued to letters (``x2`` is none), decimals and digit groups whole
+(``2.5`` and ``1,000`` are one number each, neither a whole number from 1 to N)."""
 
 
 def optimal_turns(n: int) -> int:
@@ -26,20 +27,23 @@ def optimal_turns(n: int) -> int:
 
 
 class GuessNumberGame:
-    """The partner: a turn that is a whole number is a guess, answered higher, lower or correct."""
+    """The partner: a turn that writes one number, a whole one from 1 to N, is a guess (``"My guess is 3."`` guesses
+    3, as a bare ``"3"`` does), answered higher, lower or correct; a turn with no number, two different ones or a
+    number out of range is no guess. Small models answer in prose; reading the one number in it lets them play
+    without ever choosing between two numbers for them."""
 
     def __init__(self, n: int) -> None:
         self.n = n
 
     def respond(self, secret: int, turns: list[str]) -> Reply:
-        found = NUMBER.fullmatch(turns[-1])
-        guess = int(found.group(1)) if found else None
+        number = the_one(NUMBER.findall(turns[-1]))
+        guess = int(number) if number is not None and number.isdigit() else None
         if guess is None or not 1 <= guess <= self.n:
             return Reply(f"a number from 1 to {self.n}, please", valid=False)
         if guess == secret:
             # Solving in turn t scores min(1, t*/t): binary search, never slower than t*, scores 1 on every game.
             return Reply("correct", score=min(1.0, optimal_turns(self.n) / len(turns)), outcome="solved")
-        return Reply("higher" if guess < secret else "lower")
+        return Reply(ask_next("higher" if guess < secret else "lower", "guess"))
 
 
 class GuessNumberEnv(ConversationEnv):
@@ -47,7 +51,8 @@ class GuessNumberEnv(ConversationEnv):
     ## Description
 
     A multi-turn game. The env thinks of a whole number from 1 to N and the agent guesses it; after each guess
-    the env answers ``higher``, ``lower`` or ``correct`` as the next user message of the chat. Binary search
+    the env answers ``higher``, ``lower`` or ``correct`` as the next user message of the chat (``higher. Your next
+    guess?``: a reply that lets the game go on asks for the next move, see ``ask_next``). Binary search
     finds any number in ``t* = ⌈log₂(N + 1)⌉`` guesses, so the optimum is known exactly. The episode is a whole
     conversation: the agent writes its turns token by token, the env appends its replies in the chat template
     (see :mod:`textgym.conversation`).
@@ -78,13 +83,16 @@ class GuessNumberEnv(ConversationEnv):
 
     ## Starting State
 
-    A game drawn uniformly from the level's games of the ``split``; its opening names the range and the rules.
+    A game drawn uniformly from the level's games of the ``split``; its opening names the range and the rules, and
+    shows the answer format with a short example game on 1 to 10 (without it the embedded 135M model never
+    guesses).
 
     ## Episode End
 
-    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens. A turn that is a
-      whole number (spaces and punctuation around it allowed) is a guess; anything else, or a number out of
-      range, is answered with a reminder of the range (a strict format: uniform tokens then almost never guess).
+    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens. A turn that writes
+      exactly one number (it may repeat it), a whole number from 1 to N, is a guess, in prose or bare (``"I guess
+      3."``, ``"3"``); a turn with no number, two different numbers (``"2 or 3"``), a decimal or a number out of
+      range is answered with a reminder of the range and is no guess (uniform tokens almost never guess).
     - Termination: a correct guess.
     - Truncation: ``max_turns`` turns without finding the number, or the conversation reaching
       ``max_new_tokens`` tokens (a reply that does not fit truncates the episode).
@@ -106,14 +114,16 @@ class GuessNumberEnv(ConversationEnv):
     - ``max_turn_tokens``: the longest turn, in tokens.
     - ``format_reward``: shaping reward per turn with a valid guess (not in the gold score).
     - ``max_new_tokens``: the conversation's token budget after the opening; ``None``: ``max_turns ·
-      (max_turn_tokens + 24)``.
+      (max_turn_tokens + 32)``.
     - ``max_prompt_tokens``: the opening's width; ``None``: the longest opening of the level's games.
     - ``model``, ``prompt_truncation``: as for ``TextGen-v0``. The prompts, reward, chat template, stop tokens,
       reference model, KL shaping and action masks are the task's or not supported.
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version; before any trained result, the opening gained its example game, the partner came to
+      read the one number of a turn written in prose and to ask for the next guess (the embedded model's
+      zero-shot score was 0).
     """
 
     env_id = "GuessNumber-v0"
@@ -133,7 +143,8 @@ class GuessNumberVectorEnv(TextGenVectorEnv):
 def opening(game: int, n: int) -> str:
     return (
         f"Game {game}: I am thinking of a whole number from 1 to {n}. Guess it: reply with one number, and I will "
-        "answer higher, lower or correct."
+        "answer higher, lower or correct. For example, if my number were 7 of 1 to 10:\n"
+        "You: 5\nMe: higher\nYou: 8\nMe: lower\nYou: 7\nMe: correct\nYour first guess?"
     )
 
 
@@ -151,9 +162,9 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
     low, high = 1, LEVELS[level]
     for guess, reply in zip(messages[1::2], messages[2::2]):
         number = int(guess["content"])
-        if reply["content"] == "higher":
+        if answer_of(reply["content"]) == "higher":
             low = number + 1
-        elif reply["content"] == "lower":
+        elif answer_of(reply["content"]) == "lower":
             high = number - 1
     return str((low + high) // 2)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply, conversation_task
+from textgym.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task
 from textgym.vector import TextGenVectorEnv
 
 LEVELS = {1: 8, 2: 16, 3: 32, 4: 64}
@@ -115,12 +115,12 @@ class TwentyQuestionsGame:
         target, candidates = secret
         parsed = parse(turns[-1], self.table)
         if parsed is None:
-            return Reply("unknown", valid=False)
+            return Reply(ask_next("unknown", "question"), valid=False)
         reply = answer(self.table, target, parsed)
         if reply == "correct":
             score = min(1.0, solver_turns(target, candidates, self.table_path) / len(turns))
             return Reply(reply, score=score, outcome="solved")
-        return Reply(reply)
+        return Reply(ask_next(reply, "question"))
 
 
 class TwentyQuestionsEnv(ConversationEnv):
@@ -134,7 +134,7 @@ class TwentyQuestionsEnv(ConversationEnv):
     it; is it made of metal; does it use electricity; is it found in a kitchen; does it have wheels) and wins
     by naming the object (``Is it a cat?``). The env answers by rules: ``yes`` / ``no`` from the table for a
     question about exactly one attribute, ``correct`` or ``no`` to a question naming exactly one object,
-    ``unknown`` otherwise. Fewer questions score more.
+    ``unknown`` otherwise, each but ``correct`` followed by ``Your next question?``. Fewer questions score more.
 
     ## Action Space
 
@@ -156,7 +156,8 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     ## Starting State
 
-    A game drawn uniformly from the level's games of the ``split``: an object and the candidates listed.
+    A game drawn uniformly from the level's games of the ``split``: an object and the candidates listed; the
+    opening ends with a short example game showing the turn format.
 
     ## Episode End
 
@@ -183,7 +184,8 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version; before any trained result, the opening gained its example game and the partner came
+      to ask for the next question (the embedded model's zero-shot score was 0).
     """
 
     env_id = "TwentyQuestions-v0"
@@ -210,7 +212,8 @@ def opening(game: int, candidates: tuple[str, ...]) -> str:
         f"Game {game}: I am thinking of one of these: {', '.join(candidates)}. Ask me one yes/no question a turn "
         "(is it alive, an animal, a mammal, a bird; can it fly; does it live in water; is it bigger than a person; "
         "do people eat it; is it made of metal; does it use electricity; is it found in a kitchen; does it have "
-        "wheels?) and I answer yes, no or unknown. Win by naming it: Is it a ...?"
+        "wheels?) and I answer yes, no or unknown. Win by naming it: Is it a ...? For example:\n"
+        "You: Is it alive?\nMe: yes\nYou: Can it fly?\nMe: no\nYou: Is it a dog?\nMe: correct\nYour first question?"
     )
 
 
@@ -230,7 +233,7 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
     """The scripted solver (:func:`next_question`), reading the candidates from the opening."""
     table = load_table()
     candidates = tuple(re.search(r"one of these: (.*?)\. Ask", messages[0]["content"]).group(1).split(", "))
-    history = [(parse(q["content"], table), a["content"]) for q, a in zip(messages[1::2], messages[2::2])]
+    history = [(parse(q["content"], table), answer_of(a["content"])) for q, a in zip(messages[1::2], messages[2::2])]
     return next_question(table, candidates, history)
 
 

@@ -7,7 +7,7 @@ from functools import cache
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply, conversation_task
+from textgym.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
 from textgym.envs.concepts import load_concept_words
 from textgym.vector import TextGenVectorEnv
 
@@ -52,20 +52,22 @@ def solver_turns(secret: str, level: int) -> int:
 
 
 class WordGuessGame:
-    """The partner: the first word of a turn is the guess; a word of the list gets its marks, anything else
-    ``not in the list`` (an invalid guess uses a turn and earns nothing)."""
+    """The partner: the one listed word a turn writes is its guess (``"My guess: cat"`` guesses cat), and gets its
+    marks; a turn with no listed word is answered ``not in the list``, one with two different ones ``one word a
+    turn`` (an invalid guess uses a turn and earns nothing). Small models answer in prose; reading the one listed
+    word in it lets them play without ever choosing between two words for them."""
 
     def __init__(self, level: int) -> None:
         self.level, self.valid = level, set(words(level))
 
     def respond(self, secret: str, turns: list[str]) -> Reply:
-        found = WORD.search(turns[-1].lower())
-        guess = found.group() if found else None
-        if guess not in self.valid:
-            return Reply("not in the list", valid=False)
+        listed = [word for word in WORD.findall(turns[-1].lower()) if word in self.valid]
+        guess = the_one(listed)
+        if guess is None:
+            return Reply(ask_next("one word a turn" if listed else "not in the list", "guess"), valid=False)
         if guess == secret:
             return Reply("correct", score=min(1.0, solver_turns(secret, self.level) / len(turns)), outcome="solved")
-        return Reply(marks(guess, secret))
+        return Reply(ask_next(marks(guess, secret), "guess"))
 
 
 class WordGuessEnv(ConversationEnv):
@@ -75,8 +77,10 @@ class WordGuessEnv(ConversationEnv):
     A multi-turn word game with Wordle's rules. The env picks a secret word from a list it gives in its opening
     (the ``LEVELS[level]``-letter words of the shipped ``textgym/data/concepts.txt``); the agent guesses a word
     of the list each turn, and the env marks each letter of the guess: ``G`` right letter in the right place,
-    ``Y`` in the word elsewhere, ``-`` not in it (e.g. ``G - Y -``), or says ``correct``. A guess that is not a
-    word of the list is answered ``not in the list``: it uses a turn and never earns partial credit.
+    ``Y`` in the word elsewhere, ``-`` not in it (e.g. ``G - Y -. Your next guess?``), or says ``correct``. A
+    guess that is not a
+    word of the list is answered ``not in the list``, and a turn naming two different listed words ``one word a
+    turn``: either uses a turn and never earns partial credit.
 
     ## Action Space
 
@@ -98,12 +102,13 @@ class WordGuessEnv(ConversationEnv):
 
     ## Starting State
 
-    A game drawn uniformly from the level's games of the ``split``.
+    A game drawn uniformly from the level's games of the ``split``; the opening ends with a short example game
+    (the same for every game of a level: a listed word guessed, its marks, then the example's secret).
 
     ## Episode End
 
-    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens; its first word
-      (letters a-z, any case) is the guess.
+    - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens; the one listed
+      word it writes (letters a-z, any case, in prose or alone) is the guess.
     - Termination: the right word.
     - Truncation: ``max_turns`` (8) turns, or the conversation reaching ``max_new_tokens``.
 
@@ -122,7 +127,9 @@ class WordGuessEnv(ConversationEnv):
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version; before any trained result, the opening gained its example game and the partner came
+      to read the one listed word of a turn written in prose, not only a turn's first word, and to ask for the
+      next guess (the embedded model's zero-shot score was 0).
     """
 
     env_id = "WordGuess-v0"
@@ -140,9 +147,14 @@ class WordGuessVectorEnv(TextGenVectorEnv):
 
 
 def opening(game: int, level: int) -> str:
+    listed = words(level)
+    secret = listed[-1]  # the example's: a fixed word, so copying the example is a fixed (valid) opening move
+    guess = next(w for w in listed if "G" in marks(w, secret))  # a first guess whose marks show a G
     return (
-        f"Game {game}: guess my secret {LEVELS[level]}-letter word, one of: {', '.join(words(level))}. Reply with one "
-        "word a turn. I mark each letter: G right place, Y in the word elsewhere, - not in the word."
+        f"Game {game}: guess my secret {LEVELS[level]}-letter word, one of: {', '.join(listed)}. Reply with one "
+        "word a turn. I mark each letter: G right place, Y in the word elsewhere, - not in the word. For example, "
+        f"if my word were {secret}:\nYou: {guess}\nMe: {marks(guess, secret)}\nYou: {secret}\nMe: correct\n"
+        "Your first guess?"
     )
 
 
@@ -155,7 +167,7 @@ def instances(level: int) -> dict[str, str]:
 
 def solve(messages: list[dict[str, str]], level: int) -> str:
     """The scripted solver (:func:`next_guess`)."""
-    return next_guess(level, [(g["content"], m["content"]) for g, m in zip(messages[1::2], messages[2::2])])
+    return next_guess(level, [(g["content"], answer_of(m["content"])) for g, m in zip(messages[1::2], messages[2::2])])
 
 
 TASK = conversation_task(
