@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from agents.bench import DEFAULT_ALGORITHMS, BenchConfig, read_runs, run_benchmark
+from agents.bench.runner import QUICK
 from textgym.tasks import BUILTIN_TASK_MODULES, get_task, task_names
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -36,9 +37,12 @@ def test_quick_matrix_over_every_task_and_algorithm(tmp_path):
     for row in rows:
         for key in ("reward", "gold_score", "normalized_score", "kl", "wall_seconds"):
             assert np.isfinite(float(row[key])), (row["task"], row["algorithm"], key)
+    one_episode = 100 / QUICK["eval_episodes"]  # one won game of the quick run's test games, in points
     for task in SUITE:
         random = [r["normalized_score"] for r in rows if r["task"] == task and r["algorithm"] == "random"]
-        assert abs(np.mean(random)) < 10, task  # the random policy anchors 0 on the tiny model's vocabulary too
+        # The random policy anchors 0 on the tiny model's vocabulary too, to within one lucky game: uniform tokens
+        # write the one number of a guess-number turn now and then (gold 0.016 over 400 games at level 1).
+        assert abs(np.mean(random)) <= one_episode, task
     results = (tmp_path / "results.md").read_text()
     assert all(f"{task}" in results for task in SUITE)
     for name in ("learning_curves", "reward_kl_frontier", "overoptimization_overoptimization"):

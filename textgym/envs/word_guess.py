@@ -78,9 +78,8 @@ class WordGuessEnv(ConversationEnv):
     (the ``LEVELS[level]``-letter words of the shipped ``textgym/data/concepts.txt``); the agent guesses a word
     of the list each turn, and the env marks each letter of the guess: ``G`` right letter in the right place,
     ``Y`` in the word elsewhere, ``-`` not in it (e.g. ``G - Y -. Your next guess?``), or says ``correct``. A
-    guess that is not a
-    word of the list is answered ``not in the list``, and a turn naming two different listed words ``one word a
-    turn``: either uses a turn and never earns partial credit.
+    guess that is not a word of the list is answered ``not in the list``, and a turn naming two different listed
+    words ``one word a turn``: either uses a turn and never earns partial credit.
 
     ## Action Space
 
