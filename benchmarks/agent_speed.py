@@ -51,8 +51,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def time_textgym(algo: type, precision: str, args: argparse.Namespace, **settings: object) -> tuple[float, float]:
-    """Completions/s over the timed rollouts (each with its updates) and their mean completion length."""
+def time_textgym(algo: type, precision: str, args: argparse.Namespace, **settings: object) -> tuple[str, float, float]:
+    """The precision the agent ran in (bf16 falls back to fp32 on a CPU without native bfloat16), completions/s
+    over the timed rollouts (each with its updates) and their mean completion length."""
     r, n = args.rollout_batch, args.completions
     envs = gym.make_vec("TextGen-v0", num_envs=r, model=args.model, max_new_tokens=args.new_tokens)
     settings = {"batch_size": r, "minibatch_size": n, "epochs": 1, "kl_coef": args.kl_coef, **settings}
@@ -60,7 +61,7 @@ def time_textgym(algo: type, precision: str, args: argparse.Namespace, **setting
     agent.learn(r * (args.steps + 1), progress_bar=False)
     timed = agent.history[1:]
     rate = r * len(timed) / sum(h["time/iteration_seconds"] for h in timed)
-    return rate, statistics.mean(h["rollout/ep_len_mean"] for h in timed)
+    return agent.precision, rate, statistics.mean(h["rollout/ep_len_mean"] for h in timed)
 
 
 def time_trl(precision: str, args: argparse.Namespace) -> tuple[float, float]:
@@ -130,8 +131,8 @@ def main() -> None:
     )
     rows: list[tuple[str, str, float, float]] = []  # (method, precision, completions/s, mean length)
     for precision in args.precisions:
-        rows.append(("textgym GRPO", precision, *time_textgym(GRPO, precision, args, group_size=args.completions)))
-        rows.append(("textgym PPO", precision, *time_textgym(PPO, precision, args)))
+        rows.append(("textgym GRPO", *time_textgym(GRPO, precision, args, group_size=args.completions)))
+        rows.append(("textgym PPO", *time_textgym(PPO, precision, args)))
         if not args.skip_trl:
             rows.append(("TRL GRPOTrainer", precision, *time_trl(precision, args)))
     print(f"{'method':<20}{'precision':>10}{'s/step':>10}{'completions/s':>16}{'mean length':>14}")
