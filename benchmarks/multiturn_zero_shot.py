@@ -32,12 +32,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=24, help="test games per level")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    specs = [get_task(name) for name in args.tasks.split(",")]
+    listed = [] if args.levels in ("all", "default") else [int(level) for level in args.levels.split(",")]
+    unknown = [level for level in listed if not any(level in spec.levels for spec in specs)]
+    if unknown:  # a level that some of the tasks lack is skipped for those; one that none has is a mistake
+        parser.error(f"--levels {unknown} is no level of {args.tasks}")
     print("| task | level | gold score | normalised | solved | turns | readable turns | seconds |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in args.tasks.split(","):
-        spec = get_task(name)
+    for name, spec in zip(args.tasks.split(","), specs, strict=True):
         chosen = {"all": spec.levels, "default": (spec.default_level,)}.get(args.levels)
-        for level in chosen or [int(level) for level in args.levels.split(",") if int(level) in spec.levels]:
+        for level in chosen or [level for level in listed if level in spec.levels]:
             start = time.perf_counter()
             test = TestSet(spec.env_id, level, args.model, args.episodes, args.seed, device="cpu")
             infos = test.sample(test.reference).infos
