@@ -92,11 +92,12 @@ def test_guess_number_reads_the_one_number_of_a_turn(turn, read):
         ("The cat, the CAT.", "correct"),  # the same word twice, any case
         ("cat or dog", "one word a turn. Your next guess?"),  # two listed words: no guess, no choosing for it
         ("kitten", "not in the list. Your next guess?"),
+        ("cow", "not in the list. Your next guess?"),  # a word of the length, but not of this game's list
         ("xyz", "not in the list. Your next guess?"),
     ],
 )
 def test_word_guess_reads_the_one_listed_word_of_a_turn(turn, reply):
-    answer = word_guess.WordGuessGame(1).respond("cat", [turn])
+    answer = word_guess.WordGuessGame().respond(("cat", ("cat", "dog", "pig")), [turn])
     assert answer.text == reply and answer.valid == (not reply.startswith(("one word a turn", "not in the list")))
     assert answer.score == (1.0 if reply == "correct" else 0.0)
 
@@ -332,6 +333,19 @@ def test_every_agent_trains_on_a_multi_turn_env(tiny_model_dir, algo):
         assert (groups == groups[:, :1]).all() and len(set(groups[:, 0])) == 2
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "sb3-a2c"])
+def test_bench_trains_on_the_format_reward_it_is_given_and_tests_without_it(tiny_model_dir, algorithm):
+    from agents.bench.algorithms import ALGORITHMS, Cell
+    from agents.bench.hparams import hparams_for
+
+    hparams = hparams_for("guess-number", algorithm, quick=True, extra={"format_reward": 0.25})
+    trained = ALGORITHMS[algorithm](Cell(guess_number.TASK, 1, algorithm, 0, tiny_model_dir, hparams))
+    envs = trained.agent.envs if algorithm == "grpo" else trained.model.get_env()
+    episodes = envs.episodes if algorithm == "grpo" else envs.get_attr("episodes")[0]
+    assert episodes.format_reward == 0.25
+    trained.close()
+
+
 def test_sb3_policy_reads_the_replies_from_the_observation(tiny_model_dir):
     """The SB3 LM policy's KV-cached features equal a full forward pass over the conversation; the env's replies
     join its cache in one pass (a row is re-encoded only when a new episode starts), and SB3's PPO trains."""
@@ -416,14 +430,15 @@ def test_word_guess_marks_letters_and_an_invalid_guess_earns_nothing(tiny_model_
     assert word_guess.marks("eerie", "there") == "Y - Y - G"  # a repeated letter is marked as often as it occurs
     assert word_guess.marks("abbey", "kebab") == "Y Y G Y -"
     env = gym.make("WordGuess-v0", model=tiny_model_dir, level=2, format_reward=0.1)
-    prompt = next(p for p, s in env.unwrapped.episodes.instances.items() if s == "lamp")
+    games = env.unwrapped.episodes.instances.items()
+    prompt, (_, listed) = next((p, s) for p, s in games if s[0] == "lamp" and "lake" in s[1])
     replies, (*_, terminated, _, info) = play_turns(env, ["xyzw", "Lake", "lamp"], prompt)
     assert replies == [
         ("not in the list. Your next guess?", 0.0),
         ("G G - -. Your next guess?", 0.1),
         ("correct", pytest.approx(0.1 + info["gold_score"])),
     ]
-    assert terminated and info["gold_score"] == min(1, word_guess.solver_turns("lamp", 2) / 3)
+    assert terminated and info["gold_score"] == min(1, word_guess.solver_turns("lamp", listed) / 3)
 
 
 def test_twenty_questions_default_turns_leave_the_solver_room():

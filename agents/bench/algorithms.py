@@ -77,6 +77,13 @@ class Algorithm:
     def close(self) -> None:
         """Release envs and models."""
 
+    def train_env_kwargs(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The training env's arguments, taking the env's own keys (``format_reward``) out of ``settings``."""
+        kwargs = {"split": "train", "level": self.cell.level, "model": self.cell.model}
+        if "format_reward" in settings:
+            kwargs["format_reward"] = settings.pop("format_reward")
+        return kwargs
+
 
 class Random(Algorithm):
     description = "uniformly random tokens (normalised score 0 by definition)"
@@ -139,7 +146,7 @@ class LMAgentAlgorithm(Algorithm):
         settings = dict(cell.hparams)
         num_envs = settings.pop("num_envs")
         agent_class = getattr(agents, self.agent_name)
-        envs = gym.make_vec(cell.task.env_id, num_envs=num_envs, split="train", level=cell.level, model=cell.model)
+        envs = gym.make_vec(cell.task.env_id, num_envs=num_envs, **self.train_env_kwargs(settings))
         settings = {"seed": cell.seed, "device": cell.device, "tensorboard": False, **settings}
         self.agent = agent_class(cell.model, envs, **settings)
 
@@ -147,7 +154,7 @@ class LMAgentAlgorithm(Algorithm):
     def tokens_per_update(cls, hparams: dict[str, Any], max_steps: int | None) -> int:
         import agents
 
-        settings = {k: v for k, v in hparams.items() if k != "num_envs"}
+        settings = {k: v for k, v in hparams.items() if k not in ("num_envs", "format_reward")}
         config = getattr(agents, cls.agent_name).config_class(**settings)  # validates the settings
         return config.batch_size * (max_steps or 1)
 
@@ -193,7 +200,7 @@ class SB3Algorithm(Algorithm):
 
         settings = dict(cell.hparams)
         num_envs, kl_coef, top_p = settings.pop("num_envs"), settings.pop("kl_coef", 0.0), settings.pop("top_p", None)
-        env_kwargs: dict[str, Any] = {"split": "train", "level": cell.level, "model": cell.model}
+        env_kwargs = self.train_env_kwargs(settings)
         self.kl_coef = kl_coef
         if kl_coef or self.masked:
             env_kwargs.update(reference_model=cell.model, kl_coef=kl_coef)

@@ -7,6 +7,8 @@ Each entry is a flat dict. Keys the runner reads itself:
   starting model, completed by :class:`agents.sb3.KLPenaltyCallback`'s ``−β · log π(a_t | s_t)``: the return is
   the task reward minus ``β · KL(π ‖ π_ref)``, gradient included (see the README);
 * ``top_p`` (``sb3-maskable-ppo``): the mass of the reference model's top-p action mask;
+* ``format_reward`` (trained algorithms on multi-turn tasks): the training env's reward per turn its partner can
+  read (the env's ``format_reward``; the gold score and the test env leave it out);
 * ``n_max`` (``best-of-n``): the largest ``n``; evaluation point ``k`` at budget fraction ``f`` uses
   ``n = round(n_max ** f)`` samples per prompt (1, 2, 4, 8, 16 at 0, 25, 50, 75, 100 %).
 

@@ -179,6 +179,11 @@ def plan(config: BenchConfig) -> list[Cell]:
         env.close()
         for algorithm in config.algorithms:
             hparams = hparams_for(name, algorithm, config.quick, config.hparams.get(algorithm))
+            if "format_reward" in hparams and not (task.multi_turn and ALGORITHMS[algorithm].trains):
+                raise ValueError(
+                    f"{algorithm}.format_reward: only an algorithm that trains takes a format reward, and only on a "
+                    f"multi-turn task ({name!r} is {'multi-turn' if task.multi_turn else 'single-turn'})."
+                )
             needed = ALGORITHMS[algorithm].tokens_per_update(hparams, max_steps)
             if needed > config.budget_tokens:
                 raise ValueError(

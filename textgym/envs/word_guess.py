@@ -11,8 +11,9 @@ from textgym.conversation import ConversationEnv, Reply, answer_of, ask_next, co
 from textgym.envs.concepts import load_concept_words
 from textgym.vector import TextGenVectorEnv
 
-LEVELS = {1: 3, 2: 4, 3: 5}
-"""WordGuess-v0's levels: the length of the words, all those of ``textgym/data/concepts.txt`` (32, 82, 66 words)."""
+LEVELS = {1: (3, 8), 2: (4, 16), 3: (5, 32)}
+"""WordGuess-v0's levels: ``(letters, listed)``, each game listing that many words of that length (drawn from the
+32, 82 and 66 of ``textgym/data/concepts.txt``), the secret one of them."""
 GAMES_PER_LEVEL = 500
 """Instances per level (before the train/test split)."""
 WORD = re.compile(r"[a-z]+")
@@ -20,8 +21,8 @@ WORD = re.compile(r"[a-z]+")
 
 @cache
 def words(level: int) -> tuple[str, ...]:
-    """The level's words, sorted: every guess must be one of them."""
-    return tuple(sorted(w for w in load_concept_words() if len(w) == LEVELS[level]))
+    """Every word of the level's length, sorted: a game lists ``LEVELS[level][1]`` of them."""
+    return tuple(sorted(w for w in load_concept_words() if len(w) == LEVELS[level][0]))
 
 
 def marks(guess: str, secret: str) -> str:
@@ -36,38 +37,38 @@ def marks(guess: str, secret: str) -> str:
     return " ".join(result)
 
 
-def next_guess(level: int, history: list[tuple[str, str]]) -> str:
-    """The solver's next guess: the first word (alphabetically) that every ``(guess, marks)`` so far allows."""
-    return next(w for w in words(level) if all(marks(g, w) == m for g, m in history))
+def next_guess(listed: tuple[str, ...], history: list[tuple[str, str]]) -> str:
+    """The solver's next guess: the first listed word (alphabetically) that every ``(guess, marks)`` so far
+    allows."""
+    return next(w for w in listed if all(marks(g, w) == m for g, m in history))
 
 
 @cache
-def solver_turns(secret: str, level: int) -> int:
-    """The turns the scripted solver takes to find ``secret``."""
+def solver_turns(secret: str, listed: tuple[str, ...]) -> int:
+    """The turns the scripted solver takes to find ``secret`` among the game's ``listed`` words."""
     history: list[tuple[str, str]] = []
     while not history or history[-1][0] != secret:
-        guess = next_guess(level, history)
+        guess = next_guess(listed, history)
         history.append((guess, marks(guess, secret)))
     return len(history)
 
 
 class WordGuessGame:
-    """The partner: the one listed word a turn writes is its guess (``"My guess: cat"`` guesses cat), and gets its
-    marks; a turn with no listed word is answered ``not in the list``, one with two different ones ``one word a
-    turn`` (an invalid guess uses a turn and earns nothing). Small models answer in prose; reading the one listed
-    word in it lets them play without ever choosing between two words for them."""
+    """The partner: the one word of the game's list a turn writes is its guess (``"My guess: cat"`` guesses cat),
+    and gets its marks; a turn with no listed word is answered ``not in the list``, one with two different ones
+    ``one word a turn`` (an invalid guess uses a turn and earns nothing). Small models answer in prose; reading
+    the one listed word in it lets them play without ever choosing between two words for them. The secret state
+    of a game is ``(secret word, listed words)``."""
 
-    def __init__(self, level: int) -> None:
-        self.level, self.valid = level, set(words(level))
-
-    def respond(self, secret: str, turns: list[str]) -> Reply:
-        listed = [word for word in WORD.findall(turns[-1].lower()) if word in self.valid]
-        guess = the_one(listed)
+    def respond(self, secret: tuple[str, tuple[str, ...]], turns: list[str]) -> Reply:
+        word, listed = secret
+        named = [w for w in WORD.findall(turns[-1].lower()) if w in listed]
+        guess = the_one(named)
         if guess is None:
-            return Reply(ask_next("one word a turn" if listed else "not in the list", "guess"), valid=False)
-        if guess == secret:
-            return Reply("correct", score=min(1.0, solver_turns(secret, self.level) / len(turns)), outcome="solved")
-        return Reply(ask_next(marks(guess, secret), "guess"))
+            return Reply(ask_next("one word a turn" if named else "not in the list", "guess"), valid=False)
+        if guess == word:
+            return Reply("correct", score=min(1.0, solver_turns(word, listed) / len(turns)), outcome="solved")
+        return Reply(ask_next(marks(guess, word), "guess"))
 
 
 class WordGuessEnv(ConversationEnv):
@@ -75,11 +76,11 @@ class WordGuessEnv(ConversationEnv):
     ## Description
 
     A multi-turn word game with Wordle's rules. The env picks a secret word from a list it gives in its opening
-    (the ``LEVELS[level]``-letter words of the shipped ``textgym/data/concepts.txt``); the agent guesses a word
-    of the list each turn, and the env marks each letter of the guess: ``G`` right letter in the right place,
-    ``Y`` in the word elsewhere, ``-`` not in it (e.g. ``G - Y -. Your next guess?``), or says ``correct``. A
-    guess that is not a word of the list is answered ``not in the list``, and a turn naming two different listed
-    words ``one word a turn``: either uses a turn and never earns partial credit.
+    (8, 16 or 32 words of 3, 4 or 5 letters by level, drawn from the shipped ``textgym/data/concepts.txt``); the
+    agent guesses a word of the list each turn, and the env marks each letter of the guess: ``G`` right letter in
+    the right place, ``Y`` in the word elsewhere, ``-`` not in it (e.g. ``G - Y -. Your next guess?``), or says
+    ``correct``. A guess that is not a word of the list is answered ``not in the list``, and a turn naming two
+    different listed words ``one word a turn``: either uses a turn and never earns partial credit.
 
     ## Action Space
 
@@ -101,8 +102,9 @@ class WordGuessEnv(ConversationEnv):
 
     ## Starting State
 
-    A game drawn uniformly from the level's games of the ``split``; the opening ends with a short example game
-    (the same for every game of a level: a listed word guessed, its marks, then the example's secret).
+    A game drawn uniformly from the level's games of the ``split``: its listed words and the secret among them;
+    the opening ends with a short example game (a listed word guessed, its marks, then the example's secret, the
+    last listed word).
 
     ## Episode End
 
@@ -120,7 +122,8 @@ class WordGuessEnv(ConversationEnv):
              model=None, max_prompt_tokens=None, max_new_tokens=None)
     ```
 
-    - ``level``: ``1`` to ``3``, words of 3, 4 or 5 letters (``LEVELS``); ``None`` is the default level, 1.
+    - ``level``: ``1`` to ``3``: 8 words of 3 letters, 16 of 4, 32 of 5 (``LEVELS``); ``None`` is the default
+      level, 1.
     - ``max_turns``: guesses before truncation; ``None``: 8.
     - The other arguments are ``GuessNumber-v0``'s.
 
@@ -128,15 +131,16 @@ class WordGuessEnv(ConversationEnv):
 
     * v0: Initial version; before any trained result, the opening gained its example game and the partner came
       to read the one listed word of a turn written in prose, not only a turn's first word, and to ask for the
-      next guess (the embedded model's zero-shot score was 0).
+      next guess (the embedded model's zero-shot score was 0); then a game came to list 8, 16 or 32 words drawn
+      from those of its length (it had listed all 32, 82 or 66), the zero-shot score being 0 still.
     """
 
     env_id = "WordGuess-v0"
     levels = tuple(LEVELS)
 
     @classmethod
-    def setup(cls, level: int) -> tuple[WordGuessGame, dict[str, str], int]:
-        return WordGuessGame(level), instances(level), 8
+    def setup(cls, level: int) -> tuple[WordGuessGame, dict[str, tuple[str, tuple[str, ...]]], int]:
+        return WordGuessGame(), instances(level), 8
 
 
 class WordGuessVectorEnv(TextGenVectorEnv):
@@ -145,12 +149,11 @@ class WordGuessVectorEnv(TextGenVectorEnv):
     env_class = WordGuessEnv
 
 
-def opening(game: int, level: int) -> str:
-    listed = words(level)
-    secret = listed[-1]  # the example's: a fixed word, so copying the example is a fixed (valid) opening move
-    guess = next(w for w in listed if "G" in marks(w, secret))  # a first guess whose marks show a G
+def opening(game: int, listed: tuple[str, ...]) -> str:
+    secret = listed[-1]  # the example's: a listed word, so copying the example is a valid move
+    guess = max(listed[:-1], key=lambda w: marks(w, secret).count("G"))  # a first guess showing a G if one can
     return (
-        f"Game {game}: guess my secret {LEVELS[level]}-letter word, one of: {', '.join(listed)}. Reply with one "
+        f"Game {game}: guess my secret {len(secret)}-letter word, one of: {', '.join(listed)}. Reply with one "
         "word a turn. I mark each letter: G right place, Y in the word elsewhere, - not in the word. For example, "
         f"if my word were {secret}:\nYou: {guess}\nMe: {marks(guess, secret)}\nYou: {secret}\nMe: correct\n"
         "Your first guess?"
@@ -158,15 +161,20 @@ def opening(game: int, level: int) -> str:
 
 
 @cache
-def instances(level: int) -> dict[str, str]:
-    """Every game of ``level``: ``{opening: secret word}``, the same on every machine."""
-    secrets = np.random.default_rng(4000 + level).choice(words(level), size=GAMES_PER_LEVEL)
-    return {opening(k, level): str(secret) for k, secret in enumerate(secrets)}
+def instances(level: int) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every game of ``level``: ``{opening: (secret word, listed words)}``, the same on every machine."""
+    rng, games = np.random.default_rng(4000 + level), {}
+    for k in range(GAMES_PER_LEVEL):
+        listed = tuple(sorted(str(w) for w in rng.choice(words(level), size=LEVELS[level][1], replace=False)))
+        games[opening(k, listed)] = (str(rng.choice(listed)), listed)
+    return games
 
 
 def solve(messages: list[dict[str, str]], level: int) -> str:
-    """The scripted solver (:func:`next_guess`)."""
-    return next_guess(level, [(g["content"], answer_of(m["content"])) for g, m in zip(messages[1::2], messages[2::2])])
+    """The scripted solver (:func:`next_guess`), reading the listed words from the opening."""
+    listed = tuple(re.search(r"one of: (.*?)\. Reply", messages[0]["content"]).group(1).split(", "))
+    history = [(g["content"], answer_of(m["content"])) for g, m in zip(messages[1::2], messages[2::2])]
+    return next_guess(listed, history)
 
 
 TASK = conversation_task(
