@@ -334,7 +334,7 @@ def test_every_agent_trains_on_a_multi_turn_env(tiny_model_dir, algo):
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "sb3-a2c"])
-def test_bench_trains_on_the_format_reward_it_is_given_and_tests_without_it(tiny_model_dir, algorithm):
+def test_bench_trains_on_the_format_reward_it_is_given(tiny_model_dir, algorithm):
     from agents.bench.algorithms import ALGORITHMS, Cell
     from agents.bench.hparams import hparams_for
 

@@ -25,6 +25,9 @@ from agents.bench.evaluation import TestSet, best_of_n_kl, scripted_episodes
 from agents.rollout import RolloutBatch
 from textgym.tasks import TaskSpec
 
+TRAIN_ENV_KEYS = ("format_reward",)
+"""Settings of a trained algorithm that go to its training env, not to the algorithm (see :mod:`.hparams`)."""
+
 
 @dataclass
 class Cell:
@@ -78,10 +81,9 @@ class Algorithm:
         """Release envs and models."""
 
     def train_env_kwargs(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """The training env's arguments, taking the env's own keys (``format_reward``) out of ``settings``."""
+        """The training env's arguments, taking the env's own keys (:data:`TRAIN_ENV_KEYS`) out of ``settings``."""
         kwargs = {"split": "train", "level": self.cell.level, "model": self.cell.model}
-        if "format_reward" in settings:
-            kwargs["format_reward"] = settings.pop("format_reward")
+        kwargs.update({key: settings.pop(key) for key in TRAIN_ENV_KEYS if key in settings})
         return kwargs
 
 
@@ -154,7 +156,7 @@ class LMAgentAlgorithm(Algorithm):
     def tokens_per_update(cls, hparams: dict[str, Any], max_steps: int | None) -> int:
         import agents
 
-        settings = {k: v for k, v in hparams.items() if k not in ("num_envs", "format_reward")}
+        settings = {k: v for k, v in hparams.items() if k not in ("num_envs", *TRAIN_ENV_KEYS)}
         config = getattr(agents, cls.agent_name).config_class(**settings)  # validates the settings
         return config.batch_size * (max_steps or 1)
 
