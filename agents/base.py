@@ -360,6 +360,12 @@ class LMAgent:
 
     # --- shared pieces of updates --------------------------------------------------------------------------
     @property
+    def one_step_per_batch(self) -> bool:
+        """One gradient step per batch (one epoch, one minibatch): the update's only pass runs on the weights
+        that sampled the batch, so it gives π_old's log-probs (and values) itself."""
+        return self.config.epochs == 1 and self.config.minibatch_size >= self.config.batch_size
+
+    @property
     def eval_batch_size(self) -> int:
         return self.config.eval_batch_size or self.config.minibatch_size
 
@@ -588,6 +594,14 @@ def _load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Op
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def in_batch_order(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The rows of a minibatch that covers the whole batch (``rows[i]`` is episode ``index[i]``'s), put back in
+    the batch's order."""
+    ordered = torch.empty_like(rows)
+    ordered[index] = rows
+    return ordered
 
 
 def make_optimizer(

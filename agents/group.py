@@ -3,9 +3,11 @@ the update loop. Each algorithm's file holds its whole objective: :meth:`GroupAg
 :meth:`GroupAgent.policy_loss`.
 
 Both are critic-free: a completion's advantage compares its reward with the rewards of the other completions
-of the same prompt, so no value head is trained and no extra forward pass is needed for π_old: the sampler's
-log-probs are π_old's. Under bf16 autocast the sampler's and the update's numerics differ, so π_old is then
-recomputed by a pass in the update's precision (``recompute_old_logprobs``), making the first ratio exactly 1.
+of the same prompt, so no value head is trained. π_old's log-probs are those of the weights that sampled the
+batch. With one gradient step per batch (one epoch, one minibatch) the update's own pass runs on those
+weights, so its log-probs, detached, are π_old's, the first ratio is exactly 1, and no other pass is made (as
+TRL does). Otherwise they are the sampler's, or under bf16 autocast, whose numerics differ from the sampler's,
+those of a pass in the update's precision before the first step (``recompute_old_logprobs``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import AgentConfig, LMAgent, global_masked_mean, masked_mean_share
+from agents.base import AgentConfig, LMAgent, global_masked_mean, in_batch_order, masked_mean_share
 from agents.rollout import RolloutBatch
 from textgym import distributed as dist
 
@@ -29,8 +31,10 @@ class GroupConfig(AgentConfig):
     group_size: int = 4
     """Completions sampled per prompt; ``batch_size`` must be a multiple of it."""
     recompute_old_logprobs: bool | None = None
-    """Compute π_old by a pass without gradients in the update's precision instead of taking the sampler's
-    log-probs; ``None``: only under bf16 (in fp32 the two agree to about 1e-5, and the pass is saved)."""
+    """Take π_old in the update's precision instead of the sampler's log-probs: from the update's own pass when
+    there is one gradient step per batch, else by a pass without gradients before the update. ``None``: with
+    one step per batch always (it is free), otherwise only under bf16 (in fp32 the two agree to about 1e-5, and
+    the pass is saved); ``False``: always the sampler's."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,18 +101,12 @@ class GroupAgent(LMAgent):
         width = batch.completion_ids.shape[1]
         mask = batch.completion_mask.float()  # (E, T) the episodes' steps
         loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
-        recompute = c.recompute_old_logprobs if c.recompute_old_logprobs is not None else self.precision == "bf16"
-        if recompute:
-            with self.autocast():
-                old_logprobs = self.policy.evaluate_in_chunks(
-                    ids, attn, width, c.temperature, chunk_size=self.eval_batch_size
-                ).logprobs
-        else:
-            old_logprobs = batch.logprobs  # the sampler's log-probs are π_old's: no extra forward pass
-        old_logprobs = old_logprobs * mask
         ref_logprobs = self.reference_logprobs(batch)
-        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
-        advantages = self.advantages(self.task_rewards(batch).sum(dim=1), kl.sum(dim=1))  # (E,)
+        old_logprobs = advantages = None  # from the update's own pass (own_pass), else before it
+        own_pass = self.one_step_per_batch and c.recompute_old_logprobs is not False
+        if not own_pass:
+            old_logprobs = self._old_logprobs(batch) * mask
+            advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
 
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
@@ -119,6 +117,9 @@ class GroupAgent(LMAgent):
                     new = self.policy.evaluate(
                         ids[index], attn[index], width, c.temperature, entropy_grad=c.ent_coef > 0
                     )
+                if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
+                    old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
+                    advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
                 ref = None if ref_logprobs is None else ref_logprobs[index]
                 loss, clipped, approx_kl = self.policy_loss(
                     new.logprobs, old_logprobs[index], ref, advantages[index], m
@@ -147,3 +148,24 @@ class GroupAgent(LMAgent):
             "train/kl_ref": kl_ref,
             "train/kl_coef": self.kl_coef,
         }
+
+    def _old_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """π_old's log-probs ``(E, T)`` before the update: by a pass in the update's precision if configured
+        (by default under bf16), else the sampler's (in fp32 the two agree to about 1e-5)."""
+        c = self.config
+        recompute = c.recompute_old_logprobs if c.recompute_old_logprobs is not None else self.precision == "bf16"
+        if not recompute:
+            return batch.logprobs
+        width = batch.completion_ids.shape[1]
+        with self.autocast():
+            return self.policy.evaluate_in_chunks(
+                batch.input_ids, batch.attention_mask, width, c.temperature, chunk_size=self.eval_batch_size
+            ).logprobs
+
+    def _batch_advantages(
+        self, batch: RolloutBatch, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-completion advantages ``(E,)`` of the batch from its task rewards and KL to the reference."""
+        mask = batch.completion_mask.float()
+        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
+        return self.advantages(self.task_rewards(batch).sum(dim=1), kl.sum(dim=1))

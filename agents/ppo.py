@@ -21,6 +21,7 @@ from agents.base import (
     LMAgent,
     clipped_surrogate,
     global_masked_mean,
+    in_batch_order,
     masked_mean_share,
     masked_whiten,
 )
@@ -121,17 +122,18 @@ class PPO(LMAgent):
         width = batch.completion_ids.shape[1]
         mask = batch.completion_mask.float()  # (E, T) the episodes' steps
         loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
-        with self.autocast():  # π_old in the precision of the update, so the first ratio is 1 in every mode
-            old = self.policy.evaluate_in_chunks(
-                ids, attn, width, c.temperature, with_values=True, chunk_size=self.eval_batch_size
-            )
         ref_logprobs = self.reference_logprobs(batch)
-        old_logprobs, old_values = old.logprobs * mask, old.values.float() * mask
-        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
-        rewards = self.task_rewards(batch) - self.kl_coef * kl  # (E, T)
-        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.gae_lambda)
-        if c.whiten_advantages:
-            advantages = masked_whiten(advantages, loss_mask)
+        # π_old's log-probs and values in the precision of the update, so the first ratio is 1 in every mode: with
+        # one gradient step per batch from the update's own pass (on the weights that sampled the batch), else
+        # from a pass before it.
+        old_logprobs = old_values = advantages = returns = None
+        if not self.one_step_per_batch:
+            with self.autocast():
+                old = self.policy.evaluate_in_chunks(
+                    ids, attn, width, c.temperature, with_values=True, chunk_size=self.eval_batch_size
+                )
+            old_logprobs, old_values = old.logprobs * mask, old.values.float() * mask
+            advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
 
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
@@ -142,6 +144,10 @@ class PPO(LMAgent):
                     new = self.policy.evaluate(
                         ids[index], attn[index], width, c.temperature, with_values=True, entropy_grad=c.ent_coef > 0
                     )
+                if old_values is None:  # the one minibatch is the whole batch, on the weights that sampled it
+                    old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
+                    old_values = in_batch_order(new.values.detach().float(), index) * mask
+                    advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
                 policy_loss, clipped, approx_kl = clipped_surrogate(
                     new.logprobs, old_logprobs[index], advantages[index], c.clip_range
                 )
@@ -184,3 +190,20 @@ class PPO(LMAgent):
             "train/kl_ref": kl_per_episode,
             "train/kl_coef": self.kl_coef,
         }
+
+    def _advantages(
+        self,
+        batch: RolloutBatch,
+        old_logprobs: torch.Tensor,
+        old_values: torch.Tensor,
+        ref_logprobs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE advantages (whitened if configured) and returns ``(E, T)`` of the KL-penalised rewards."""
+        c = self.config
+        mask = batch.completion_mask.float()
+        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
+        rewards = self.task_rewards(batch) - self.kl_coef * kl  # (E, T)
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.gae_lambda)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, self.loss_mask(batch))
+        return advantages, returns

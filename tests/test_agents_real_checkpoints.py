@@ -102,6 +102,31 @@ def test_bf16_autocast_recomputes_old_logprobs_in_the_update_precision(words_mod
     assert first_minibatch_kl(stale) > 1e-8
 
 
+@pytest.mark.parametrize("algo", [PPO, GRPO, RLOO])
+def test_one_step_per_batch_takes_pi_old_from_the_update_pass_without_another_pass(words_model_dir, algo, monkeypatch):
+    group = {} if algo is PPO else {"group_size": 4, "recompute_old_logprobs": True}
+    settings = {"batch_size": 8, "minibatch_size": 8, "epochs": 1, "kl_coef": 0.1, **group}
+
+    def first_update(separate_pass: bool) -> tuple[dict[str, float], int]:
+        agent = algo(words_model_dir, make_envs(words_model_dir), **settings)
+        if separate_pass:  # the path of several steps per batch: π_old (and values) by a pass before the update
+            monkeypatch.setattr(type(agent), "one_step_per_batch", property(lambda self: False))
+        chunked, calls = agent.policy.evaluate_in_chunks, []
+        monkeypatch.setattr(agent.policy, "evaluate_in_chunks", lambda *a, **k: calls.append(1) or chunked(*a, **k))
+        agent.learn(8, progress_bar=False)
+        monkeypatch.undo()
+        return agent.history[0], len(calls)
+
+    (own, own_passes), (separate, separate_passes) = first_update(False), first_update(True)
+    passes, histories = [own_passes, separate_passes], [own, separate]
+    assert passes == [0, 1]
+    assert histories[0]["train/approx_kl"] == 0.0  # the ratio is exactly 1
+    for key in ("train/policy_loss", "train/grad_norm", "train/kl_ref", "rollout/reward_mean"):
+        assert histories[0][key] == pytest.approx(histories[1][key], rel=1e-5, abs=1e-7), key
+    if algo is PPO:
+        assert histories[0]["train/value_loss"] == pytest.approx(histories[1]["train/value_loss"], rel=1e-5)
+
+
 def test_ppo_bf16_autocast_first_ratio_is_one(words_model_dir, native_bf16):
     agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8, epochs=1, precision="bf16")
     assert first_minibatch_kl(agent) < 1e-7
