@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,17 +249,33 @@ def _completion_logits(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there."""
     positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # per-row positions despite left padding
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        logits_to_keep=completion_width + 1,  # the output layer runs on T + 1 columns, not P + T
-        output_hidden_states=need_hidden,
-        use_cache=False,
-    )
+    with whole_sequence_attention(input_ids.device):
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            logits_to_keep=completion_width + 1,  # the output layer runs on T + 1 columns, not P + T
+            output_hidden_states=need_hidden,
+            use_cache=False,
+        )
     logits = out.logits[:, :-1].float()  # (E, T, V): column P + t - 1 predicts completion token t
     hidden = out.hidden_states[-1][:, -completion_width - 1 : -1] if need_hidden else None  # (E, T, H)
     return logits, hidden
+
+
+def whole_sequence_attention(device: torch.device) -> AbstractContextManager:
+    """The attention kernel of the passes over whole sequences. Under bfloat16 autocast on a CPU, PyTorch's plain
+    (math) attention: the fused flash kernel's backward is slow there (one layer's attention over 8 × 52 tokens
+    of the embedded model, forward and backward, one Xeon thread: 10.7 ms fused, 4.2 ms math; in float32 3.5
+    and 3.9), which costs its faster forward back many times over. Elsewhere PyTorch's choice. Every policy
+    and reference pass goes through here, so π_old's, the update's and the reference's log-probs come from the
+    same kernel."""
+    bf16_autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if device.type != "cpu" or not bf16_autocast:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -56,10 +56,14 @@ def dropout_model_dir(words_model_dir, tmp_path_factory):
 
 
 def first_minibatch_kl(agent) -> float:
-    """Approximate KL to π_old of an update's only minibatch, before any weight changed: 0 if π_old is π."""
-    assert agent.config.epochs == 1 and agent.config.minibatch_size == agent.config.batch_size
+    """Approximate KL to π_old of an update's first minibatch, before any weight changed: 0 if π_old is π. With
+    several minibatches per batch π_old comes from the sampler or a pass before the update (with one, from the
+    update's own pass: its ratio is 1 by construction and would test nothing)."""
+    assert not agent.one_step_per_batch
+    seen = []
+    agent.kl_exceeded = lambda approx_kl: seen.append(approx_kl) or False  # called once per minibatch, in order
     agent.learn(agent.config.batch_size, progress_bar=False)
-    return agent.history[0]["train/approx_kl"]
+    return seen[0]
 
 
 # --- bf16 checkpoints, dropout, precision ----------------------------------------------------------------------
@@ -80,7 +84,7 @@ def test_bf16_checkpoint_trains_in_fp32_master_weights(bf16_model_dir):
 @pytest.mark.parametrize("algo", [PPO, GRPO, RLOO])
 def test_dropout_is_off_so_the_first_ratio_is_one(dropout_model_dir, algo):
     group = {} if algo is PPO else {"group_size": 4}
-    agent = algo(dropout_model_dir, make_envs(dropout_model_dir), batch_size=8, minibatch_size=8, epochs=1, **group)
+    agent = algo(dropout_model_dir, make_envs(dropout_model_dir), batch_size=8, minibatch_size=4, epochs=1, **group)
     assert first_minibatch_kl(agent) < 1e-7  # under dropout: ~1e-3
     assert agent.policy.lm.config.attention_dropout == 0.3  # the model has dropout; it is just never active
     assert not agent.policy.lm.training
@@ -94,7 +98,7 @@ def native_bf16(monkeypatch):
 
 @pytest.mark.parametrize("algo", [GRPO, RLOO])
 def test_bf16_autocast_recomputes_old_logprobs_in_the_update_precision(words_model_dir, algo, native_bf16):
-    settings = {"batch_size": 8, "minibatch_size": 8, "group_size": 4, "precision": "bf16", "kl_coef": 0.1}
+    settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "precision": "bf16", "kl_coef": 0.1}
     agent = algo(words_model_dir, make_envs(words_model_dir), **settings)
     assert first_minibatch_kl(agent) < 1e-10
     # the bf16 sampler's log-probs taken as π_old under an autocast update: ratio != 1
@@ -128,8 +132,19 @@ def test_one_step_per_batch_takes_pi_old_from_the_update_pass_without_another_pa
 
 
 def test_ppo_bf16_autocast_first_ratio_is_one(words_model_dir, native_bf16):
-    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8, epochs=1, precision="bf16")
+    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=4, epochs=1, precision="bf16")
     assert first_minibatch_kl(agent) < 1e-7
+
+
+def test_whole_sequence_passes_use_math_attention_under_cpu_bf16_autocast_only():
+    from agents.policy import whole_sequence_attention
+
+    cpu = torch.device("cpu")
+    with whole_sequence_attention(cpu):  # float32: the fused kernel is the faster one, PyTorch keeps its choice
+        assert torch.backends.cuda.flash_sdp_enabled()
+    with torch.autocast("cpu", dtype=torch.bfloat16), whole_sequence_attention(cpu):  # its backward is slow
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()
 
 
 def test_bf16_samples_with_a_bfloat16_copy_refreshed_before_each_rollout(words_model_dir, teacher_forced, native_bf16):
