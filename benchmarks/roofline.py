@@ -39,8 +39,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+import agents.base
 import textgym  # noqa: F401  (registers the envs)
 from agents import GRPO, PPO
+from agents.sampling_copy import PackedLinear
 from textgym.lm_cache import IncrementalLM
 
 PHASES = (
@@ -49,6 +51,7 @@ PHASES = (
     "rollout: sampling",
     "env stepping",
     "reward scoring",
+    "rollout: weight copy",
     "rollout: other",
     "reference pass",
     "old log-probs / values",
@@ -56,7 +59,13 @@ PHASES = (
     "other",
 )
 """The phases of an iteration, in the order of the table and the stacked bars."""
-MODEL_PHASES = PHASES[:2] + PHASES[6:9]
+MODEL_PHASES = (
+    "rollout: prompt encoding",
+    "rollout: decode steps",
+    "reference pass",
+    "old log-probs / values",
+    "update",
+)
 """The phases whose time is the model's: their MFU is reported."""
 
 
@@ -106,6 +115,8 @@ class PhaseClock:
         head = model.get_output_embeddings()
         embeddings |= {id(p) for p in head.parameters()} if head is not None else set()
         body = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+        packed = [m for m in model.modules() if isinstance(m, PackedLinear) and m is not head]  # no parameters
+        body += sum(m.in_features * m.out_features for m in packed)
 
         def hook(_module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -212,6 +223,7 @@ def instrument(agent: Any, clock: PhaseClock) -> None:
     """Wrap the agent's, its rollout engine's and its env's pieces in phases; count its models' FLOPs."""
     clock.wrap(agent, "_iteration", "other")
     clock.wrap(agent, "collect", "rollout: other")
+    clock.wrap(agents.base, "copy_weights", "rollout: weight copy")  # bf16: the sampling copy's refresh
     clock.wrap(agent, "train_on_batch", "update")
     clock.wrap(agent, "reference_logprobs", "reference pass")
     clock.wrap(agent.policy, "evaluate_in_chunks", "old log-probs / values")

@@ -14,6 +14,7 @@ from agents import GRPO, PPO, RLOO
 from agents.base import clipped_surrogate, kl_estimate
 from agents.grpo import GRPOConfig
 from agents.policy import _logprobs_and_entropy
+from agents.sampling_copy import PackedLinear, can_pack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,15 +148,34 @@ def test_whole_sequence_passes_use_math_attention_under_cpu_bf16_autocast_only()
     assert torch.backends.cuda.flash_sdp_enabled()
 
 
+@pytest.mark.skipif(not can_pack(), reason="oneDNN's bfloat16 linear layers do not run on this CPU")
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_gives_f_linear_bit_for_bit(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80, bias=bias)
+    packed = PackedLinear(linear, rows_hint=8)
+    for rows in ([8, 48], [3, 5, 48]):  # a decode step; a prompt's encoding
+        x = torch.randn(rows).to(torch.bfloat16)
+        bf16_bias = None if linear.bias is None else linear.bias.to(torch.bfloat16)
+        expected = torch.nn.functional.linear(x, linear.weight.to(torch.bfloat16), bf16_bias)
+        assert torch.equal(packed(x), expected)
+    assert torch.equal(packed.weight, linear.weight.to(torch.bfloat16))
+
+
 def test_bf16_samples_with_a_bfloat16_copy_refreshed_before_each_rollout(words_model_dir, teacher_forced, native_bf16):
     settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "learning_rate": 1e-3}
     agent = GRPO(words_model_dir, make_envs(words_model_dir), precision="bf16", **settings)
     assert agent.sampling_lm is not agent.policy.lm and agent.sampling_lm.dtype == torch.bfloat16
+    packed = {name: m for name, m in agent.sampling_lm.named_modules() if isinstance(m, PackedLinear)}
+    assert ("lm_head" in packed) == can_pack()  # on a CPU with oneDNN bfloat16, every linear layer is packed
     errors, train = [], agent.train_on_batch
 
     def checked(batch):  # sampled by the bf16 rounding of the current weights, with that model's log-probs
-        rounded = [p.to(torch.bfloat16) for p in agent.policy.lm.parameters()]
-        assert all(torch.equal(a, b) for a, b in zip(agent.sampling_lm.parameters(), rounded, strict=True))
+        master = dict(agent.policy.lm.named_parameters(remove_duplicate=False))
+        sampler = {**dict(agent.sampling_lm.named_parameters()), **{f"{n}.weight": m.weight for n, m in packed.items()}}
+        assert len(sampler) > len(packed) and all(
+            torch.equal(w, master[n].to(torch.bfloat16)) for n, w in sampler.items()
+        )
         mask = batch.completion_mask.bool()
         errors.append((teacher_forced(agent.sampling_lm, batch) - batch.logprobs)[mask].abs().max().item())
         return train(batch)
