@@ -16,6 +16,7 @@ otherwise, gradient checkpointing off, and ``bf16=True`` in the bf16 rows. TRL i
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -127,7 +128,7 @@ def main() -> None:
     print(
         f"model={args.model or 'smollm2-135m-instruct'} device={device}{cpu} torch_threads={torch.get_num_threads()} "
         f"completions/step={args.completions} rollout_batch={args.rollout_batch} max_new_tokens={args.new_tokens} "
-        f"timed_rollouts={args.steps}"
+        f"timed_rollouts={args.steps} THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
     )
     rows: list[tuple[str, str, float, float]] = []  # (method, precision, completions/s, mean length)
     for precision in args.precisions:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import statistics
 import time
@@ -365,7 +366,8 @@ def main() -> None:
         else f"{cpu_name()}, {torch.get_num_threads()} threads"
     )
     print(f"model={args.model or 'embedded SmolLM2-135M'} device={where} batch={args.batch} "
-          f"minibatch={args.minibatch} new_tokens={args.new_tokens} torch={torch.__version__}")  # fmt: skip
+          f"minibatch={args.minibatch} new_tokens={args.new_tokens} torch={torch.__version__} "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}")  # fmt: skip
 
     peaks = measure_peaks(load_causal_lm(args.model, device=device), args, device)
     print("\nmatmul GFLOP/s")
