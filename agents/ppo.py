@@ -127,7 +127,8 @@ class PPO(LMAgent):
         # one gradient step per batch from the update's own pass (on the weights that sampled the batch), else
         # from a pass before it.
         old_logprobs = old_values = advantages = returns = None
-        if not self.one_step_per_batch:
+        own_pass = self.one_step_per_batch
+        if not own_pass:
             with self.autocast():
                 old = self.policy.evaluate_in_chunks(
                     ids, attn, width, c.temperature, with_values=True, chunk_size=self.eval_batch_size
@@ -144,7 +145,7 @@ class PPO(LMAgent):
                     new = self.policy.evaluate(
                         ids[index], attn[index], width, c.temperature, with_values=True, entropy_grad=c.ent_coef > 0
                     )
-                if old_values is None:  # the one minibatch is the whole batch, on the weights that sampled it
+                if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
                     old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
                     old_values = in_batch_order(new.values.detach().float(), index) * mask
                     advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
