@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -193,6 +194,17 @@ def test_cli_help_lists_every_task_and_algorithm(capsys):
     for name in [TASK, *ALGORITHMS]:
         assert name in text
     assert textgym_main(["--help"]) == 0 and "bench" in capsys.readouterr().out
+
+
+def test_cli_asks_for_huge_pages_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    with pytest.raises(SystemExit):
+        textgym_main(["bench", "--help"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    with pytest.raises(SystemExit):
+        textgym_main(["bench", "--help"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
 
 
 def test_cli_runs_and_reports_bad_input(tmp_path, capsys):
