@@ -426,6 +426,10 @@ class LMAgent:
         """Per-token KL(π‖π_ref) estimate of the configured ``kl_estimator`` (differentiable in ``logprobs``)."""
         return kl_estimate(logprobs, ref_logprobs, self.config.kl_estimator)
 
+    def step_kl(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`kl_penalty` on the episodes' steps (``mask``), 0 elsewhere; all 0 without a reference pass."""
+        return torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(logprobs, ref_logprobs) * mask
+
     def kl_exceeded(self, approx_kl: float) -> bool:
         """Whether a minibatch's approximate KL to π_old (of the whole minibatch, the same on every rank) calls
         for stopping this iteration's epochs."""

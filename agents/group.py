@@ -167,5 +167,5 @@ class GroupAgent(LMAgent):
     ) -> torch.Tensor:
         """Per-completion advantages ``(E,)`` of the batch from its task rewards and KL to the reference."""
         mask = batch.completion_mask.float()
-        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
+        kl = self.step_kl(old_logprobs, ref_logprobs, mask)
         return self.advantages(self.task_rewards(batch).sum(dim=1), kl.sum(dim=1))

@@ -202,7 +202,7 @@ class PPO(LMAgent):
         """GAE advantages (whitened if configured) and returns ``(E, T)`` of the KL-penalised rewards."""
         c = self.config
         mask = batch.completion_mask.float()
-        kl = torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(old_logprobs, ref_logprobs) * mask
+        kl = self.step_kl(old_logprobs, ref_logprobs, mask)
         rewards = self.task_rewards(batch) - self.kl_coef * kl  # (E, T)
         advantages, returns = gae(rewards, old_values, mask, c.gamma, c.gae_lambda)
         if c.whiten_advantages:
