@@ -33,3 +33,26 @@ def test_rows_encoded_in_parts_then_advanced_together(tiny_policy):
         mask[:, column] = 1
         lm.advance(torch.as_tensor(ids[:, column]), np.ones(4, dtype=bool))
         torch.testing.assert_close(lm.outputs, full_logits(tiny_policy, ids, mask), atol=1e-4, rtol=1e-4)
+
+
+def test_identical_contexts_are_encoded_once_and_advance_apart(tiny_policy):
+    """A GRPO group's rows share their prompt: the model sees it once, and the rows then grow independently."""
+    rng = np.random.default_rng(1)
+    width = 10
+    shared, other = rng.integers(5, 200, size=width), rng.integers(5, 200, size=width)
+    ids = np.stack([shared, other, shared, shared])
+    mask = np.zeros((4, width), dtype=np.int64)
+    mask[:, 2:7] = 1
+    mask[1, 1] = 1  # the second row is longer, so it differs in its mask too
+    encoded_rows = []
+    hook = tiny_policy.register_forward_hook(lambda _, args, kwargs, out: encoded_rows.append(len(kwargs["input_ids"])),
+                                             with_kwargs=True)  # fmt: skip
+    lm = IncrementalLM(tiny_policy, 4)
+    lm.encode_rows(np.ones(4, dtype=bool), ids, mask)
+    hook.remove()
+    assert encoded_rows == [2]
+    torch.testing.assert_close(lm.outputs, full_logits(tiny_policy, ids, mask), atol=1e-4, rtol=1e-4)
+    mask[:, 7] = 1
+    ids[:, 7] = [11, 12, 13, 14]  # the copies of the shared prompt now diverge
+    lm.advance(torch.as_tensor(ids[:, 7]), np.ones(4, dtype=bool))
+    torch.testing.assert_close(lm.outputs, full_logits(tiny_policy, ids, mask), atol=1e-4, rtol=1e-4)

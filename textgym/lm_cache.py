@@ -61,9 +61,11 @@ class IncrementalLM:
             input_ids, attention_mask: ``(N, L)`` observations of all rows (only selected rows are read).
         """
         index = np.flatnonzero(rows)
-        ids = torch.as_tensor(input_ids[index], device=self.device)  # (R, L)
-        mask = torch.as_tensor(attention_mask[index], device=self.device)  # (R, L)
-        last = last_real_column(mask)  # (R,)
+        # Identical contexts (a GRPO group's prompt) are encoded once, then copied to each of their rows.
+        unique, copies = _distinct_rows(np.concatenate([input_ids[index], attention_mask[index]], axis=1))
+        ids = torch.as_tensor(input_ids[index[unique]], device=self.device)  # (U, L)
+        mask = torch.as_tensor(attention_mask[index[unique]], device=self.device)  # (U, L)
+        last = last_real_column(mask)  # (U,)
         width = int(last.max()) + 1
         ids, mask = ids[:, :width], mask[:, :width]
         keep = torch.unique(last)  # the positions whose outputs are needed, shared across rows
@@ -75,7 +77,9 @@ class IncrementalLM:
             **({"logits_to_keep": keep} if self._keeps_columns else {}),
         )
         column = torch.searchsorted(keep, last) if self._keeps_columns else last
-        outputs = outputs[torch.arange(len(index), device=self.device), column]  # (R, V) or (R, H)
+        outputs = outputs[torch.arange(len(unique), device=self.device), column]  # (U, V) or (U, H)
+        if len(unique) < len(index):
+            outputs, mask = _copy_rows(outputs, mask, cache, torch.as_tensor(copies, device=self.device))
         if self.outputs is None:
             self.outputs = torch.zeros(self.num_rows, outputs.shape[-1], device=self.device)
         self.outputs[torch.as_tensor(index, device=self.device)] = outputs
@@ -162,6 +166,23 @@ def _spread_rows(
         keys[rows], values[rows] = layer.keys, layer.values
         layer.keys, layer.values = keys, values
     return cache, spread
+
+
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first occurrence of each distinct row of ``rows`` ``(R, L)``, in order, and for each row the position
+    of its distinct row among them: ``rows[first][copies] == rows``."""
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # distinct rows in order of first appearance, not np.unique's sorted order
+    return first[order], np.argsort(order)[inverse.reshape(-1)]
+
+
+def _copy_rows(
+    outputs: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs, mask and ``cache`` (in place) of the encoded rows taken at ``rows``, ``(R,)`` indices into them."""
+    for layer in _layers(cache):
+        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+    return outputs[rows], mask[rows]
 
 
 def last_real_column(attention_mask: torch.Tensor) -> torch.Tensor:
