@@ -7,9 +7,10 @@ completion token.
 
 Dropout is off for good (the modules stay in eval mode, gradients flow all the same): the rollout engine samples
 without dropout, so training with it would score the samples under another policy, and the first step's ratio
-``π/π_old`` would not be 1. Log-probs are ``logit − logsumexp``, never a full-vocabulary ``log_softmax``
-(one ``(E, T, V)`` tensor less), and passes without gradients run in chunks of rows, so memory is bounded by
-the chunk, not the batch.
+``π/π_old`` would not be 1. Log-probs come from one fused float32 log-softmax that reads the logits in the
+dtype the pass wrote them (bfloat16 under autocast: no float32 copy of the logits, and one pass forward and
+back instead of logsumexp's several), and passes without gradients run in chunks of rows, so memory is
+bounded by the chunk, not the batch.
 """
 
 from __future__ import annotations
@@ -216,7 +217,6 @@ class ActorCritic(nn.Module):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def completion_logprobs(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -258,7 +258,7 @@ def _completion_logits(
             output_hidden_states=need_hidden,
             use_cache=False,
         )
-    logits = out.logits[:, :-1].float()  # (E, T, V): column P + t - 1 predicts completion token t
+    logits = out.logits[:, :-1]  # (E, T, V), the pass's dtype: column P + t - 1 predicts completion token t
     hidden = out.hidden_states[-1][:, -completion_width - 1 : -1] if need_hidden else None  # (E, T, H)
     return logits, hidden
 
@@ -279,29 +279,36 @@ def whole_sequence_attention(device: torch.device) -> AbstractContextManager:
 
 
 def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return logits if temperature == 1.0 else logits / temperature  # no copy of (E, T, V) at temperature 1
+    """``logits / temperature``, divided in float32; at temperature 1 the logits themselves, not a copy."""
+    return logits if temperature == 1.0 else logits.float() / temperature
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Float32 log-probabilities over the last dimension, whatever the logits' dtype (the cast is fused in)."""
+    return torch.log_softmax(logits, dim=-1, dtype=torch.float32)
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[token]`` as ``logit − logsumexp``: no ``(E, T, V)`` log-softmax is materialised."""
-    return logits.gather(2, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (E, T)
+    """``log softmax(logits)[token]``, ``(E, T)``."""
+    return _log_softmax(logits).gather(2, tokens[..., None]).squeeze(-1)
 
 
 def _logprobs_and_entropy(
     logits: torch.Tensor, tokens: torch.Tensor, entropy_grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token log-probs and entropies ``(E, T)``; without ``entropy_grad`` the entropy is computed row by row
-    without a graph, so it costs one row's ``(T, V)`` temporaries instead of the batch's."""
-    logprobs = _token_logprobs(logits, tokens)
+    """Token log-probs and entropies ``(E, T)`` from one log-softmax; without ``entropy_grad`` the entropy is
+    computed row by row without a graph, so it costs one row's ``(T, V)`` temporaries instead of the batch's."""
+    logp = _log_softmax(logits)
+    logprobs = logp.gather(2, tokens[..., None]).squeeze(-1)
     if entropy_grad:
-        return logprobs, _entropy(logits)
+        return logprobs, _entropy(logp)
     with torch.no_grad():
-        return logprobs, torch.stack([_entropy(row) for row in logits])
+        return logprobs, torch.stack([_entropy(row) for row in logp.detach()])
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """``H = logsumexp(z) − Σ softmax(z)·z`` over the last dimension."""
-    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    """``H = −Σ p·log p`` over the last dimension, from log-probabilities."""
+    return -(logp.exp() * logp).sum(dim=-1)
 
 
 def _load_hf_weights(model_dir: Path, device: torch.device) -> dict[str, torch.Tensor]:
