@@ -430,6 +430,16 @@ class LMAgent:
         """:meth:`kl_penalty` on the episodes' steps (``mask``), 0 elsewhere; all 0 without a reference pass."""
         return torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(logprobs, ref_logprobs) * mask
 
+    @staticmethod
+    def episode_kl_to_reference(
+        old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, mask: torch.Tensor
+    ) -> float:
+        """The batch's mean over episodes (of every process) of ``Σ_t log π_old − log π_ref``, the logged
+        ``train/kl_ref``; NaN without a reference pass."""
+        if ref_logprobs is None:
+            return float("nan")
+        return global_masked_mean(((old_logprobs - ref_logprobs) * mask).sum(1), torch.ones_like(mask[:, 0])).item()
+
     def kl_exceeded(self, approx_kl: float) -> bool:
         """Whether a minibatch's approximate KL to π_old (of the whole minibatch, the same on every rank) calls
         for stopping this iteration's epochs."""

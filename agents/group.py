@@ -136,16 +136,10 @@ class GroupAgent(LMAgent):
                 stats["train/grad_norm"].append(self.optimizer_step(loss))
             if stop:
                 break
-        episodes = torch.ones_like(mask[:, 0])  # (E,) for means over the episodes of every process
-        kl_ref = (
-            float("nan")
-            if ref_logprobs is None
-            else global_masked_mean(((old_logprobs - ref_logprobs) * mask).sum(1), episodes).item()
-        )
         return {
             **{name: float(np.mean(values)) for name, values in stats.items()},
             "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
-            "train/kl_ref": kl_ref,
+            "train/kl_ref": self.episode_kl_to_reference(old_logprobs, ref_logprobs, mask),
             "train/kl_coef": self.kl_coef,
         }
 

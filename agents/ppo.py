@@ -170,13 +170,8 @@ class PPO(LMAgent):
             if stop:
                 break
 
-        episodes = torch.ones_like(mask[:, 0])  # (E,) for means over the episodes of every process
         episodes_total = len(batch) * self.world_size  # the whole batch's
-        kl_per_episode = (
-            float("nan")
-            if ref_logprobs is None
-            else global_masked_mean(((old_logprobs - ref_logprobs) * mask).sum(1), episodes).item()
-        )
+        kl_per_episode = self.episode_kl_to_reference(old_logprobs, ref_logprobs, mask)
         if c.kl_target is not None:  # proportional controller on log β
             error = float(np.clip(kl_per_episode / c.kl_target - 1, -0.2, 0.2))
             self.kl_coef *= 1 + error * episodes_total / c.kl_horizon
