@@ -146,6 +146,10 @@ def main() -> None:
     for algo, target in TARGETS.items():
         rate, precision = max((r, p) for name, p, r, _ in rows if name == f"textgym {algo}")
         print(f"textgym {algo} ({precision}) / TRL's best = {rate / trl_best[0]:.2f}  (target >= {target})")
+    trl = {precision: rate for name, precision, rate, _ in rows if name.startswith("TRL")}
+    for name, precision, rate, _ in rows:
+        if name.startswith("textgym"):
+            print(f"{name} / TRL, both {precision} = {rate / trl[precision]:.2f}")
 
 
 if __name__ == "__main__":
