@@ -263,14 +263,19 @@ def test_chunked_passes_equal_one_pass(words_model_dir):
 
 
 @pytest.mark.parametrize("entropy_grad", [True, False])
-def test_logprobs_and_entropy_match_log_softmax(entropy_grad):
-    logits = torch.randn(3, 5, 11, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logprobs_and_entropy_match_log_softmax(entropy_grad, dtype):
+    """In float32 whatever the logits' dtype (bfloat16 under autocast): equal to a float32 log-softmax."""
+    logits = (4 * torch.randn(3, 5, 11)).to(dtype).requires_grad_(True)
     tokens = torch.randint(0, 11, (3, 5))
     logprobs, entropy = _logprobs_and_entropy(logits, tokens, entropy_grad)
-    logp = torch.log_softmax(logits, -1)
-    torch.testing.assert_close(logprobs, logp.gather(2, tokens[..., None]).squeeze(-1))
-    torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1))
+    logp = torch.log_softmax(logits.double(), -1)
+    assert logprobs.dtype == entropy.dtype == torch.float32
+    torch.testing.assert_close(logprobs, logp.gather(2, tokens[..., None]).squeeze(-1).float())
+    torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1).float())
     assert entropy.requires_grad == entropy_grad and logprobs.requires_grad
+    logprobs.sum().backward()
+    assert logits.grad.dtype == dtype
 
 
 # --- the smaller fixes --------------------------------------------------------------------------------------------
