@@ -136,6 +136,7 @@ def plot_learning_curves(rows: Rows, label: Callable[[dict], str], path: Path) -
             else:
                 ax.plot(x, y, marker="o", color=color, label=algo)
         ax.set(title=f"{task} (level {level})", xlabel="training env tokens", ylabel="normalised score (IQM, seeds)")
+        ax.set_ylim(bottom=min(ax.get_ylim()[0], 0))  # from the random policy's 0: small gains look small
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
