@@ -8,7 +8,9 @@ whose contexts are at different points:
   context sits at the right end of its row, with masked (zero) columns in front of it;
 * position ids are counted per row, so a row's place in the cache does not matter;
 * a row whose context starts over (a new episode) is encoded alone and written into its row's tail; columns
-  no row attends to any longer are dropped from the front.
+  no row attends to any longer are dropped from the front;
+* rows encoded together with identical contexts (a GRPO group's prompt) go through the model once and share
+  the result.
 
 Contexts come as the env's observations (``input_ids`` with ``attention_mask``), so a row can be rebuilt from
 an observation at any time, e.g. after the model's weights changed.
