@@ -136,7 +136,7 @@ def plot_learning_curves(rows: Rows, label: Callable[[dict], str], path: Path) -
             else:
                 ax.plot(x, y, marker="o", color=color, label=algo)
         ax.set(title=f"{task} (level {level})", xlabel="training env tokens", ylabel="normalised score (IQM, seeds)")
-        ax.set_ylim(bottom=min(ax.get_ylim()[0], 0))  # from the random policy's 0: small gains look small
+        _score_axis_from_zero(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -162,6 +162,7 @@ def plot_frontier(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
             xlabel="KL to the starting model (nats per completion, IQM)",
             ylabel="normalised score (IQM over seeds)",
         )
+        _score_axis_from_zero(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -259,6 +260,11 @@ def _fmt(value: float, low: float = math.nan, high: float = math.nan) -> str:
     if math.isnan(low):
         return f"{value:.3g}"
     return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def _score_axis_from_zero(ax: Any) -> None:
+    """Start a normalised-score axis at 0 (the random policy) or below it, so that small gains look small."""
+    ax.set_ylim(bottom=min(ax.get_ylim()[0], 0))
 
 
 def _panels(n: int, columns: int = 3, size: tuple[float, float] = (6, 4.5)) -> tuple[Any, list]:
