@@ -185,7 +185,6 @@ class SFT:
                 order = self.rng.permutation(len(self.examples))  # the same on every process
                 for start in range(0, len(order), c.batch_size):
                     batch = [self.examples[i] for i in order[start : start + c.batch_size]]
-                    self.optimizer.zero_grad(set_to_none=True)
                     # This process's examples (all of them with one process), normalised by the whole batch's
                     # completion tokens, so the summed gradients are those of the batch's mean loss.
                     tokens = sum(len(reply) for _, reply in batch)
@@ -196,6 +195,7 @@ class SFT:
                     loss = dist.all_reduce_sum(torch.zeros(()) if share is None else share.detach().cpu())
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
                     self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)  # freed now: the next forward runs without them
                     self.losses.append(loss.item())
                     bar.update()
                     bar.set_postfix(loss=f"{loss.item():.3f}")
