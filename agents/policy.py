@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
+
+from textgym.distributed import is_sharded
+from textgym.lm_cache import select_cache_rows
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -247,19 +250,53 @@ def _completion_logits(
     completion_width: int,
     need_hidden: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there."""
+    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there.
+
+    Rows with the same prompt (a GRPO group) share one pass over it: the prompts run once each, their KV cache
+    is copied to every row of theirs, and the completions run on it. The trunk then runs on ``U · P + E · T``
+    positions instead of ``E · (P + T)``, and gradients reach the shared prompt through every row's copy. Not
+    under FSDP: each pass gathers the weights with the other processes, so all must make the same passes.
+    """
     positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # per-row positions despite left padding
+    prompt_width = input_ids.shape[1] - completion_width
+    prompts, copies = torch.unique(  # (U, 2P) the distinct prompts (tokens and mask), (E,) each row's
+        torch.cat([input_ids[:, :prompt_width], attention_mask[:, :prompt_width]], dim=1), dim=0, return_inverse=True
+    )
     with whole_sequence_attention(input_ids.device):
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            logits_to_keep=completion_width + 1,  # the output layer runs on T + 1 columns, not P + T
+        if len(prompts) == len(input_ids) or completion_width < 2 or is_sharded(model):
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                logits_to_keep=completion_width + 1,  # the output layer runs on T + 1 columns, not P + T
+                output_hidden_states=need_hidden,
+                use_cache=False,
+            )
+            logits = out.logits[:, :-1]  # (E, T, V), the pass's dtype: column P + t - 1 predicts token t
+            hidden = out.hidden_states[-1][:, -completion_width - 1 : -1] if need_hidden else None  # (E, T, H)
+            return logits, hidden
+        prompt_mask = prompts[:, prompt_width:]
+        head = model(
+            input_ids=prompts[:, :prompt_width],
+            attention_mask=prompt_mask,
+            position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0),
+            past_key_values=DynamicCache(),
+            logits_to_keep=1,  # the last prompt column predicts completion token 0
             output_hidden_states=need_hidden,
-            use_cache=False,
+            use_cache=True,
         )
-    logits = out.logits[:, :-1]  # (E, T, V), the pass's dtype: column P + t - 1 predicts completion token t
-    hidden = out.hidden_states[-1][:, -completion_width - 1 : -1] if need_hidden else None  # (E, T, H)
+        tail = model(  # completion tokens 0 .. T - 2 predict tokens 1 .. T - 1
+            input_ids=input_ids[:, prompt_width:-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=positions[:, prompt_width:-1],
+            past_key_values=select_cache_rows(head.past_key_values, copies),
+            output_hidden_states=need_hidden,
+            use_cache=True,
+        )
+    logits = torch.cat([head.logits[copies], tail.logits], dim=1)  # (E, T, V)
+    hidden = None
+    if need_hidden:
+        hidden = torch.cat([head.hidden_states[-1][copies, -1:], tail.hidden_states[-1]], dim=1)  # (E, T, H)
     return logits, hidden
 
 

@@ -85,6 +85,33 @@ def test_training_pass_reproduces_sampling_logprobs(words_model_dir):
     torch.testing.assert_close(ref[mask], out.logprobs[mask])
 
 
+def test_rows_sharing_a_prompt_run_it_once_with_the_same_outputs_and_gradients(words_model_dir):
+    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8)
+    batch = agent.collect()
+    ids, mask, width = batch.input_ids.clone(), batch.attention_mask.clone(), batch.completion_ids.shape[1]
+    prompt = ids.shape[1] - width
+    for first, rows in ((0, slice(0, 5)), (5, slice(5, 8))):  # two groups: rows 0-4 share row 0's prompt, 5-7 row 5's
+        ids[rows, :prompt], mask[rows, :prompt] = ids[first, :prompt], mask[first, :prompt]
+    params = agent.policy.trainable_parameters()
+
+    def outputs_and_gradients(rows: list[slice]) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+        evals = [agent.policy.evaluate(ids[r], mask[r], width, 0.7, with_values=True) for r in rows]
+        outs = [torch.cat([getattr(e, name) for e in evals]) for name in ("logprobs", "entropy", "values")]
+        loss = sum((o * batch.completion_mask).sum() for o in outs)
+        return [o.detach() for o in outs], torch.autograd.grad(loss, params)
+
+    positions = []  # how many token positions the trunk ran
+    hook = agent.policy.lm.get_input_embeddings().register_forward_hook(lambda m, i, o: positions.append(i[0].numel()))
+    shared, shared_grads = outputs_and_gradients([slice(0, 8)])
+    hook.remove()
+    assert sum(positions) == 2 * prompt + 8 * (width - 1)  # each prompt once, then the completions on its cache
+    alone, alone_grads = outputs_and_gradients([slice(i, i + 1) for i in range(8)])  # one row: nothing to share
+    for a, b in zip(shared, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for a, b in zip(shared_grads, alone_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_seeded_runs_are_reproducible(words_model_dir):
     runs = []
     for _ in range(2):

@@ -81,7 +81,9 @@ def test_two_processes_take_the_single_process_step(words_model_dir, tmp_path, s
     assert_ok(launch(double, scenario, words_model_dir, str(double), algo))
     before = weights(single, 0)
     assert_same_weights(weights(double, 0), weights(double, 1), atol=0)  # the replicas stay identical
-    assert_same_weights(weights(double, 0), before)
+    # A process runs a group's shared prompt once for its own rows of the group, one process for all of them:
+    # the sums run in another order, and Adam's first steps magnify that in the smallest gradients.
+    assert_same_weights(weights(double, 0), before, atol=1e-6 if algo == "ppo" else 1e-5)
     expected, got = rank_result(single, 0), rank_result(double, 0)
     metrics = ("policy_loss", "entropy", "clip_fraction", "approx_kl", "grad_norm", "kl_coef", "sampler_logprob_error")
     for name in (f"train/{m}" for m in metrics):

@@ -182,9 +182,15 @@ def _copy_rows(
     outputs: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs, mask and ``cache`` (in place) of the encoded rows taken at ``rows``, ``(R,)`` indices into them."""
+    select_cache_rows(cache, rows)
+    return outputs[rows], mask[rows]
+
+
+def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """``cache`` with its rows taken at ``rows`` ``(R,)`` (in place, and returned); differentiable."""
     for layer in _layers(cache):
         layer.keys, layer.values = layer.keys[rows], layer.values[rows]
-    return outputs[rows], mask[rows]
+    return cache
 
 
 def last_real_column(attention_mask: torch.Tensor) -> torch.Tensor:
