@@ -14,7 +14,7 @@ from agents import GRPO, PPO, RLOO
 from agents.base import clipped_surrogate, kl_estimate
 from agents.grpo import GRPOConfig
 from agents.policy import _logprobs_and_entropy
-from agents.sampling_copy import PackedLinear, can_pack
+from agents.sampling_copy import GROUPED_DECODE_ATTENTION, PackedLinear, can_pack, grouped_decode_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,12 +162,30 @@ def test_packed_linear_gives_f_linear_bit_for_bit(bias):
     assert torch.equal(packed.weight, linear.weight.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_decode_attention_equals_sdpa(dtype):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    for queries in (1, 4):  # a decode step (grouped), a prompt (transformers' own path)
+        query = torch.randn(2, 6, queries, 8).to(dtype)  # (B, heads, L, d)
+        key, value = torch.randn(2, 2, 5, 8).to(dtype), torch.randn(2, 2, 5, 8).to(dtype)  # 2 key/value heads
+        expected, _ = sdpa_attention_forward(module, query, key, value, None, scaling=0.3)
+        got, _ = grouped_decode_attention(module, query, key, value, None, scaling=0.3)
+        assert got.shape == expected.shape == (2, queries, 6, 8)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
 def test_bf16_samples_with_a_bfloat16_copy_refreshed_before_each_rollout(words_model_dir, teacher_forced, native_bf16):
     settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "learning_rate": 1e-3}
     agent = GRPO(words_model_dir, make_envs(words_model_dir), precision="bf16", **settings)
     assert agent.sampling_lm is not agent.policy.lm and agent.sampling_lm.dtype == torch.bfloat16
     packed = {name: m for name, m in agent.sampling_lm.named_modules() if isinstance(m, PackedLinear)}
     assert ("lm_head" in packed) == can_pack()  # on a CPU with oneDNN bfloat16, every linear layer is packed
+    assert agent.sampling_lm.config._attn_implementation == GROUPED_DECODE_ATTENTION
+    assert agent.policy.lm.config._attn_implementation == "sdpa"  # the copy's, not the policy's
     errors, train = [], agent.train_on_batch
 
     def checked(batch):  # sampled by the bf16 rounding of the current weights, with that model's log-probs
