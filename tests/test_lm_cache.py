@@ -36,7 +36,8 @@ def test_rows_encoded_in_parts_then_advanced_together(tiny_policy):
 
 
 def test_identical_contexts_are_encoded_once_and_advance_apart(tiny_policy):
-    """A GRPO group's rows share their prompt: the model sees it once, and the rows then grow independently."""
+    """A GRPO group's rows share their prompt: the model sees it once (without the columns of left padding that
+    every row has), and the rows then grow independently."""
     rng = np.random.default_rng(1)
     width = 10
     shared, other = rng.integers(5, 200, size=width), rng.integers(5, 200, size=width)
@@ -44,13 +45,13 @@ def test_identical_contexts_are_encoded_once_and_advance_apart(tiny_policy):
     mask = np.zeros((4, width), dtype=np.int64)
     mask[:, 2:7] = 1
     mask[1, 1] = 1  # the second row is longer, so it differs in its mask too
-    encoded_rows = []
-    hook = tiny_policy.register_forward_hook(lambda _, args, kwargs, out: encoded_rows.append(len(kwargs["input_ids"])),
+    encoded = []  # (rows, columns) of each pass
+    hook = tiny_policy.register_forward_hook(lambda _, args, kwargs, out: encoded.append(kwargs["input_ids"].shape),
                                              with_kwargs=True)  # fmt: skip
     lm = IncrementalLM(tiny_policy, 4)
     lm.encode_rows(np.ones(4, dtype=bool), ids, mask)
     hook.remove()
-    assert encoded_rows == [2]
+    assert encoded == [(2, 6)]  # 2 distinct rows, columns 1 to 6
     torch.testing.assert_close(lm.outputs, full_logits(tiny_policy, ids, mask), atol=1e-4, rtol=1e-4)
     mask[:, 7] = 1
     ids[:, 7] = [11, 12, 13, 14]  # the copies of the shared prompt now diverge

@@ -67,6 +67,10 @@ class IncrementalLM:
         unique, copies = _distinct_rows(np.concatenate([input_ids[index], attention_mask[index]], axis=1))
         ids = torch.as_tensor(input_ids[index[unique]], device=self.device)  # (U, L)
         mask = torch.as_tensor(attention_mask[index[unique]], device=self.device)  # (U, L)
+        # Only the columns from the first real token of any row to the last: an observation's prompt is
+        # left-padded to the env's whole prompt width (64 by default, for prompts of about 12 tokens).
+        start = int(mask.long().argmax(dim=1).min())
+        ids, mask = ids[:, start:], mask[:, start:]
         last = last_real_column(mask)  # (U,)
         width = int(last.max()) + 1
         ids, mask = ids[:, :width], mask[:, :width]
