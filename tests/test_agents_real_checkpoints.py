@@ -3,6 +3,8 @@ options a real run needs. Each test fails if the behaviour it names is removed."
 
 from __future__ import annotations
 
+import platform
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from synthetic_task import NEW_TOKENS, yes_rate
 
 import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO
-from agents.base import clipped_surrogate, kl_estimate
+from agents.base import clipped_surrogate, keep_freed_host_memory, kl_estimate
 from agents.grpo import GRPOConfig
 from agents.policy import _logprobs_and_entropy
 from agents.sampling_copy import GROUPED_DECODE_ATTENTION, PackedLinear, can_pack, grouped_decode_attention
@@ -208,6 +210,21 @@ def test_bf16_on_a_cpu_without_native_bfloat16_falls_back_to_fp32_with_a_warning
     with pytest.warns(UserWarning, match="without native bfloat16"):
         agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8, precision="bf16")
     assert agent.precision == "fp32" and agent.sampling_lm is agent.policy.lm
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_memory_freed_by_the_process_is_reused_without_faulting_it_in_again():
+    import resource
+
+    assert keep_freed_host_memory()
+
+    def faults_filling(megabytes: int) -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(megabytes * 2**20, dtype=torch.uint8).fill_(1)  # freed at once
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_filling(256)  # the heap grows to hold it (if it had not)
+    assert faults_filling(256) < 256 * 2**20 / 4096 / 10  # glibc's defaults: a fresh mapping, every page faulted
 
 
 # --- on-policy batches and exact resume ------------------------------------------------------------------------
