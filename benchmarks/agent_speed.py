@@ -39,12 +39,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--completions", type=int, default=8, help="completions per gradient step")
     parser.add_argument("--rollout-batch", type=int, default=None, help="completions sampled at once")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed rollouts after one warm-up rollout")
+    parser.add_argument("--steps", type=int, default=3, help="timed rollouts, after the warm-up ones")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rollouts first (2: the steady state)")
     parser.add_argument("--precisions", default=None, help="comma-separated fp32,bf16 (default: bf16 too where native)")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="textgym β; 0 as TRL (no reference pass)")
     parser.add_argument("--skip-trl", action="store_true")
     args = parser.parse_args()
     args.rollout_batch = args.rollout_batch or args.completions
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1 (the first rollout loads and allocates)")
     if args.rollout_batch % args.completions:
         parser.error(f"--rollout-batch ({args.rollout_batch}) must be a multiple of --completions ({args.completions})")
     native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
@@ -59,14 +62,14 @@ def time_textgym(algo: type, precision: str, args: argparse.Namespace, **setting
     envs = gym.make_vec("TextGen-v0", num_envs=r, model=args.model, max_new_tokens=args.new_tokens)
     settings = {"batch_size": r, "minibatch_size": n, "epochs": 1, "kl_coef": args.kl_coef, **settings}
     agent = algo(args.model, envs, precision=precision, **settings)
-    agent.learn(r * (args.steps + 1), progress_bar=False)
-    timed = agent.history[1:]
+    agent.learn(r * (args.warmup + args.steps), progress_bar=False)
+    timed = agent.history[args.warmup :]
     rate = r * len(timed) / sum(h["time/iteration_seconds"] for h in timed)
     return agent.precision, rate, statistics.mean(h["rollout/ep_len_mean"] for h in timed)
 
 
 def time_trl(precision: str, args: argparse.Namespace) -> tuple[float, float]:
-    """Completions/s over the steps after the first rollout's, and their mean completion length."""
+    """Completions/s over the steps after the warm-up rollouts', and their mean completion length."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -98,7 +101,7 @@ def time_trl(precision: str, args: argparse.Namespace) -> tuple[float, float]:
         generation_batch_size=args.rollout_batch,
         num_generations=args.completions,
         max_completion_length=args.new_tokens,
-        max_steps=steps_per_rollout * (args.steps + 1),
+        max_steps=steps_per_rollout * (args.warmup + args.steps),
         bf16=precision == "bf16",
         gradient_checkpointing=False,
         report_to=[],
@@ -115,7 +118,7 @@ def time_trl(precision: str, args: argparse.Namespace) -> tuple[float, float]:
         callbacks=[timer],
     )
     trainer.train()
-    timed = timer.seconds[steps_per_rollout:]  # a rollout's sampling falls in the first of its steps
+    timed = timer.seconds[steps_per_rollout * args.warmup :]  # a rollout's sampling falls in its first step
     lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
     timed_lengths = lengths[-args.steps :]  # logged once per rollout, with its sampling
     return args.completions * len(timed) / sum(timed), statistics.mean(timed_lengths) if timed_lengths else float("nan")
@@ -128,7 +131,8 @@ def main() -> None:
     print(
         f"model={args.model or 'smollm2-135m-instruct'} device={device}{cpu} torch_threads={torch.get_num_threads()} "
         f"completions/step={args.completions} rollout_batch={args.rollout_batch} max_new_tokens={args.new_tokens} "
-        f"timed_rollouts={args.steps} THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
+        f"warmup_rollouts={args.warmup} timed_rollouts={args.steps} "
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
     )
     rows: list[tuple[str, str, float, float]] = []  # (method, precision, completions/s, mean length)
     for precision in args.precisions:

@@ -315,7 +315,7 @@ def plot(results: dict[str, dict[str, Any]], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 1.4 + 0.6 * len(results)))
-    colors = plt.get_cmap("tab10").colors
+    colors = plt.get_cmap("tab20").colors  # one colour per phase: tab10's repeat after ten
     names = list(results)
     left = np.zeros(len(names))
     for i, phase in enumerate(PHASES):
