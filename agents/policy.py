@@ -3,7 +3,8 @@
 Training never runs the model token by token: :meth:`ActorCritic.evaluate` scores every completion token of
 a :class:`~agents.rollout.RolloutBatch` in one forward pass over the whole sequences (prompt left-padded to
 ``P``, completion right-padded to ``T``), computing the output layer only on the ``T`` positions that chose a
-completion token.
+completion token. Rows that share a prompt (a GRPO group) run it once: one pass over the distinct prompts,
+then one over the completions on their copied KV cache.
 
 Dropout is off for good (the modules stay in eval mode, gradients flow all the same): the rollout engine samples
 without dropout, so training with it would score the samples under another policy, and the first step's ratio
