@@ -27,7 +27,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from textgym.distributed import is_sharded
-from textgym.lm_cache import select_cache_rows
+from textgym.lm_cache import position_ids, select_cache_rows
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -258,7 +258,7 @@ def _completion_logits(
     positions instead of ``E · (P + T)``, and gradients reach the shared prompt through every row's copy. Not
     under FSDP: each pass gathers the weights with the other processes, so all must make the same passes.
     """
-    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # per-row positions despite left padding
+    positions = position_ids(attention_mask)  # (E, P + T)
     prompt_width = input_ids.shape[1] - completion_width
     prompts, copies = torch.unique(  # (U, 2P) the distinct prompts (tokens and mask), (E,) each row's
         torch.cat([input_ids[:, :prompt_width], attention_mask[:, :prompt_width]], dim=1), dim=0, return_inverse=True
@@ -280,7 +280,7 @@ def _completion_logits(
         head = model(
             input_ids=prompts[:, :prompt_width],
             attention_mask=prompt_mask,
-            position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0),
+            position_ids=position_ids(prompt_mask),
             past_key_values=DynamicCache(),
             logits_to_keep=1,  # the last prompt column predicts completion token 0
             output_hidden_states=need_hidden,

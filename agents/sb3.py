@@ -38,7 +38,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from agents.sb3_vec_env import TextGenSB3VecEnv, make_sb3_vec_env
-from textgym.lm_cache import IncrementalLM, last_real_column
+from textgym.lm_cache import IncrementalLM, last_real_column, position_ids
 from textgym.models import load_causal_lm, resolve_model_dir, vocab_size_of
 
 __all__ = [
@@ -154,7 +154,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         hidden = self.lm.base_model(
             input_ids=input_ids[:, start:end],
             attention_mask=attention_mask,
-            position_ids=(attention_mask.cumsum(dim=1) - 1).clamp(min=0),  # per-row positions despite left padding
+            position_ids=position_ids(attention_mask),
             use_cache=False,
         ).last_hidden_state
         return hidden, start

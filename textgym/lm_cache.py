@@ -78,7 +78,7 @@ class IncrementalLM:
         outputs, cache = self._forward(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            position_ids=position_ids(mask),
             past_key_values=DynamicCache(),
             **({"logits_to_keep": keep} if self._keeps_columns else {}),
         )
@@ -120,7 +120,7 @@ class IncrementalLM:
         outputs, self._cache = self._forward(
             input_ids=torch.as_tensor(tokens, device=self.device),  # (N, K)
             attention_mask=self._cache_mask,
-            position_ids=self._positions[:, None] + (mask_t.cumsum(dim=1) - 1).clamp(min=0),  # (N, K)
+            position_ids=self._positions[:, None] + position_ids(mask_t),  # (N, K)
             past_key_values=self._cache,
         )
         self._positions += mask_t.sum(dim=1)
@@ -195,6 +195,12 @@ def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     for layer in _layers(cache):
         layer.keys, layer.values = layer.keys[rows], layer.values[rows]
     return cache
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its row's context, ``(B, L)``, counted from the row's first attended column
+    (left padding does not shift a row's positions; padding columns get 0)."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
 def last_real_column(attention_mask: torch.Tensor) -> torch.Tensor:
