@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 
 class PackedLinear(nn.Module):
@@ -68,8 +69,6 @@ def grouped_decode_attention(
     share, ``(B, kv_heads, groups, d)``, instead of SDPA's ``enable_gqa``, which on a CPU in bfloat16 is several
     times slower for equal outputs (8 rows, 48 keys, the embedded model's 9 query and 3 key/value heads, one
     EPYC thread: 360 against 85 µs a layer). transformers groups the heads so itself when there is a mask."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] != 1 or groups == 1 or attention_mask is not None or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
