@@ -27,7 +27,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from textgym.distributed import is_sharded
-from textgym.lm_cache import position_ids, select_cache_rows
+from textgym.lm_cache import CACHE_ARG, position_ids, select_cache_rows
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -281,7 +281,7 @@ def _completion_logits(
             input_ids=prompts[:, :prompt_width],
             attention_mask=prompt_mask,
             position_ids=position_ids(prompt_mask),
-            past_key_values=DynamicCache(),
+            **{CACHE_ARG: DynamicCache()},
             logits_to_keep=1,  # the last prompt column predicts completion token 0
             output_hidden_states=need_hidden,
             use_cache=True,
@@ -290,7 +290,7 @@ def _completion_logits(
             input_ids=input_ids[:, prompt_width:-1],
             attention_mask=attention_mask[:, :-1],
             position_ids=positions[:, prompt_width:-1],
-            past_key_values=select_cache_rows(head.past_key_values, copies),
+            **{CACHE_ARG: select_cache_rows(head[CACHE_ARG], copies)},
             output_hidden_states=need_hidden,
             use_cache=True,
         )

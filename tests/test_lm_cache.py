@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
-from textgym.lm_cache import IncrementalLM
+from textgym.lm_cache import CACHE_ARG, IncrementalLM
 
 
 def full_logits(model, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
@@ -57,3 +59,10 @@ def test_identical_contexts_are_encoded_once_and_advance_apart(tiny_policy):
     ids[:, 7] = [11, 12, 13, 14]  # the copies of the shared prompt now diverge
     lm.advance(torch.as_tensor(ids[:, 7]), np.ones(4, dtype=bool))
     torch.testing.assert_close(lm.outputs, full_logits(tiny_policy, ids, mask), atol=1e-4, rtol=1e-4)
+
+
+def test_the_cache_is_passed_under_the_name_the_models_take(tiny_policy):
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40)."""
+    assert CACHE_ARG in inspect.signature(type(tiny_policy).forward).parameters
+    out = tiny_policy(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True)
+    assert out[CACHE_ARG].get_seq_length() == 3

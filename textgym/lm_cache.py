@@ -25,6 +25,11 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+CACHE_ARG = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+"""What transformers calls a model's KV cache, in ``forward``'s arguments and in its outputs: ``cache`` from 5.24
+on (where ``past_key_values`` warns, and stops working in 5.40), ``past_key_values`` before."""
 
 
 class IncrementalLM:
@@ -79,7 +84,7 @@ class IncrementalLM:
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids(mask),
-            past_key_values=DynamicCache(),
+            **{CACHE_ARG: DynamicCache()},
             **({"logits_to_keep": keep} if self._keeps_columns else {}),
         )
         column = torch.searchsorted(keep, last) if self._keeps_columns else last
@@ -121,7 +126,7 @@ class IncrementalLM:
             input_ids=torch.as_tensor(tokens, device=self.device),  # (N, K)
             attention_mask=self._cache_mask,
             position_ids=self._positions[:, None] + position_ids(mask_t),  # (N, K)
-            past_key_values=self._cache,
+            **{CACHE_ARG: self._cache},
         )
         self._positions += mask_t.sum(dim=1)
         self.outputs[active_t] = outputs[:, -1][active_t]
@@ -130,9 +135,9 @@ class IncrementalLM:
         """Outputs ``(R, L', V or H)`` in float32 over the kept columns, and the grown KV cache."""
         if self.hidden_states:
             out = self.model.base_model(**inputs, use_cache=True)
-            return out.last_hidden_state.float(), out.past_key_values
+            return out.last_hidden_state.float(), out[CACHE_ARG]
         out = self.model(**inputs, use_cache=True)
-        return out.logits.float(), out.past_key_values
+        return out.logits.float(), out[CACHE_ARG]
 
     def _write_rows(self, index: np.ndarray, rows_cache: DynamicCache, rows_mask: torch.Tensor) -> None:
         if len(index) == self.num_rows:
