@@ -11,6 +11,11 @@ otherwise, gradient checkpointing off, and ``bf16=True`` in the bf16 rows. TRL i
     python benchmarks/agent_speed.py                          # embedded SmolLM2-135M, fp32 and (if native) bf16
     python benchmarks/agent_speed.py --rollout-batch 64       # decode 64 at once, 8 gradient steps on them
     python benchmarks/agent_speed.py --skip-trl --precisions bf16
+    python benchmarks/agent_speed.py --precisions bf16 --repeats 4   # the ratios' spread over 4 rounds
+
+A machine's speed drifts by 10% and more over minutes (memory bandwidth shared with other tenants), so one
+round's ratio is noisy. ``--repeats N`` runs every method N times, in turn within each round, and prints the
+median completions/s of each and the median (and range) of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import os
 import statistics
 import time
+from collections import defaultdict
 
 import gymnasium as gym
 import torch
@@ -44,10 +50,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precisions", default=None, help="comma-separated fp32,bf16 (default: bf16 too where native)")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="textgym β; 0 as TRL (no reference pass)")
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of all methods, in turn (ratios: median)")
     args = parser.parse_args()
     args.rollout_batch = args.rollout_batch or args.completions
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1 (the first rollout loads and allocates)")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.rollout_batch % args.completions:
         parser.error(f"--rollout-batch ({args.rollout_batch}) must be a multiple of --completions ({args.completions})")
     native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
@@ -124,6 +133,34 @@ def time_trl(precision: str, args: argparse.Namespace) -> tuple[float, float]:
     return args.completions * len(timed) / sum(timed), statistics.mean(timed_lengths) if timed_lengths else float("nan")
 
 
+def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(method, precision) -> one (completions/s, mean length) per round; all methods in turn within a round, so
+    a drift of the machine's speed reaches them alike. A textgym agent that fell back from bf16 to fp32 (a CPU
+    without native bfloat16) is listed under "bf16->fp32"."""
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for _ in range(args.repeats):
+        for precision in args.precisions:
+            for name, algo, settings in (("GRPO", GRPO, {"group_size": args.completions}), ("PPO", PPO, {})):
+                ran, rate, length = time_textgym(algo, precision, args, **settings)
+                runs[f"textgym {name}", precision if ran == precision else f"{precision}->{ran}"].append((rate, length))
+            if not args.skip_trl:
+                runs["TRL GRPOTrainer", precision].append(time_trl(precision, args))
+    return runs
+
+
+def best_rates(runs: dict[tuple[str, str], list[tuple[float, float]]], method: str) -> tuple[list[float], str]:
+    """``method``'s completions/s in each round in its best precision (by the median), and that precision."""
+    rates = {precision: [rate for rate, _ in results] for (name, precision), results in runs.items() if name == method}
+    precision = max(rates, key=lambda p: statistics.median(rates[p]))
+    return rates[precision], precision
+
+
+def print_ratio(label: str, ratios: list[float], target: float | None = None) -> None:
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f} over {len(ratios)} rounds)" if len(ratios) > 1 else ""
+    goal = f"  (target >= {target})" if target is not None else ""
+    print(f"{label} = {statistics.median(ratios):.2f}{spread}{goal}")
+
+
 def main() -> None:
     args = parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -131,29 +168,26 @@ def main() -> None:
     print(
         f"model={args.model or 'smollm2-135m-instruct'} device={device}{cpu} torch_threads={torch.get_num_threads()} "
         f"completions/step={args.completions} rollout_batch={args.rollout_batch} max_new_tokens={args.new_tokens} "
-        f"warmup_rollouts={args.warmup} timed_rollouts={args.steps} "
+        f"warmup_rollouts={args.warmup} timed_rollouts={args.steps} rounds={args.repeats} "
         f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
     )
-    rows: list[tuple[str, str, float, float]] = []  # (method, precision, completions/s, mean length)
-    for precision in args.precisions:
-        rows.append(("textgym GRPO", *time_textgym(GRPO, precision, args, group_size=args.completions)))
-        rows.append(("textgym PPO", *time_textgym(PPO, precision, args)))
-        if not args.skip_trl:
-            rows.append(("TRL GRPOTrainer", precision, *time_trl(precision, args)))
+    runs = measure(args)
     print(f"{'method':<20}{'precision':>10}{'s/step':>10}{'completions/s':>16}{'mean length':>14}")
-    for name, precision, rate, length in rows:
+    for (name, precision), results in runs.items():
+        rate = statistics.median(r for r, _ in results)
+        length = statistics.median(length for _, length in results)
         print(f"{name:<20}{precision:>10}{args.completions / rate:>10.2f}{rate:>16.3f}{length:>14.1f}")
     if args.skip_trl:
         return
-    trl_best = max((rate, precision) for name, precision, rate, _ in rows if name.startswith("TRL"))
-    print(f"TRL's best: {trl_best[0]:.3f} completions/s ({trl_best[1]})")
+    trl_rates, trl_precision = best_rates(runs, "TRL GRPOTrainer")
+    print(f"TRL's best: {statistics.median(trl_rates):.3f} completions/s ({trl_precision})")
     for algo, target in TARGETS.items():
-        rate, precision = max((r, p) for name, p, r, _ in rows if name == f"textgym {algo}")
-        print(f"textgym {algo} ({precision}) / TRL's best = {rate / trl_best[0]:.2f}  (target >= {target})")
-    trl = {precision: rate for name, precision, rate, _ in rows if name.startswith("TRL")}
-    for name, precision, rate, _ in rows:
-        if name.startswith("textgym"):
-            print(f"{name} / TRL, both {precision} = {rate / trl[precision]:.2f}")
+        rates, precision = best_rates(runs, f"textgym {algo}")
+        print_ratio(f"textgym {algo} ({precision}) / TRL's best", [a / b for a, b in zip(rates, trl_rates)], target)
+    for (name, precision), results in runs.items():
+        trl = runs.get(("TRL GRPOTrainer", precision))
+        if name.startswith("textgym") and trl:
+            print_ratio(f"{name} / TRL, both {precision}", [a / b for (a, _), (b, _) in zip(results, trl)])
 
 
 if __name__ == "__main__":
