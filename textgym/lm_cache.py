@@ -89,8 +89,9 @@ class IncrementalLM:
         )
         column = torch.searchsorted(keep, last) if self._keeps_columns else last
         outputs = outputs[torch.arange(len(unique), device=self.device), column]  # (U, V) or (U, H)
-        if len(unique) < len(index):
-            outputs, mask = _copy_rows(outputs, mask, cache, torch.as_tensor(copies, device=self.device))
+        if len(unique) < len(index):  # each encoded row's outputs, mask and cache, copied to the rows sharing it
+            copies_t = torch.as_tensor(copies, device=self.device)  # (R,) indices into the encoded rows
+            outputs, mask, cache = outputs[copies_t], mask[copies_t], select_cache_rows(cache, copies_t)
         if self.outputs is None:
             self.outputs = torch.zeros(self.num_rows, outputs.shape[-1], device=self.device)
         self.outputs[torch.as_tensor(index, device=self.device)] = outputs
@@ -185,14 +186,6 @@ def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first)  # distinct rows in order of first appearance, not np.unique's sorted order
     return first[order], np.argsort(order)[inverse.reshape(-1)]
-
-
-def _copy_rows(
-    outputs: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs, mask and ``cache`` (in place) of the encoded rows taken at ``rows``, ``(R,)`` indices into them."""
-    select_cache_rows(cache, rows)
-    return outputs[rows], mask[rows]
 
 
 def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
