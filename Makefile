@@ -14,6 +14,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

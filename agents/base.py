@@ -7,7 +7,7 @@ Every batch is on-policy: :meth:`LMAgent.collect` draws ``batch_size`` prompts w
 generator and the rollout engine runs each to its end with the current weights, so every token of an update
 was sampled by the weights its log-prob is credited to, and a resumed run continues the same prompt stream.
 
-Data-parallel (launched by ``torchrun``; :mod:`textgym.distributed`): every process draws the same
+Data-parallel (launched by ``torchrun``; :mod:`textgym.lm.distributed`): every process draws the same
 ``batch_size`` prompts and rolls out its contiguous share of them on its own envs; the update normalises each
 loss by the counts of the whole batch and sums the gradients over the processes, so the step is the one a
 single process would take on the whole batch (docs/distributed.md). Only rank 0 writes logs and checkpoints.
@@ -36,8 +36,8 @@ from agents.policy import ActorCritic
 from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
 from agents.run_log import RunLog, write_json_atomic
 from agents.sampling_copy import bfloat16_copy, can_pack, copy_weights
-from textgym import distributed as dist
-from textgym.lm_cache import last_real_column
+from textgym.lm import distributed as dist
+from textgym.lm.cache import last_real_column
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest.json"
@@ -180,7 +180,7 @@ class LMAgent:
         run_dir: str | os.PathLike | None = None,
         **overrides: Any,
     ) -> None:
-        from textgym.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
+        from textgym.lm.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
 
         base = config or self.config_class()
         if not isinstance(base, self.config_class):

@@ -61,7 +61,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "textgym train") -> int:
     args = build_parser(prog).parse_args(argv)
-    from textgym import distributed as dist
+    from textgym.lm import distributed as dist
 
     dist.init_distributed()  # under torchrun / accelerate launch; nothing for one process
     if args.algo == "sft":

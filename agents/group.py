@@ -21,7 +21,7 @@ import torch
 
 from agents.base import AgentConfig, LMAgent, global_masked_mean, in_batch_order, masked_mean_share
 from agents.rollout import RolloutBatch
-from textgym import distributed as dist
+from textgym.lm import distributed as dist
 
 
 @dataclass

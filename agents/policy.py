@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from textgym.distributed import is_sharded
-from textgym.lm_cache import CACHE_ARG, position_ids, select_cache_rows
+from textgym.lm.cache import CACHE_ARG, position_ids, select_cache_rows
+from textgym.lm.distributed import is_sharded
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -176,8 +176,8 @@ class ActorCritic(nn.Module):
 
     def shard(self) -> None:
         """Shard the policy LM and (when it shares the policy's device) the reference over the processes with
-        FSDP2 (:func:`textgym.distributed.fully_shard_model`); the value head stays whole on every process."""
-        from textgym.distributed import fully_shard_model
+        FSDP2 (:func:`textgym.lm.distributed.fully_shard_model`); the value head stays whole on every process."""
+        from textgym.lm.distributed import fully_shard_model
 
         fully_shard_model(self.lm)
         if self.reference is not None and next(self.reference.parameters()).device == self.device:
@@ -206,7 +206,7 @@ class ActorCritic(nn.Module):
 
             set_peft_model_state_dict(self.lm, load_file(src / "adapter_model.safetensors", device=str(self.device)))
         else:
-            from textgym.distributed import is_sharded, load_full_state_dict
+            from textgym.lm.distributed import is_sharded, load_full_state_dict
 
             weights = _load_hf_weights(src, self.device)
             if is_sharded(self.lm):  # each process keeps its shard of the whole weights

@@ -26,7 +26,7 @@ from agents.base import (
     masked_whiten,
 )
 from agents.rollout import RolloutBatch
-from textgym import distributed as dist
+from textgym.lm import distributed as dist
 
 
 @dataclass

@@ -4,7 +4,7 @@ A generic RL library asks its policy for an action by re-running the whole conte
 a completion of ``T`` tokens cost ``O(T^2)`` forward work. :class:`RolloutCollector` instead keeps one KV
 cache for the ``N`` sub-envs, feeds only the newest token each step, and when a sub-env starts a new episode
 rebuilds just that row's cache from its observation, so every row's episode may be at a different point
-(the cache itself is :class:`textgym.lm_cache.IncrementalLM`, which the envs' reference model uses too).
+(the cache itself is :class:`textgym.lm.cache.IncrementalLM`, which the envs' reference model uses too).
 
 The env's observation always holds the whole context, so the cache can be rebuilt from it at any time: call
 :meth:`RolloutCollector.invalidate_cache` after a policy update and the next step re-encodes the episodes
@@ -29,8 +29,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from textgym.lm_cache import IncrementalLM
-from textgym.vector import unbatch_infos
+from textgym.envs.vector import unbatch_infos
+from textgym.lm.cache import IncrementalLM
 
 
 @dataclass
@@ -162,7 +162,7 @@ class RolloutCollector:
     Example::
 
         envs = gym.make_vec("TextGen-v0", num_envs=16)
-        policy = textgym.models.load_causal_lm()
+        policy = textgym.lm.models.load_causal_lm()
         collector = RolloutCollector(policy, envs, SamplingConfig(top_p=0.9), seed=0)
         batch = collector.collect(64)           # 64 finished episodes
         batch.returns.mean()

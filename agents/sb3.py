@@ -3,7 +3,7 @@
 * :class:`LMActorCriticPolicy` (``PPO``, ``A2C``) and :class:`MaskableLMActorCriticPolicy` (``MaskablePPO``): a
   Hugging Face causal LM is the actor, a linear value head on its last hidden state the critic;
 * :class:`TokenGRUExtractor`: token embedding + GRU, for SB3's own ``MultiInputPolicy`` to learn a
-  small-vocabulary task from scratch (a word-level tokenizer: ``textgym.models.make_tiny_model(dir, words=...)``);
+  small-vocabulary task from scratch (a word-level tokenizer: ``textgym.lm.models.make_tiny_model(dir, words=...)``);
 * :class:`~agents.sb3_vec_env.TextGenSB3VecEnv` / :func:`~agents.sb3_vec_env.make_sb3_vec_env`: SB3's ``VecEnv``
   over textgym's batched vector env;
 * :class:`KLPenaltyCallback`: the policy's half of the KL penalty, ``−kl_coef · log π(a_t | s_t)``, added to the
@@ -38,8 +38,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from agents.sb3_vec_env import TextGenSB3VecEnv, make_sb3_vec_env
-from textgym.lm_cache import IncrementalLM, last_real_column, position_ids
-from textgym.models import load_causal_lm, resolve_model_dir, vocab_size_of
+from textgym.lm.cache import IncrementalLM, last_real_column, position_ids
+from textgym.lm.models import load_causal_lm, resolve_model_dir, vocab_size_of
 
 __all__ = [
     "KLPenaltyCallback",
@@ -80,7 +80,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
 
     Args:
         observation_space: TextGen's ``Dict(input_ids, attention_mask)``.
-        model: a model name or local directory (see :func:`textgym.models.resolve_model_dir`), loaded with its
+        model: a model name or local directory (see :func:`textgym.lm.models.resolve_model_dir`), loaded with its
             weights; a name or path, so SB3 can pickle it with the policy's kwargs and rebuild the LM on load.
         kv_cache: keep a per-row KV cache for calls without gradients in eval mode (module docstring).
         attn_implementation: the LM's attention kernel, e.g. ``"eager"`` for sb3-contrib's ``TRPO``, whose
@@ -195,7 +195,7 @@ class _LMPolicyMixin:
     """What both LM policies add to SB3's actor-critic: the LM as extractor and actor head, a value head.
 
     Args:
-        model: the policy LM, a name or local directory (see :func:`textgym.models.resolve_model_dir`). Its
+        model: the policy LM, a name or local directory (see :func:`textgym.lm.models.resolve_model_dir`). Its
             output layer must match the env's ``Discrete(vocab_size)``; make the env with the same model.
         kv_cache, attn_implementation: see :class:`LMFeaturesExtractor`.
         **kwargs: the base policy's other arguments (optimizer, ...). ``net_arch``, ``ortho_init`` and the

@@ -17,7 +17,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from textgym.vector import unbatch_infos
+from textgym.envs.vector import unbatch_infos
 
 PER_ENV_METHODS = ("action_masks", "render")
 """Vector-env methods whose result has one entry per sub-env; ``env_method`` hands each index its own entry."""

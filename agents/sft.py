@@ -5,8 +5,8 @@ Data is JSONL, one example per line: ``{"prompt": ..., "completion": ...}`` or c
 completion. The loss is the cross-entropy of the completion tokens only.
 
 SFT teaches exactly what ``TextGen-v0`` with the same ``chat_template`` asks for: prompts are encoded by the
-env's own function (:func:`textgym.prompts.encode_prompt`), so their tokens are the env's observations, and
-every reply ends with one of the env's stop tokens (:func:`textgym.prompts.stop_token_ids`): with the chat
+env's own function (:func:`textgym.lm.prompts.encode_prompt`), so their tokens are the env's observations, and
+every reply ends with one of the env's stop tokens (:func:`textgym.lm.prompts.stop_token_ids`): with the chat
 template, the template's end-of-turn token (what follows it is cut, as the env stops there); without it, EOS.
 
 Under ``torchrun`` it is data-parallel: every process shuffles the examples alike and takes every
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from agents.base import make_optimizer
-from textgym import distributed as dist
-from textgym.prompts import encode_prompt, pad_token_id, stop_token_ids
+from textgym.lm import distributed as dist
+from textgym.lm.prompts import encode_prompt, pad_token_id, stop_token_ids
 
 SHIPPED_DATA = {"instructions": Path(__file__).parent / "data" / "instructions.jsonl"}
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
@@ -116,7 +116,7 @@ class SFT:
         config: SFTConfig | None = None,
         **overrides: Any,
     ) -> None:
-        from textgym.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
+        from textgym.lm.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
 
         self.config = replace(config or SFTConfig(), **overrides)
         c = self.config

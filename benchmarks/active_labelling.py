@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reward_models.base import make_reward_model
 from reward_models.labelling.selection import pair_disagreement, pair_uncertainty
 from reward_models.learned import SHIPPED_DIR, ScalarHead, SentenceEncoder
 from reward_models.preferences import read_jsonl
+from reward_models.registry import make_reward_model
 
 STRATEGIES = ("random", "uncertainty", "disagreement")
 

@@ -33,7 +33,7 @@ from roofline import cpu_name  # benchmarks/ is on the path of a script run from
 import textgym  # noqa: F401
 from agents import GRPO, PPO
 from agents.base import cpu_has_native_bf16
-from textgym.prompts import load_prompts
+from textgym.lm.prompts import load_prompts
 
 TARGETS = {"GRPO": 2.0, "PPO": 1.5}
 """The issue's targets: textgym's completions/s over TRL's best, per algorithm."""
@@ -84,7 +84,7 @@ def time_trl(precision: str, args: argparse.Namespace) -> tuple[float, float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from reward_models import make_reward_model
-    from textgym.models import load_causal_lm, load_tokenizer
+    from textgym.lm.models import load_causal_lm, load_tokenizer
 
     vader = make_reward_model("vader")
 

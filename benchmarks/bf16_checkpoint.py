@@ -25,8 +25,8 @@ from rlhf_positivity import evaluate
 
 import textgym  # noqa: F401
 from agents import GRPO
-from textgym.models import embedded_model_dir
-from textgym.prompts import load_prompts
+from textgym.lm.models import embedded_model_dir
+from textgym.lm.prompts import load_prompts
 
 
 def save_bf16_copy(src: Path, out: Path) -> Path:

@@ -51,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
 
     import textgym  # noqa: F401  (registers the envs)
     from agents import GRPO, PPO, RLOO
-    from textgym import distributed as dist
+    from textgym.lm import distributed as dist
 
     dist.init_distributed()
     world = dist.world_size()

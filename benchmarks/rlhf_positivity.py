@@ -18,7 +18,7 @@ import torch
 import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO, RolloutCollector, SamplingConfig
 from agents.base import LMAgent
-from textgym.prompts import load_prompts
+from textgym.lm.prompts import load_prompts
 
 ALGOS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO}
 

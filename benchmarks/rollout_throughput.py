@@ -23,8 +23,8 @@ import torch
 
 import textgym
 from agents import RolloutCollector
-from textgym.models import load_causal_lm, load_tokenizer
-from textgym.prompts import load_prompts
+from textgym.lm.models import load_causal_lm, load_tokenizer
+from textgym.lm.prompts import load_prompts
 
 
 def parse_args() -> argparse.Namespace:
@@ -119,7 +119,7 @@ def main() -> None:
 
     where = args.device if args.device == "cpu" else torch.cuda.get_device_name()
     print(
-        f"model={args.model or textgym.models.EMBEDDED_MODEL} device={where} dtype={args.dtype} "
+        f"model={args.model or textgym.lm.models.EMBEDDED_MODEL} device={where} dtype={args.dtype} "
         f"torch_threads={torch.get_num_threads()} batch={args.batch} prompt={args.prompt_tokens} "
         f"new={args.new_tokens} repeats={args.repeats}"
     )

@@ -44,7 +44,7 @@ import agents.base
 import textgym  # noqa: F401  (registers the envs)
 from agents import GRPO, PPO
 from agents.sampling_copy import PackedLinear
-from textgym.lm_cache import IncrementalLM
+from textgym.lm.cache import IncrementalLM
 
 PHASES = (
     "rollout: prompt encoding",
@@ -247,7 +247,7 @@ def instrument(agent: Any, clock: PhaseClock) -> None:
 # --- 3. env stepping against a decode step -------------------------------------------------------------------------
 def env_overhead(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Seconds per vector-env step with random actions, and per model decode step, at ``args.env_batch`` rows."""
-    from textgym.models import load_causal_lm
+    from textgym.lm.models import load_causal_lm
 
     n = args.env_batch
     envs = gym.make_vec("TextGen-v0", num_envs=n, model=args.model, max_new_tokens=args.new_tokens)
@@ -357,7 +357,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    from textgym.models import load_causal_lm
+    from textgym.lm.models import load_causal_lm
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = (

@@ -30,7 +30,7 @@ from stable_baselines3 import PPO as SB3PPO
 import textgym  # noqa: F401
 from agents import PPO, RolloutCollector
 from agents.sb3 import LMActorCriticPolicy, make_sb3_vec_env
-from textgym.models import load_causal_lm
+from textgym.lm.models import load_causal_lm
 
 
 def parse_args() -> argparse.Namespace:

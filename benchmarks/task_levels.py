@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import textgym  # noqa: F401  (registers the envs)
-from textgym.models import load_causal_lm
+from textgym.lm.models import load_causal_lm
 from textgym.tasks import get_task
 
 

@@ -13,7 +13,7 @@ import gymnasium as gym
 
 import textgym  # noqa: F401  (registers TextGen-v0)
 from agents import RolloutCollector, SamplingConfig
-from textgym.models import load_causal_lm
+from textgym.lm.models import load_causal_lm
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--model", default=None, help="embedded default, 'tiny', or a local model directory")

@@ -21,7 +21,7 @@ import textgym  # noqa: F401  (registers TextGen-v0)
 from reward_models.preferences import PreferencePair, split_by_prompt
 from reward_models.synthetic import sample_completions, synthesize_preferences
 from reward_models.training import TrainConfig, pairwise_accuracy, train_reward_model
-from textgym.prompts import load_prompts
+from textgym.lm.prompts import load_prompts
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default=None, help="the LM that samples completions (default: embedded SmolLM2)")

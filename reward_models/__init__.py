@@ -12,12 +12,9 @@ used, so ``import reward_models`` stays light: no torch, no transformers.
 
 from __future__ import annotations
 
-from reward_models.base import (
+from reward_models.base import BatchedRewardModel, Normalization, RewardFn, RewardModel
+from reward_models.registry import (
     ENTRY_POINT_GROUP,
-    BatchedRewardModel,
-    Normalization,
-    RewardFn,
-    RewardModel,
     load_reward_model,
     make_reward_model,
     register_reward_model,

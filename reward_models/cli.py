@@ -87,8 +87,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from reward_models.base import make_reward_model
     from reward_models.preferences import load_preferences
+    from reward_models.registry import make_reward_model
     from reward_models.training import pairwise_accuracy
 
     report = pairwise_accuracy(make_reward_model(args.model, **args.kwargs), load_preferences(args.data, args.on_error))
@@ -99,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from reward_models.preferences import read_jsonl, write_jsonl
     from reward_models.synthetic import sample_completions, synthesize_preferences
-    from textgym.prompts import load_prompts
+    from textgym.lm.prompts import load_prompts
 
     if args.completions:
         given = read_jsonl(args.completions, _prompt_and_completions)
@@ -127,7 +127,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from reward_models.base import registered_names
+    from reward_models.registry import registered_names
 
     print("\n".join(registered_names()))
     return 0

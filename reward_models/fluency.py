@@ -38,7 +38,7 @@ class Fluency(BatchedRewardModel):
 
     Args:
         model: the causal LM that judges likelihood: ``None`` for the embedded model, ``"tiny"`` or a local
-            directory (:func:`textgym.models.resolve_model_dir`).
+            directory (:func:`textgym.lm.models.resolve_model_dir`).
         low, high: mean log-probabilities (nats per token) that map to 0 and to 1. Under the embedded model
             its own samples (temperature 1, continuing the shipped openings) average -3.2 (10th percentile
             -3.9), a list of positive words -8.9 and uniformly random tokens about -17.
@@ -60,8 +60,8 @@ class Fluency(BatchedRewardModel):
         if not 0 < min_distinct <= 1:
             raise ValueError(f"min_distinct must be in (0, 1], got {min_distinct}.")
         super().__init__(batch_size=batch_size, device=device, name="fluency")
-        from textgym.models import load_causal_lm, load_tokenizer, resolve_model_dir
-        from textgym.prompts import pad_token_id
+        from textgym.lm.models import load_causal_lm, load_tokenizer, resolve_model_dir
+        from textgym.lm.prompts import pad_token_id
 
         model_dir = resolve_model_dir(model)
         self.tokenizer = load_tokenizer(model_dir)

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers.utils import logging
 
 from reward_models.base import BatchedRewardModel, Normalization
-from textgym.models import resolve_model_dir
+from textgym.lm.models import resolve_model_dir
 
 INPUT_FORMATS = ("concat", "chat", "completion")
 """How a pair becomes the classifier's input text: ``prompt + completion`` (the env's completions continue the
@@ -131,7 +131,7 @@ class HFClassifierReward(BatchedRewardModel):
 
         Args:
             model: a textgym model name (``None`` for the embedded SmolLM2, ``"tiny"``) or a local directory
-                (see :func:`textgym.models.resolve_model_dir`); a causal LM gets the matching
+                (see :func:`textgym.lm.models.resolve_model_dir`); a causal LM gets the matching
                 ``*ForSequenceClassification`` head, which scores the last token.
             input_format, max_length, batch_size, device: see the class.
         """

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from reward_models.base import RewardFn, RewardModel, make_reward_model
+from reward_models.base import RewardFn, RewardModel
+from reward_models.registry import make_reward_model
 
 KINDS = ("pairs", "rankings")
 
@@ -75,7 +76,7 @@ def sample_completions(
     import torch
     from tqdm.auto import tqdm
 
-    from textgym.models import load_causal_lm, load_tokenizer, resolve_device
+    from textgym.lm.models import load_causal_lm, load_tokenizer, resolve_device
 
     device = resolve_device(device)
     tokenizer = load_tokenizer(model)

@@ -36,7 +36,7 @@ import numpy as np
 
 from reward_models.base import Normalization, RewardFn
 from reward_models.preferences import PreferencePair, load_preferences, split_by_prompt
-from textgym import distributed as dist
+from textgym.lm import distributed as dist
 
 if TYPE_CHECKING:  # torch loads only when training starts, so the CLI and the config stay light
     import torch

@@ -14,8 +14,8 @@ from typing import Any
 from gymnasium.envs.registration import register, registry
 
 from textgym.envs.text_gen import TextGenEnv
+from textgym.envs.vector import TextGenVectorEnv
 from textgym.tasks import TaskSpec, register_task
-from textgym.vector import TextGenVectorEnv
 
 ENV_ID = "BenchFakeRepeat-v0"
 TASK = "fake-repeat"

@@ -8,7 +8,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
-    from textgym.models import make_tiny_model
+    from textgym.lm.models import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny-model")))
 
@@ -18,7 +18,7 @@ def words_model_dir(tmp_path_factory) -> str:
     """A tiny Llama whose vocabulary is the synthetic task's words (plus special tokens)."""
     from synthetic_task import WORDS
 
-    from textgym.models import make_tiny_model
+    from textgym.lm.models import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("words"), words=WORDS, hidden_size=32))
 
@@ -34,7 +34,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_policy(tiny_model_dir):
-    from textgym.models import load_causal_lm
+    from textgym.lm.models import load_causal_lm
 
     return load_causal_lm(tiny_model_dir)
 

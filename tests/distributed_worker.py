@@ -22,7 +22,7 @@ from synthetic_task import NEW_TOKENS, WORDS, yes_rate
 import textgym  # noqa: F401  (registers the envs)
 from agents import GRPO, PPO, RLOO
 from agents.rollout import RolloutCollector
-from textgym import distributed as dist
+from textgym.lm import distributed as dist
 
 ALGOS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO}
 PROMPTS = [" ".join(WORDS[i : i + 2]) for i in range(8)]
@@ -62,7 +62,7 @@ def trainable_state(agent) -> dict[str, torch.Tensor]:
 def update(algo: str, model_dir: str, out: Path, fsdp: bool = False) -> dict:
     """One update on the same global batch: the whole batch alone, this rank's share under torchrun (with the
     policy sharded by FSDP if ``fsdp``)."""
-    from textgym.models import load_causal_lm
+    from textgym.lm.models import load_causal_lm
 
     adaptive = {"kl_target": 0.1, "kl_horizon": 100} if algo == "ppo" else {}  # β adapts by the whole batch
     agent = make_agent(algo, model_dir, num_envs=2, normalize_rewards=True, fsdp=fsdp, **adaptive)

@@ -8,7 +8,7 @@ import torch
 
 import textgym  # noqa: F401
 from agents import RolloutCollector
-from textgym.models import load_causal_lm
+from textgym.lm.models import load_causal_lm
 
 pytestmark = pytest.mark.slow
 

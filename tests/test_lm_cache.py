@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import torch
 
-from textgym.lm_cache import CACHE_ARG, IncrementalLM
+from textgym.lm.cache import CACHE_ARG, IncrementalLM
 
 
 def full_logits(model, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Multi-turn envs (textgym.conversation): the observation is the chat template of the transcript token for token,
+"""Multi-turn envs (textgym.envs.conversation): the observation is the chat template of the transcript token for token,
 the agent mask covers exactly the agent's tokens, the scripted solvers score the optimum, the vector env equals
 N single envs, and bad input gets clear errors that leave the env usable."""
 

@@ -100,7 +100,7 @@ def test_env_checkers_pass_with_a_reference(tiny_model_dir):
 
 
 def test_bad_reference_settings_fail_at_construction(tiny_model_dir, tmp_path):
-    from textgym.models import make_tiny_model
+    from textgym.lm.models import make_tiny_model
 
     with pytest.raises(ValueError, match="need a reference model"):
         gym.make("TextGen-v0", **settings(tiny_model_dir, action_mask="top_k"))

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import reward_models.base as base
+import reward_models.registry as registry
 import textgym  # noqa: F401  (registers the envs)
 from reward_models import make_reward_model, registered_names
 from reward_models.base import BatchedRewardModel, Normalization
@@ -72,7 +72,7 @@ def test_registry_and_kwargs_checks():
 
 
 class FakeEntryPoint:
-    name, value, group = "third-party", "thirdparty.rewards:make", base.ENTRY_POINT_GROUP
+    name, value, group = "third-party", "thirdparty.rewards:make", registry.ENTRY_POINT_GROUP
 
     def __init__(self, target):
         self.target = target
@@ -92,7 +92,7 @@ def entry_points(monkeypatch):
         return [ep for ep in installed if ep.group == params.get("group")]
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake)
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # loaded entry points must not leak
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # loaded entry points must not leak
     return installed.append
 
 

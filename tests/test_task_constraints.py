@@ -12,7 +12,7 @@ import textgym  # noqa: F401  (registers the envs)
 from reward_models import make_reward_model
 from reward_models.constraints import Constraints, parse_constraints
 from textgym.envs.length_format import LEVELS, instances, write_to_constraints
-from textgym.prompts import split_prompts
+from textgym.lm.prompts import split_prompts
 from textgym.tasks import get_task
 
 COFFEE = "Write about coffee in 20 words."

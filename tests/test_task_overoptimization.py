@@ -13,7 +13,7 @@ import textgym  # noqa: F401  (registers the envs)
 from reward_models import make_reward_model
 from reward_models.proxy import ENSEMBLE_SEEDS, LABEL_NOISES, PAIR_COUNTS, ProxyEnsemble, head_dir
 from textgym.envs.proxy_positivity import LEVELS, ProxyPositivityEnv
-from textgym.prompts import load_prompts, split_prompts
+from textgym.lm.prompts import load_prompts, split_prompts
 from textgym.tasks import get_task
 
 TEXTS = [

@@ -9,7 +9,7 @@ import pytest
 from episodes import run_episode
 
 import textgym  # noqa: F401  (registers the envs)
-from textgym.prompts import load_prompts, split_prompts
+from textgym.lm.prompts import load_prompts, split_prompts
 from textgym.tasks import get_task, task_names
 
 

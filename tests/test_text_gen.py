@@ -255,7 +255,7 @@ def test_stop_token_ids_of_real_checkpoint_layouts(tiny_model_dir, tmp_path):
     from checkpoints import add_generation_eos
     from transformers import AutoTokenizer
 
-    from textgym.prompts import end_of_turn_token_id, stop_token_ids
+    from textgym.lm.prompts import end_of_turn_token_id, stop_token_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert end_of_turn_token_id(tok) == tok.convert_tokens_to_ids("<|im_end|>")

@@ -8,7 +8,7 @@ import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import textgym  # noqa: F401
-from textgym.vector import TextGenVectorEnv
+from textgym.envs.vector import TextGenVectorEnv
 
 N = 4
 STOPS = list(range(3, 40))  # many stop tokens, so random episodes end at different steps

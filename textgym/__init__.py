@@ -20,7 +20,7 @@ if "TextGen-v0" not in registry:  # re-importing (e.g. via "textgym:TextGen-v0")
     register(
         id="TextGen-v0",
         entry_point="textgym.envs.text_gen:TextGenEnv",
-        vector_entry_point="textgym.vector:TextGenVectorEnv",
+        vector_entry_point="textgym.envs.vector:TextGenVectorEnv",
         kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32, "reward_model": "vader"},
     )
 
@@ -30,7 +30,7 @@ if "TextGenPreference-v0" not in registry:
     register(
         id="TextGenPreference-v0",
         entry_point="textgym.envs.text_gen:TextGenEnv",
-        vector_entry_point="textgym.vector:TextGenVectorEnv",
+        vector_entry_point="textgym.envs.vector:TextGenVectorEnv",
         kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32, "reward_model": "positivity-minilm"},
     )
 

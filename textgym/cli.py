@@ -1,21 +1,48 @@
 """The ``textgym`` command: one entry point, each subcommand implemented next to the code it drives.
 
 ``textgym reward ...`` runs :mod:`reward_models.cli`, ``textgym label ...`` :mod:`reward_models.labelling.cli`,
-``textgym train ...`` :mod:`agents.cli` and ``textgym bench ...`` :mod:`agents.bench.cli`; they are imported only
-when named, so ``textgym --help`` answers at once.
+``textgym train ...`` :mod:`agents.cli` and ``textgym bench ...`` :mod:`agents.bench.cli`. The command line is
+the top layer, so it imports them, but only the one named, so ``textgym --help`` answers at once.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
+from collections.abc import Callable
 
-COMMANDS = {
-    "reward": ("reward_models.cli", "train and evaluate reward models, make synthetic preference data"),
-    "train": ("agents.cli", "train an LM policy (SFT, PPO, GRPO, RLOO) on a textgym environment"),
-    "bench": ("agents.bench.cli", "benchmark algorithms on the task suite (seeds, token budget, rliable)"),
-    "label": ("reward_models.labelling.cli", "collect human preferences on a local web page, export them"),
+MainFn = Callable[..., int]
+
+
+def _reward() -> MainFn:
+    from reward_models.cli import main
+
+    return main
+
+
+def _train() -> MainFn:
+    from agents.cli import main
+
+    return main
+
+
+def _bench() -> MainFn:
+    from agents.bench.cli import main
+
+    return main
+
+
+def _label() -> MainFn:
+    from reward_models.labelling.cli import main
+
+    return main
+
+
+COMMANDS: dict[str, tuple[Callable[[], MainFn], str]] = {
+    "reward": (_reward, "train and evaluate reward models, make synthetic preference data"),
+    "train": (_train, "train an LM policy (SFT, PPO, GRPO, RLOO) on a textgym environment"),
+    "bench": (_bench, "benchmark algorithms on the task suite (seeds, token budget, rliable)"),
+    "label": (_label, "collect human preferences on a local web page, export them"),
 }
 
 
@@ -37,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Set before torch loads, PyTorch's CPU allocator backs tensors of 2 MB and more with transparent huge
     # pages: far fewer page faults on the large tensors an update allocates afresh every step (a bf16 update of
-    # the embedded model takes a fifth less time; README § Performance). The user's own setting wins.
+    # the embedded model takes a fifth less time; docs/performance.md). The user's own setting wins.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:], prog=f"textgym {argv[0]}")
+    command_main = COMMANDS[argv[0]][0]()
+    return command_main(argv[1:], prog=f"textgym {argv[0]}")
 
 
 if __name__ == "__main__":

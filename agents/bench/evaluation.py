@@ -42,7 +42,7 @@ class TestSet:
     """
 
     def __init__(self, env_id: str, level: int, model: str, episodes: int, seed: int, device: str) -> None:
-        from textgym.models import load_causal_lm
+        from textgym.lm.models import load_causal_lm
 
         self.env_id, self.level, self.model, self.seed = env_id, level, model, seed
         # collect_prompts runs whole waves of sub-envs; a wide wave decodes many tokens for the price of few steps

@@ -201,7 +201,7 @@ def plan(config: BenchConfig) -> list[Cell]:
 def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
     """Train ``cell``'s algorithm through the budget, evaluating at each point; one row per point."""
     from agents.bench.evaluation import TestSet, completion_metrics
-    from textgym.models import resolve_device
+    from textgym.lm.models import resolve_device
 
     start = time.perf_counter()
     device = resolve_device(cell.device)

@@ -31,7 +31,7 @@ from reward_models.preferences import parse_preference_record, read_jsonl  # noq
 from reward_models.proxy import ENSEMBLE_SEEDS, LABEL_NOISES, PAIR_COUNTS, PROXY_DIR, FluentPositivity, head_dir  # noqa: E402
 from reward_models.synthetic import synthesize_preferences  # noqa: E402
 from reward_models.training import TrainConfig, pairwise_accuracy, train_reward_model  # noqa: E402
-from textgym.prompts import in_test_split  # noqa: E402
+from textgym.lm.prompts import in_test_split  # noqa: E402
 
 
 def main() -> None:

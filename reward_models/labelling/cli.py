@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None, prog: str = "textgym label") -> int:
 def _sample(args: argparse.Namespace) -> int:
     from reward_models.labelling.items import write_items
     from reward_models.synthetic import sample_completions
-    from textgym.prompts import load_prompts
+    from textgym.lm.prompts import load_prompts
 
     prompts = load_prompts(args.prompts)[: args.limit]
     completions = sample_completions(
@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
     items = load_items(args.data)
     models = []
     if args.reward_model:
-        from reward_models.base import make_reward_model
+        from reward_models.registry import make_reward_model
 
         models = [make_reward_model(name) for name in args.reward_model]
     tasks = order_tasks(items, args.strategy, args.mode, models, args.seed)

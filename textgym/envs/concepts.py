@@ -10,8 +10,8 @@ import numpy as np
 
 from reward_models.concepts import parse_concepts
 from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
+from textgym.envs.vector import TextGenVectorEnv
 from textgym.tasks import TaskSpec
-from textgym.vector import TextGenVectorEnv
 
 WORDS_FILE = Path(__file__).resolve().parent.parent / "data" / "concepts.txt"
 LEVELS = {2: "2 concepts (a noun, a verb)", 3: "3 concepts (2 nouns, a verb)", 4: "4 concepts (3 nouns, a verb)"}

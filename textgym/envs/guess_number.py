@@ -8,8 +8,8 @@ from functools import cache
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
-from textgym.vector import TextGenVectorEnv
+from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
+from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: 4, 2: 16, 3: 64, 4: 256}
 """GuessNumber-v0's levels: the numbers go from 1 to ``LEVELS[level]``."""
@@ -55,7 +55,7 @@ class GuessNumberEnv(ConversationEnv):
     guess?``: a reply that lets the game go on asks for the next move, see ``ask_next``). Binary search
     finds any number in ``t* = ⌈log₂(N + 1)⌉`` guesses, so the optimum is known exactly. The episode is a whole
     conversation: the agent writes its turns token by token, the env appends its replies in the chat template
-    (see :mod:`textgym.conversation`).
+    (see :mod:`textgym.envs.conversation`).
 
     ## Action Space
 

@@ -10,8 +10,8 @@ import numpy as np
 from reward_models.verifiable import KINDS, MODES, WORD_KINDS, expected_answer, instruction_prompt
 from textgym.envs.concepts import load_concept_words
 from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
+from textgym.envs.vector import TextGenVectorEnv
 from textgym.tasks import TaskSpec
-from textgym.vector import TextGenVectorEnv
 
 LEVELS = {
     1: "3 words; count in 1 word; 1-digit numbers",
@@ -122,7 +122,7 @@ class VerifiableInstructionsVectorEnv(TextGenVectorEnv):
 
 @cache
 def instances(level: int) -> dict[str, tuple[str, ...]]:
-    """Every instance prompt of ``level``, by kind (both splits; :func:`textgym.prompts.split_prompts` or
+    """Every instance prompt of ``level``, by kind (both splits; :func:`textgym.lm.prompts.split_prompts` or
     ``in_test_split`` tell them apart). The same on every machine: drawn from a generator seeded by the level."""
     rng = np.random.default_rng(1000 + level)
     words = sorted(set(load_concept_words()))

@@ -9,8 +9,8 @@ from typing import Any
 
 from reward_models.constraints import Constraints, count_words, parse_constraints
 from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
+from textgym.envs.vector import TextGenVectorEnv
 from textgym.tasks import TaskSpec
-from textgym.vector import TextGenVectorEnv
 
 TOPICS_FILE = Path(__file__).parent.parent / "data" / "topics.txt"
 """The shipped topics, one a line."""
@@ -108,7 +108,7 @@ class LengthFormatEnv(TextGenEnv):
     ```
 
     - ``split``: ``"train"`` or ``"test"``, disjoint instances (about 80% / 20%, a stable hash of the prompt,
-      :func:`textgym.prompts.in_test_split`); ``None`` for all.
+      :func:`textgym.lm.prompts.in_test_split`); ``None`` for all.
     - ``level``: ``1``, ``2`` (default) or ``3`` (``LEVELS``): a word count alone (200 instances); a word count
       and a final period or 2–4 bullet points (800); a word count and a JSON object with 2–3 keys (1000).
     - ``reward_model_kwargs``: arguments of the ``"constraints"`` reward model, e.g. ``{"gate": "distinct"}``

@@ -7,8 +7,8 @@ from typing import Any
 
 from reward_models.proxy import COMBINE, LABEL_NOISES, PAIR_COUNTS
 from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
+from textgym.envs.vector import TextGenVectorEnv
 from textgym.tasks import TaskSpec
-from textgym.vector import TextGenVectorEnv
 
 LEVELS = {1: 4000, 2: 1000, 3: 250}
 """ProxyPositivity-v0's levels: the preference pairs the proxy was trained on. Fewer pairs make a worse proxy,
@@ -55,7 +55,7 @@ class ProxyPositivityEnv(TextGenEnv):
              model=None, max_prompt_tokens=64, max_new_tokens=32, gold_model_kwargs=None, ...)
     ```
 
-    - ``split``: ``"train"`` or ``"test"`` openings (disjoint; :func:`textgym.prompts.split_prompts`).
+    - ``split``: ``"train"`` or ``"test"`` openings (disjoint; :func:`textgym.lm.prompts.split_prompts`).
     - ``level``: ``1``, ``2`` or ``3`` (default): a proxy trained on 4000, 1000 or 250 pairs (``LEVELS``); the
       heads ship, rebuilt by ``python reward_models/data/build_proxy_heads.py`` (``reward_models/data/README.md``).
     - ``proxy_pairs``: ``250``, ``1000`` or ``4000``, the same choice by the pair count; give it or ``level``,

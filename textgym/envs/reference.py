@@ -14,7 +14,7 @@ the return, so it ignores how an action changes the entropy of later states.
 Action masks allow only the reference's ``top_k`` tokens, or its smallest set of tokens reaching probability
 ``top_p`` (always with the stop tokens), as NLPO does.
 
-The reference keeps one KV cache over the env's rows (:class:`textgym.lm_cache.IncrementalLM`), so scoring a
+The reference keeps one KV cache over the env's rows (:class:`textgym.lm.cache.IncrementalLM`), so scoring a
 step costs one batched single-token forward pass.
 """
 
@@ -52,8 +52,8 @@ class ReferenceModel:
         always_allowed: np.ndarray | None = None,
         device: str | None = None,
     ) -> None:
-        from textgym.lm_cache import IncrementalLM
-        from textgym.models import load_causal_lm, load_tokenizer
+        from textgym.lm.cache import IncrementalLM
+        from textgym.lm.models import load_causal_lm, load_tokenizer
 
         if action_mask not in (None, *ACTION_MASKS):
             raise ValueError(f"action_mask must be None, 'top_k' or 'top_p', got {action_mask!r}.")
