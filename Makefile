@@ -1,12 +1,15 @@
-# The two commands of the README: `make demo` and `make test`. Each sets up .venv by itself (once; again only
-# when pyproject.toml or this file changes), so a fresh clone needs nothing else.
+# The two commands of the README: `make demo` and `make test`; `make docs` builds the documentation site. Each sets
+# up .venv by itself (once; again only when pyproject.toml or this file changes), so a fresh clone needs nothing else.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch first, pinned: with no torch present, pip would otherwise pull a multi-GB CUDA build. Override with
 # e.g. `make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench browser
+.PHONY: demo test bench browser docs
+
+# mkdocs-material prints a notice about MkDocs 2 on every build; it is not about this project.
+export NO_MKDOCS_2_WARNING := 1
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
@@ -15,7 +18,13 @@ test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	# The docs site: a broken link, image or API reference fails the build.
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 	$(PY) -m pytest
+
+# The documentation site (mkdocs.yml) into site/; open site/index.html.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/rollout_throughput.py
