@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from reward_models.labelling.selection import pair_disagreement, pair_uncertainty
 from reward_models.learned import SHIPPED_DIR, ScalarHead, SentenceEncoder
-from reward_models.preferences import read_jsonl
 from reward_models.registry import make_reward_model
+from textgym.lm.jsonl import read_jsonl
 
 STRATEGIES = ("random", "uncertainty", "disagreement")
 

@@ -97,8 +97,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from reward_models.preferences import read_jsonl, write_jsonl
     from reward_models.synthetic import sample_completions, synthesize_preferences
+    from textgym.lm.jsonl import read_jsonl, write_jsonl
     from textgym.lm.prompts import load_prompts
 
     if args.completions:

@@ -15,19 +15,15 @@ and reported in one warning with the count and the line numbers: data is never d
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, combinations
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-ON_ERROR = ("raise", "skip")
-T = TypeVar("T")
+from textgym.lm.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -61,46 +57,6 @@ def load_preferences(
     if not pairs:
         raise ValueError(f"No preference pairs in {[str(p) for p in paths]}.")
     return pairs
-
-
-def read_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], on_error: str = "raise") -> list[T]:
-    """Parse each line of a JSONL file with ``parse``, one policy for syntax and content errors alike.
-
-    Args:
-        path: the file.
-        parse: turns one JSON object into a result; raises ``ValueError`` saying what is wrong with it.
-        on_error: ``"raise"`` stops at the first bad line (empty, not a JSON object, or rejected by ``parse``)
-            with ``ValueError("file:line: why")``; ``"skip"`` skips bad lines and warns once with their count,
-            numbers and reasons.
-    """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such JSONL file: {str(path)!r}.")
-    results, skipped = [], []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        try:
-            if not line.strip():
-                raise ValueError("empty line")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, got a {type(record).__name__}")
-            results.append(parse(record))
-        except ValueError as err:
-            if on_error == "raise":
-                raise ValueError(
-                    f"{path}:{number}: {err}. Fix the line, or pass on_error='skip' to skip bad lines."
-                ) from err
-            skipped.append(f"line {number}: {err}")
-    if skipped:
-        shown = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
-        warnings.warn(f"{path}: skipped {len(skipped)} of {len(lines)} lines ({shown}).", stacklevel=2)
-    return results
 
 
 def expand_ranking(prompt: str, completions: Sequence[str], ranking: Sequence[int]) -> list[PreferencePair]:
@@ -146,13 +102,6 @@ def split_by_prompt(
     random.Random(seed).shuffle(prompts)
     held_out = set(prompts[: min(max(1, round(eval_fraction * len(prompts))), len(prompts) - 1)])
     return [p for p in pairs if p.prompt not in held_out], [p for p in pairs if p.prompt in held_out]
-
-
-def write_jsonl(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> None:
-    """Write one JSON object per line (UTF-8, non-ASCII kept readable)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
-        file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def parse_preference_record(record: dict[str, Any]) -> list[PreferencePair]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from reward_models.preferences import read_jsonl
+from textgym.lm.jsonl import read_jsonl
 
 References = Mapping[str, Any] | str | os.PathLike
 """Per-prompt data: a dict ``prompt -> value``, or a JSONL file with ``prompt`` and one field per line."""

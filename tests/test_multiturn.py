@@ -4,8 +4,6 @@ N single envs, and bad input gets clear errors that leave the env usable."""
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -152,17 +150,6 @@ def test_guess_number_rewards_and_format_reward(tiny_model_dir):
         ("correct", pytest.approx(0.1 + 3 / 4)),  # found at turn 4, binary search's worst case is 3
     ]
     assert terminated and info["gold_score"] == pytest.approx(0.75) and info["score"] == pytest.approx(0.95)
-
-
-@pytest.mark.parametrize("task", MULTI_TURN_TASKS, ids=lambda task: task.name)
-def test_passes_gymnasium_and_sb3_checkers(tiny_model_dir, task):
-    from gymnasium.utils.env_checker import check_env
-    from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(gym.make(task.env_id, model=tiny_model_dir).unwrapped, skip_render_check=False)
-        sb3_check_env(gym.make(task.env_id, model=tiny_model_dir).unwrapped, warn=True)
 
 
 def random_turn_actions(rng, env, n):

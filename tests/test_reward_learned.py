@@ -14,8 +14,9 @@ import textgym  # noqa: F401  (registers the envs)
 from reward_models import make_reward_model
 from reward_models.cli import main as cli
 from reward_models.hf_classifier import HFClassifierReward
-from reward_models.preferences import PreferencePair, write_jsonl
+from reward_models.preferences import PreferencePair
 from reward_models.training import TrainConfig, pairwise_accuracy, train_reward_model
+from textgym.lm.jsonl import write_jsonl
 
 GOOD = ["wonderful", "great", "lovely", "excellent", "delightful", "fantastic", "superb", "charming", "brilliant"]
 BAD = ["awful", "terrible", "boring", "dreadful", "horrible", "dull", "poor", "disappointing", "bland"]

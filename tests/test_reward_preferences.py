@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from reward_models.preferences import PreferencePair, expand_ranking, load_preferences, split_by_prompt, write_jsonl
+from reward_models.preferences import PreferencePair, expand_ranking, load_preferences, split_by_prompt
+from textgym.lm.jsonl import write_jsonl
 
 
 def write_lines(path, lines):

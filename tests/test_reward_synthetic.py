@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reward_models.preferences import load_preferences, write_jsonl
+from reward_models.preferences import load_preferences
 from reward_models.synthetic import sample_completions, synthesize_preferences
+from textgym.lm.jsonl import write_jsonl
 
 
 def by_length(prompts, completions):

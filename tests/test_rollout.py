@@ -67,11 +67,37 @@ def test_seeded_collection_is_reproducible_and_survives_cache_invalidation(tiny_
         torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
 
 
-def test_no_episode_is_lost_between_calls(tiny_model_dir, tiny_policy):
-    collector = RolloutCollector(tiny_policy, make_envs(tiny_model_dir, num_envs=8), seed=0)
-    batches = [collector.collect(3) for _ in range(6)]
-    assert all(len(b) == 3 for b in batches)
-    assert collector.tokens_generated >= sum(int(b.completion_mask.sum()) for b in batches)
+class EpisodeLog(gym.vector.VectorWrapper):
+    """Every episode the vector env finishes, in order, as the env reports it: ``(prompt, completion, length)``,
+    the length read from the final observation (next-step autoreset: the step that ends it returns it)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.finished = []
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, infos = super().step(actions)
+        for row in np.flatnonzero(terminated | truncated):
+            length = int(obs["attention_mask"][row, 16:].sum())  # the columns after max_prompt_tokens
+            self.finished.append((infos["prompt"][row], infos["completion"][row], length))
+        return obs, rewards, terminated, truncated, infos
+
+
+def test_no_episode_is_lost_or_repeated_between_calls(tiny_model_dir, tiny_policy):
+    envs = EpisodeLog(make_envs(tiny_model_dir, num_envs=8))
+    collector = RolloutCollector(tiny_policy, envs, seed=0)
+    batches = [collector.collect(n) for n in (3, 1, 7, 2, 5, 3)]
+    assert [len(b) for b in batches] == [3, 1, 7, 2, 5, 3]
+    taken = [
+        (prompt, completion, int(length))
+        for b in batches
+        for prompt, completion, length in zip(b.prompts, b.completions, b.completion_mask.sum(1))
+    ]
+    # The batches hold the env's finished episodes in the order it finished them, each once; the rest carry over.
+    assert len(envs.finished) > len(taken) and taken == envs.finished[: len(taken)]
+    episodes = envs.unwrapped.episodes
+    running = int(episodes.num_generated[episodes.running].sum())
+    assert collector.tokens_generated == sum(length for *_, length in envs.finished) + running
 
 
 def test_works_on_a_sync_vector_env_of_single_envs(tiny_model_dir, tiny_policy, teacher_forced):

@@ -3,8 +3,6 @@ lemminflect, the fluency gate that stops a bare word list, levels, splits, the i
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -122,15 +120,6 @@ def test_the_solver_reaches_the_optimum_and_random_tokens_score_about_0():
         prompts = list(instances(level)[:48])
         solver = gold(prompts, [template_sentence(p, level) for p in prompts]).mean()
         assert spec.normalized(solver, level) == pytest.approx(100, abs=10)
-
-
-def test_passes_the_env_checker(tiny_model_dir):
-    from gymnasium.utils.env_checker import check_env
-
-    env = gym.make("ConceptCoverage-v0", model=tiny_model_dir, fluency_model=tiny_model_dir, max_new_tokens=4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(env.unwrapped)
 
 
 def test_info_models_may_not_overwrite_the_info_s_own_keys(tiny_model_dir):

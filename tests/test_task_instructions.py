@@ -3,8 +3,6 @@ partial credit that padding cannot game, levels, splits, the gold score, the sol
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -112,12 +110,3 @@ def test_solver_scores_100_random_about_0_and_the_gold_is_always_exact(tiny_mode
     for _ in range(3):
         *_, infos = vector.step(np.array([5, 6]))
     assert list(infos["gold_score"]) == [0.0, 0.0] and all("What is" in p or ":" in p for p in infos["prompt"])
-
-
-def test_passes_the_env_checker(tiny_model_dir):
-    from gymnasium.utils.env_checker import check_env
-
-    env = gym.make("VerifiableInstructions-v0", model=tiny_model_dir, reward="partial", max_new_tokens=4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(env.unwrapped)

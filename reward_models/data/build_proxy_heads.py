@@ -27,10 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
-from reward_models.preferences import parse_preference_record, read_jsonl  # noqa: E402
+from reward_models.preferences import parse_preference_record  # noqa: E402
 from reward_models.proxy import ENSEMBLE_SEEDS, LABEL_NOISES, PAIR_COUNTS, PROXY_DIR, FluentPositivity, head_dir  # noqa: E402
 from reward_models.synthetic import synthesize_preferences  # noqa: E402
 from reward_models.training import TrainConfig, pairwise_accuracy, train_reward_model  # noqa: E402
+from textgym.lm.jsonl import read_jsonl  # noqa: E402
 from textgym.lm.prompts import in_test_split  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from itertools import combinations
 from typing import Any
 
 from reward_models.labelling.stats import open_folder
-from reward_models.preferences import write_jsonl
+from textgym.lm.jsonl import write_jsonl
 
 FORMATS = ("pairs", "rankings")
 FLAGGED = ("keep", "drop")

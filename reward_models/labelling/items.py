@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reward_models.preferences import read_jsonl, write_jsonl
+from textgym.lm.jsonl import read_jsonl, write_jsonl
 
 
 @dataclass(frozen=True)

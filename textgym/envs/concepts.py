@@ -44,14 +44,14 @@ class ConceptCoverageEnv(TextGenEnv):
     ## Rewards
 
     Sparse: 0 on every step but the last; on the last step, the reward model ``concepts``
-    (:mod:`reward_models.concepts`): ``coverage × fluency``, both in ``[0, 1]``.
+    ([reward_models.concepts][]): ``coverage × fluency``, both in ``[0, 1]``.
 
     - ``coverage``: the share of the concepts the reply uses as whole words, any inflection counting
       (lemminflect's: *threw* covers ``throw``, *children* covers ``child``).
     - ``fluency``: the reference language model's mean per-token log-prob of the reply, read after a neutral
       context rather than the prompt (the prompt makes a bare copy of the word list likely) and mapped
       linearly from [−6, −3.5] to [0, 1], times a distinct-bigram factor against repetition
-      (:mod:`reward_models.fluency`). A bare list of the concepts has full coverage and fluency near 0.
+      ([reward_models.fluency][]). A bare list of the concepts has full coverage and fluency near 0.
 
     The final ``info`` holds ``score`` (the reward), ``gold_score`` (the same: the reward is the gold) and
     ``coverage``. Benchmarks report the gold score (task ``concepts``: 0 is the uniform-random policy, 100 the
@@ -68,19 +68,24 @@ class ConceptCoverageEnv(TextGenEnv):
     ## Arguments
 
     ```python
-    gym.make("ConceptCoverage-v0", split=None, level=3, fluency_model=None, model=None,
-             max_prompt_tokens=96, max_new_tokens=32, chat_template=True, **textgen_arguments)
+    env = gym.make("ConceptCoverage-v0", split="train", level=3)
     ```
 
-    - ``split``: ``"train"`` or ``"test"`` (disjoint concept sets, by a stable hash of the prompt; about 80% /
-      20%); ``None`` for all.
-    - ``level``: ``2``, ``3`` or ``4``, the number of concepts (``LEVELS``); ``None`` is the default, 3.
-    - ``fluency_model``: the language model that judges fluency: ``None`` for the embedded
-      SmolLM2-135M-Instruct whatever the policy's ``model`` (the gold must not change with the policy; the
-      task's random and optimum scores are measured with it), ``"tiny"`` or a local directory for tests.
-    - The other arguments are ``TextGen-v0``'s (``model``, ``reference_model``, ``kl_coef``, ``action_mask``,
-      ...; see :class:`~textgym.envs.text_gen.TextGenEnv`), except ``prompts``, ``reward_model``,
-      ``gold_model`` and ``info_models``, which the task sets.
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `level` | int or None | `None` | `2`, `3` or `4` concepts (`LEVELS`); `None`: 3 |
+    | `fluency_model` | str, path or None | `None` | the LM that judges fluency; `None`: the embedded one |
+    | `max_prompt_tokens` | int | `96` | as TextGen-v0's, registered wider for the instruction |
+    | `chat_template` | bool | `True` | as TextGen-v0's: the prompt is a user message |
+
+    - ``fluency_model``: ``None`` is the embedded SmolLM2-135M-Instruct whatever the policy's ``model``: the
+      gold must not change with the policy, and the task's random and optimum scores are measured with it.
+      ``"tiny"`` or a local directory serve tests.
+
+    The other arguments are [TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s, with its defaults (``model``,
+    ``split``, ``max_new_tokens``, ``reference_model``, ``kl_coef``, ``action_mask``, ...). The task sets
+    ``prompts``, ``reward_model``, ``reward_model_kwargs``, ``gold_model``, ``gold_model_kwargs`` and
+    ``info_models`` itself: passing one raises ``ValueError``.
 
     ## Version History
 

@@ -55,7 +55,7 @@ class GuessNumberEnv(ConversationEnv):
     guess?``: a reply that lets the game go on asks for the next move, see ``ask_next``). Binary search
     finds any number in ``t* = ⌈log₂(N + 1)⌉`` guesses, so the optimum is known exactly. The episode is a whole
     conversation: the agent writes its turns token by token, the env appends its replies in the chat template
-    (see :mod:`textgym.envs.conversation`).
+    (see [textgym.envs.conversation][]).
 
     ## Action Space
 
@@ -103,21 +103,30 @@ class GuessNumberEnv(ConversationEnv):
     ## Arguments
 
     ```python
-    gym.make("GuessNumber-v0", split=None, level=1, max_turns=None, max_turn_tokens=8, format_reward=0.0,
-             model=None, max_prompt_tokens=None, max_new_tokens=None)
+    env = gym.make("GuessNumber-v0", split="train", level=2, format_reward=0.1)
     ```
 
-    - ``split``: ``"train"`` or ``"test"`` (disjoint games, by a stable hash of the opening; about 80% / 20%);
-      ``None`` for all.
-    - ``level``: ``1`` to ``4``, numbers up to 4, 16, 64, 256 (``LEVELS``); ``None`` is the default level, 1.
-    - ``max_turns``: guesses before truncation; ``None``: ``2·t*``.
-    - ``max_turn_tokens``: the longest turn, in tokens.
-    - ``format_reward``: shaping reward per turn with a valid guess (not in the gold score).
-    - ``max_new_tokens``: the conversation's token budget after the opening; ``None``: ``max_turns ·
-      (max_turn_tokens + 32)``.
-    - ``max_prompt_tokens``: the opening's width; ``None``: the longest opening of the level's games.
-    - ``model``, ``prompt_truncation``: as for ``TextGen-v0``. The prompts, reward, chat template, stop tokens,
-      reference model, KL shaping and action masks are the task's or not supported.
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `level` | int or None | `None` | `1` to `4`: numbers up to 4, 16, 64 or 256 (`LEVELS`); `None`: 1 |
+    | `max_turns` | int or None | `None` | guesses before truncation; `None`: `2·t*` |
+    | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 8 |
+    | `format_reward` | float | `0.0` | shaping reward for each valid guess (not in the gold score) |
+    | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
+    | `max_prompt_tokens` | int or None | `None` | the opening's width; `None`: the longest opening of the level |
+
+    - ``max_new_tokens`` counts every token after the opening, the agent's and the env's replies'; ``None`` is
+      ``max_turns · (max_turn_tokens + 32)``.
+    - ``max_prompt_tokens``: ``None`` measures the longest opening of both splits, so that a task's train and
+      test envs have the same spaces.
+
+    The other arguments are [TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s, with its defaults (``model``,
+    ``split``, ``prompt_truncation``, ``reference_model``, ``kl_coef``, ``action_mask``, ...). The task sets
+    ``prompts``, ``reward_model``, ``reward_model_kwargs``, ``gold_model``, ``gold_model_kwargs`` and
+    ``info_models`` itself (its partner scores the turns), and ``chat_template`` and ``stop_token_ids`` are not
+    taken (the chat template is always on, a turn ends on its end-of-turn token): passing one raises ``ValueError``.
+    The other multi-turn tasks, [TwentyQuestionsEnv][textgym.envs.twenty_questions.TwentyQuestionsEnv] and
+    [WordGuessEnv][textgym.envs.word_guess.WordGuessEnv], take and refuse the same shared arguments.
 
     ## Version History
 

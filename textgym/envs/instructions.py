@@ -49,7 +49,7 @@ class VerifiableInstructionsEnv(TextGenEnv):
     ## Rewards
 
     Sparse: 0 on every step but the last; on the last step, the reward model ``verifiable``
-    (:mod:`reward_models.verifiable`) scores the reply. The answer is the reply's first non-blank line,
+    ([reward_models.verifiable][]) scores the reply. The answer is the reply's first non-blank line,
     stripped; word answers are compared as lowercase words (punctuation ignored), number answers as digits.
 
     - ``reward="exact"``: 1 for the exact answer, else 0.
@@ -72,19 +72,24 @@ class VerifiableInstructionsEnv(TextGenEnv):
     ## Arguments
 
     ```python
-    gym.make("VerifiableInstructions-v0", split=None, level=1, reward="exact", kinds=None, model=None,
-             max_prompt_tokens=96, max_new_tokens=24, **textgen_arguments)
+    env = gym.make("VerifiableInstructions-v0", split="train", level=1, reward="partial")
     ```
 
-    - ``split``: ``"train"`` or ``"test"`` (disjoint instances, by a stable hash of the prompt; about 80% /
-      20%); ``None`` for all.
-    - ``level``: ``1`` to ``4`` (``LEVELS``); ``None`` is the default level, 1.
-    - ``reward``: ``"exact"`` or ``"partial"`` (see *Rewards*).
-    - ``kinds``: a list of instruction kinds to keep (``copy``, ``reverse``, ``sort``, ``count``, ``add``,
-      ``multiply``); ``None`` for all six.
-    - The other arguments are ``TextGen-v0``'s (``model``, ``reference_model``, ``kl_coef``, ``action_mask``,
-      ...; see :class:`~textgym.envs.text_gen.TextGenEnv`), except ``prompts``, ``reward_model`` and
-      ``gold_model``, which the task sets.
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `level` | int or None | `None` | `1` to `4` (`LEVELS`); `None`: 1 |
+    | `reward` | str | `"exact"` | `"exact"` or `"partial"` (see *Rewards*) |
+    | `kinds` | list of str or None | `None` | the instruction kinds to keep; `None`: all six |
+    | `max_prompt_tokens` | int | `96` | as TextGen-v0's, registered wider for the worked example |
+    | `max_new_tokens` | int | `24` | as TextGen-v0's, registered shorter: only the first line counts |
+
+    - ``kinds``: a non-empty list of ``"copy"``, ``"reverse"``, ``"sort"``, ``"count"``, ``"add"`` and
+      ``"multiply"``.
+
+    The other arguments are [TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s, with its defaults (``model``,
+    ``split``, ``reference_model``, ``kl_coef``, ``action_mask``, ...). The task sets ``prompts``, ``reward_model``,
+    ``reward_model_kwargs``, ``gold_model`` and ``gold_model_kwargs`` itself (choose the reward with ``reward``):
+    passing one raises ``ValueError``.
 
     ## Version History
 

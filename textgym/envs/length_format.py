@@ -69,14 +69,19 @@ class LengthFormatEnv(TextGenEnv):
         Write about coffee in 15 words, as a JSON object with the keys "title" and "summary".
 
     Instances are procedural: the 40 shipped topics (``textgym/data/topics.txt``) × the level's constraints.
-    The reward is the registered reward model ``"constraints"`` (:mod:`reward_models.constraints`): how well
+    The reward is the registered reward model ``"constraints"`` ([reward_models.constraints][]): how well
     the text meets the constraints, gated by how fluent and unrepetitive it is, so that saying one word 20 times
     does not earn the length reward.
 
-    ## Action Space, Observation Space, Starting State
+    ## Action Space
 
-    As :class:`~textgym.envs.text_gen.TextGenEnv`'s; the prompt is drawn from the ``split`` and ``level``
-    instances and, by default, wrapped in the model's chat template.
+    ``Discrete(vocab_size)``: the next token (as in ``TextGen-v0``).
+
+    ## Observation Space
+
+    As in ``TextGen-v0``: ``input_ids`` and ``attention_mask``, int64 arrays of shape
+    ``(max_prompt_tokens + max_new_tokens,)``, the prompt (in the chat template by default) left-padded, then the
+    text so far.
 
     ## Rewards
 
@@ -87,7 +92,7 @@ class LengthFormatEnv(TextGenEnv):
       Bullets earn ``1 − |found − k| / k`` times the share of non-empty lines that are bullets; a JSON object
       the share of wanted keys among the keys it has (0 if the text is not one JSON object); a final period 0 or 1.
       Words are runs of letters and digits; in a JSON object only the values' words count.
-    - ``gate``: :class:`reward_models.fluency.Fluency` under the embedded SmolLM2-135M (whatever the policy's
+    - ``gate``: [reward_models.fluency.Fluency][] under the embedded SmolLM2-135M (whatever the policy's
       ``model``): its mean per-token log-probability of the text given the prompt, mapped from −6 (0) to −3.5
       (1) nats, times ``min(distinct-2 / 0.5, 1)``. A repeated word has few distinct bigrams, word salad a low
       likelihood; both score near 0.
@@ -96,25 +101,37 @@ class LengthFormatEnv(TextGenEnv):
     what was asked, and the gate is part of what was asked (a fluent text). ``info["gold_score"] ==
     info["score"]``; ``info`` on the last step also holds ``prompt`` and ``completion``.
 
+    ## Starting State
+
+    An instance drawn uniformly from the ``level``'s instances of the ``split``.
+
     ## Episode End
 
-    As :class:`~textgym.envs.text_gen.TextGenEnv`'s: a stop token, or ``max_new_tokens`` (64) tokens.
+    As [TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s: a stop token, or ``max_new_tokens`` (64) tokens.
 
     ## Arguments
 
     ```python
-    gym.make("LengthFormat-v0", split=None, level=2, model=None, chat_template=True, max_prompt_tokens=96,
-             max_new_tokens=64, reward_model_kwargs=None, ...)
+    env = gym.make("LengthFormat-v0", split="train", level=2, reward_model_kwargs={"gate": "distinct"})
     ```
 
-    - ``split``: ``"train"`` or ``"test"``, disjoint instances (about 80% / 20%, a stable hash of the prompt,
-      :func:`textgym.lm.prompts.in_test_split`); ``None`` for all.
-    - ``level``: ``1``, ``2`` (default) or ``3`` (``LEVELS``): a word count alone (200 instances); a word count
-      and a final period or 2–4 bullet points (800); a word count and a JSON object with 2–3 keys (1000).
-    - ``reward_model_kwargs``: arguments of the ``"constraints"`` reward model, e.g. ``{"gate": "distinct"}``
-      (no LM in the gate) or ``{"fluency_kwargs": {"model": "tiny"}}``.
-    - Every other argument is :class:`~textgym.envs.text_gen.TextGenEnv`'s (``model``, ``kl_coef``, ...), except
-      ``prompts``, which the task sets.
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `level` | int or None | `None` | `1`, `2` or `3` (`LEVELS`, below); `None`: 2 |
+    | `reward_model` | str or callable | `"constraints"` | as TextGen-v0's, defaulting to the task's reward |
+    | `reward_model_kwargs` | dict or None | `None` | arguments of the `"constraints"` reward model (below) |
+    | `max_prompt_tokens` | int | `96` | as TextGen-v0's, registered wider for the constraints |
+    | `max_new_tokens` | int | `64` | as TextGen-v0's, registered longer for 30 words or a JSON object |
+    | `chat_template` | bool | `True` | as TextGen-v0's: the prompt is a user message |
+
+    - ``level``: a word count alone (200 instances); a word count and a final period or 2–4 bullet points
+      (800); a word count and a JSON object with 2–3 keys (1000).
+    - ``reward_model_kwargs``: e.g. ``{"gate": "distinct"}`` (no LM in the gate) or ``{"fluency_kwargs":
+      {"model": "tiny"}}`` (see ``reward_models.constraints``).
+
+    The other arguments are [TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s, with its defaults (``model``,
+    ``split``, ``gold_model``, ``kl_coef``, ...). The task sets ``prompts`` itself (its topics × constraints, chosen
+    by ``level``): passing it raises ``ValueError``.
 
     ## Version History
 

@@ -22,15 +22,19 @@ class ProxyPositivityEnv(TextGenEnv):
     Reward over-optimisation, measured (Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization";
     Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"). The task is TextGen-v0's,
     continuing an opening positively, but the agent trains on a **proxy**: a learned reward model (MiniLM
-    heads, :mod:`reward_models.proxy`) fitted to 250, 1000 or 4000 preference pairs that the **gold** labelled,
+    heads, [reward_models.proxy][]) fitted to 250, 1000 or 4000 preference pairs that the **gold** labelled,
     with 0% or 25% of the labels flipped. The gold judges: positivity gated by fluency. Optimising a proxy
     first raises the gold, then, past some distance from the starting policy, lowers it; plotting both against
     √KL shows where. An ensemble proxy (the mean, or the worst case, of three heads) is the known mitigation.
 
-    ## Action Space, Observation Space, Starting State, Episode End
+    ## Action Space
 
-    As :class:`~textgym.envs.text_gen.TextGenEnv`'s, on the shipped openings (the ``split`` part of them, whatever
-    the level: the level chooses the proxy, not the prompts).
+    ``Discrete(vocab_size)``: the next token (as in ``TextGen-v0``).
+
+    ## Observation Space
+
+    As in ``TextGen-v0``: ``input_ids`` and ``attention_mask``, int64 arrays of shape
+    ``(max_prompt_tokens + max_new_tokens,)``, the opening left-padded, then the continuation so far.
 
     ## Rewards
 
@@ -40,7 +44,7 @@ class ProxyPositivityEnv(TextGenEnv):
     ``score`` and the gold as ``gold_score``:
 
     ``gold = (1 + VADER compound) / 2 × fluency`` in ``[0, 1]`` (``"fluent-positivity"``), fluency being
-    :class:`reward_models.fluency.Fluency` under the embedded SmolLM2-135M (mean per-token log-probability of
+    [reward_models.fluency.Fluency][] under the embedded SmolLM2-135M (mean per-token log-probability of
     the continuation given the opening, mapped from −6 to −3.5 nats onto 0 to 1, times a distinct-2 factor).
     Benchmarks report the gold.
 
@@ -48,24 +52,38 @@ class ProxyPositivityEnv(TextGenEnv):
     embedded model's own samples continuing the train-split openings (``reward_models/data/README.md``), so
     they are good near the starting policy and unreliable away from it.
 
+    ## Starting State
+
+    An opening drawn uniformly from the shipped openings of the ``split``, whatever the level (the level chooses
+    the proxy, not the prompts).
+
+    ## Episode End
+
+    As in ``TextGen-v0``: a stop token terminates the episode, ``max_new_tokens`` (32) tokens truncate it.
+
     ## Arguments
 
     ```python
-    gym.make("ProxyPositivity-v0", split=None, level=3, proxy_pairs=None, label_noise=0.0, proxy="single",
-             model=None, max_prompt_tokens=64, max_new_tokens=32, gold_model_kwargs=None, ...)
+    env = gym.make("ProxyPositivity-v0", split="train", level=3, proxy="mean")
     ```
 
-    - ``split``: ``"train"`` or ``"test"`` openings (disjoint; :func:`textgym.lm.prompts.split_prompts`).
-    - ``level``: ``1``, ``2`` or ``3`` (default): a proxy trained on 4000, 1000 or 250 pairs (``LEVELS``); the
-      heads ship, rebuilt by ``python reward_models/data/build_proxy_heads.py`` (``reward_models/data/README.md``).
-    - ``proxy_pairs``: ``250``, ``1000`` or ``4000``, the same choice by the pair count; give it or ``level``,
-      or both if they agree.
-    - ``label_noise``: ``0.0`` or ``0.25``, the share of flipped labels in the proxy's training pairs.
-    - ``proxy``: ``"single"`` (the seed-0 head), ``"mean"`` or ``"worst"`` (the ensemble of three heads trained
-      on the same pairs with seeds 0, 1, 2: the mean or the minimum of their standardised scores).
-    - ``gold_model_kwargs``: arguments of the gold, e.g. ``{"fluency_kwargs": {"model": "tiny"}}``.
-    - Every other argument is :class:`~textgym.envs.text_gen.TextGenEnv`'s, except ``reward_model`` and
-      ``gold_model``, which the task sets.
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `level` | int or None | `None` | `1`, `2` or `3`: a proxy of 4000, 1000 or 250 pairs; `None`: 3 |
+    | `proxy_pairs` | int or None | `None` | `250`, `1000` or `4000`: the same choice by the pair count |
+    | `label_noise` | float | `0.0` | `0.0` or `0.25`: the share of flipped labels the proxy learnt from |
+    | `proxy` | str | `"single"` | `"single"`, `"mean"` or `"worst"` (below) |
+    | `gold_model_kwargs` | dict or None | `None` | arguments of the gold, `"fluent-positivity"` (below) |
+
+    - ``level`` and ``proxy_pairs``: give either, or both if they agree (``LEVELS``). The heads ship; ``python
+      reward_models/data/build_proxy_heads.py`` rebuilds them (``reward_models/data/README.md``).
+    - ``proxy``: ``"single"`` is the seed-0 head; ``"mean"`` and ``"worst"`` the mean or the minimum of the
+      standardised scores of three heads trained on the same pairs with seeds 0, 1 and 2.
+    - ``gold_model_kwargs``: e.g. ``{"fluency_kwargs": {"model": "tiny"}}`` for tests.
+
+    The other arguments are [TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s, with its defaults (``model``,
+    ``split``, ``max_new_tokens``, ``kl_coef``, ...). The task sets ``reward_model``, ``reward_model_kwargs`` and
+    ``gold_model`` itself: passing one raises ``ValueError``.
 
     ## Version History
 

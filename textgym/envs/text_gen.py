@@ -49,7 +49,7 @@ class TextGenEnv(gym.Env):
 
     With a ``reference_model`` and ``kl_coef``, every step also earns ``kl_coef · log π_ref(a_t | s_t)``, half
     of the KL penalty: the agent adds the other half, ``−kl_coef · log π(a_t | s_t)`` (see
-    :mod:`textgym.envs.reference`). Each step's ``info`` then holds ``ref_logprob`` and ``kl_reward``.
+    [textgym.envs.reference][]). Each step's ``info`` then holds ``ref_logprob`` and ``kl_reward``.
 
     ## Starting State
 
@@ -61,50 +61,72 @@ class TextGenEnv(gym.Env):
     - Termination: the action is a stop token. By default these are the tokenizer's EOS, every
       ``eos_token_id`` of the model's ``generation_config.json`` (e.g. Llama-3's ``<|eot_id|>``) and, with
       ``chat_template=True``, the token that closes the template's assistant turn (ChatML's ``<|im_end|>``,
-      Llama-3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``); see :func:`textgym.lm.prompts.stop_token_ids`.
+      Llama-3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``); see [textgym.lm.prompts.stop_token_ids][].
     - Truncation: ``max_new_tokens`` tokens were generated.
 
     The final step's ``info`` holds ``prompt`` (the text), ``completion`` (the text), ``score`` (the raw
     reward-model score, without the KL part) and ``gold_score`` (the ``gold_model``'s score; the ``score``
-    itself without one). Benchmarks report the gold score (:mod:`textgym.tasks`, task ``positivity``: 0 is
+    itself without one). Benchmarks report the gold score ([textgym.tasks][], task ``positivity``: 0 is
     the uniform-random policy, 100 a scripted positive reply).
 
     ## Arguments
 
     ```python
-    gym.make("TextGen-v0", model=None, prompts=None, split=None, level=None, reward_model="vader",
-             reward_model_kwargs=None, gold_model=None, gold_model_kwargs=None, max_prompt_tokens=64,
-             max_new_tokens=32, chat_template=False, stop_token_ids=None, prompt_truncation="error",
-             reference_model=None, kl_coef=0.0, action_mask=None, top_k=50, top_p=0.9, reference_device=None,
-             render_mode=None)
+    env = gym.make("TextGen-v0", model="tiny", split="train", max_new_tokens=16)
     ```
 
-    - ``model``: ``None`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct, ``"tiny"``
-      for a tiny random test model, or the path of any local Hugging Face model directory. The env loads
-      only its tokenizer and config; the policy loads the weights.
-    - ``prompts``: a shipped prompt set name, a ``.txt`` or ``.jsonl`` file, or a list of strings.
-    - ``split``: ``"train"`` or ``"test"``, two disjoint parts of the prompt set (about 80% / 20%, by a stable
-      hash of each prompt); ``None`` for all of it. Benchmarks train on ``train`` and report ``test``.
-    - ``level``: ``1``, ``2`` or ``3`` (see ``LEVELS``): only the openings that are not negative, all, or only
-      the negative ones; ``None`` for all (level 2).
-    - ``reward_model``: a registered name (``reward_models.registered_names()``) or any callable
-      ``(prompts: list[str], completions: list[str]) -> array of float``.
-    - ``gold_model``: scores ``info["gold_score"]`` (same forms as ``reward_model``), e.g. the true objective
-      when the reward is a learned proxy; ``None``: the reward is the gold.
-    - ``max_prompt_tokens`` / ``max_new_tokens``: prompt width and episode length limit.
-    - ``chat_template``: wrap the prompt as a user message in the tokenizer's chat template.
-    - ``stop_token_ids``: tokens that end an episode; ``None`` for the model's (EOS, the generation config's
-      EOS ids, the chat template's end-of-turn token: see *Episode End*), ``[]`` to always run to the limit.
-    - ``prompt_truncation``: ``"error"`` (default; the whole prompt set is checked when the env is made) or
-      ``"left"`` (keep the last ``max_prompt_tokens`` tokens of a longer prompt).
-    - ``reference_model``: a frozen reference LM with the env's tokenizer (``"embedded"``, ``"tiny"``, a
-      directory), kept with its own KV cache across steps; needed by ``kl_coef`` and ``action_mask``.
-    - ``kl_coef``: weight of the per-step ``log π_ref`` reward.
-    - ``action_mask``: ``"top_k"`` / ``"top_p"``: ``action_masks()`` allows only the reference's ``top_k``
-      most likely tokens / its smallest set reaching probability ``top_p``, always with the stop tokens (as
-      NLPO does); stepping a disallowed action raises ``ValueError``.
-    - ``reference_device``: where the reference runs (default ``cpu``).
-    - ``render_mode``: ``"ansi"`` returns, ``"human"`` prints, the prompt and the text so far.
+    Every keyword argument of ``gym.make("TextGen-v0", ...)``, with its default. ``TextGenPreference-v0`` is the
+    same env registered with ``reward_model="positivity-minilm"``. The task envs take these arguments too, except
+    those a task sets itself; a task's own table lists its own arguments and the defaults it changes.
+
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `model` | str, path or None | `None` | the LM whose tokenizer and vocabulary define the spaces (below) |
+    | `prompts` | str, path, list or None | `None` | the prompt set (below); `None`: the shipped `openings` |
+    | `split` | str or None | `None` | `"train"` or `"test"` part of the prompt set (below); `None`: all |
+    | `level` | int or None | `None` | `1`, `2`, `3`: non-negative, all, or negative openings; `None`: 2 |
+    | `reward_model` | str or callable | `"vader"` | a registered name or a callable (below) |
+    | `reward_model_kwargs` | dict or None | `None` | keyword arguments of a registered `reward_model` |
+    | `gold_model` | str, callable or None | `None` | scores `info["gold_score"]`; `None`: the reward is the gold |
+    | `gold_model_kwargs` | dict or None | `None` | keyword arguments of a registered `gold_model` |
+    | `info_models` | dict or None | `None` | `{key: reward model}`: more scores, into the final `info[key]` |
+    | `max_prompt_tokens` | int | `64` | prompt width `P`; prompts are left-padded to it |
+    | `max_new_tokens` | int | `32` | episode length limit `T`; reaching it truncates the episode |
+    | `chat_template` | bool | `False` | wrap each prompt as a user message in the chat template |
+    | `stop_token_ids` | list of int or None | `None` | tokens that end an episode; `None`: the model's, `[]`: none |
+    | `prompt_truncation` | str | `"error"` | a prompt over `P` tokens: `"error"` raises, `"left"` keeps its end |
+    | `reference_model` | str, path or None | `None` | a frozen reference LM for `kl_coef` and `action_mask` |
+    | `kl_coef` | float | `0.0` | each step's reward gains `kl_coef · log π_ref(a_t ∣ s_t)` |
+    | `action_mask` | str or None | `None` | `"top_k"` or `"top_p"`: allow only the reference's likely tokens |
+    | `top_k` | int | `50` | the size of the `"top_k"` mask |
+    | `top_p` | float | `0.9` | the probability mass of the `"top_p"` mask |
+    | `reference_device` | str or None | `None` | where the reference model runs; `None`: the CPU |
+    | `render_mode` | str or None | `None` | `"ansi"` returns, `"human"` prints, the prompt and text so far |
+
+    - ``model``: ``None``, ``"embedded"`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct,
+      ``"tiny"`` for a tiny random Llama (tests), or a local Hugging Face model directory. The env loads only its
+      tokenizer and config; the policy loads the weights. Nothing is downloaded.
+    - ``prompts``: a shipped set's name, a ``.txt`` file (one prompt a line), a ``.jsonl`` file (a ``{"prompt":
+      ...}`` object or a JSON string a line) or a list of strings. ``openings`` holds review and story openings
+      of mixed sentiment.
+    - ``split``: two disjoint parts of the prompt set, about 80% / 20%, by a stable hash of each prompt.
+      Benchmarks train on ``"train"`` and report ``"test"``.
+    - ``level``: the openings whose VADER compound is at least −0.05, all of them, or those below (``LEVELS``).
+    - ``reward_model``, ``gold_model``, ``info_models``' values: a registered name
+      (``reward_models.registered_names()``) or any callable ``(prompts, completions) -> array of float``. A
+      gold model is the true objective when the reward is a proxy; benchmarks report it. An ``info_models`` key
+      may not be one of the info's own (``prompt``, ``score``, ``gold_score``, ...).
+    - ``stop_token_ids``: the model's stop tokens are listed in *Episode End*.
+    - ``prompt_truncation``: with ``"error"`` the whole prompt set is checked when the env is made.
+    - ``reference_model``: ``"embedded"``, ``"tiny"`` or a directory, with the env's tokenizer, kept with its
+      own KV cache across steps (see ``textgym.envs.reference``); ``kl_coef`` and ``action_mask`` need one.
+    - ``action_mask``: ``action_masks()`` allows the reference's ``top_k`` most likely tokens, or its smallest
+      set reaching probability ``top_p``, and always the stop tokens (as NLPO does); stepping a disallowed
+      action raises ``ValueError``.
+
+    ``gym.make_vec("TextGen-v0", num_envs=N, ...)`` takes the same arguments and ``autoreset_mode``
+    (``"next_step"``, Gymnasium's default, ``"same_step"`` or ``"disabled"``): see
+    [TextGenVectorEnv][textgym.envs.vector.TextGenVectorEnv].
 
     ## Version History
 

@@ -144,7 +144,7 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
     int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
-    chat template of the transcript (:mod:`textgym.envs.conversation`).
+    chat template of the transcript ([textgym.envs.conversation][]).
 
     ## Rewards
 
@@ -172,15 +172,26 @@ class TwentyQuestionsEnv(ConversationEnv):
     ## Arguments
 
     ```python
-    gym.make("TwentyQuestions-v0", split=None, level=1, table=None, max_turns=None, max_turn_tokens=16,
-             format_reward=0.0, model=None, max_prompt_tokens=None, max_new_tokens=None)
+    env = gym.make("TwentyQuestions-v0", split="train", level=2)
     ```
 
-    - ``level``: ``1`` to ``4``, 8, 16, 32 or 64 candidates (``LEVELS``); ``None`` is the default level, 1.
-    - ``table``: another CSV of the same form (header ``object,alive,...,wheels``, at least 64 objects); a file
-      that does not load raises ``ValueError`` naming the file and row.
-    - ``max_turns``: questions before truncation; ``None``: ``MAX_TURNS[level]``.
-    - The other arguments are ``GuessNumber-v0``'s.
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `level` | int or None | `None` | `1` to `4`: 8, 16, 32 or 64 candidates (`LEVELS`); `None`: 1 |
+    | `table` | str, path or None | `None` | another table of objects (below); `None`: the shipped one |
+    | `max_turns` | int or None | `None` | questions before truncation; `None`: `MAX_TURNS[level]` |
+    | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 16 |
+    | `format_reward` | float | `0.0` | shaping reward for each turn the env could answer (not in the gold) |
+    | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
+    | `max_prompt_tokens` | int or None | `None` | the opening's width; `None`: the longest opening of the level |
+
+    - ``table``: a CSV of the same form as ``textgym/data/twenty_questions.csv`` (header
+      ``object,alive,...,wheels``, at least 64 objects); a file that does not load raises ``ValueError`` naming
+      the file and row.
+
+    The other arguments, and those the task sets itself, are as for
+    [GuessNumberEnv][textgym.envs.guess_number.GuessNumberEnv] ([TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s,
+    with its defaults).
 
     ## Version History
 

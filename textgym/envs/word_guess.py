@@ -90,7 +90,7 @@ class WordGuessEnv(ConversationEnv):
 
     As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
     int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
-    chat template of the transcript (:mod:`textgym.envs.conversation`).
+    chat template of the transcript ([textgym.envs.conversation][]).
 
     ## Rewards
 
@@ -118,14 +118,21 @@ class WordGuessEnv(ConversationEnv):
     ## Arguments
 
     ```python
-    gym.make("WordGuess-v0", split=None, level=1, max_turns=None, max_turn_tokens=8, format_reward=0.0,
-             model=None, max_prompt_tokens=None, max_new_tokens=None)
+    env = gym.make("WordGuess-v0", split="train", level=2)
     ```
 
-    - ``level``: ``1`` to ``3``: 8 words of 3 letters, 16 of 4, 32 of 5 (``LEVELS``); ``None`` is the default
-      level, 1.
-    - ``max_turns``: guesses before truncation; ``None``: 8.
-    - The other arguments are ``GuessNumber-v0``'s.
+    | argument | type | default | meaning |
+    |---|---|---|---|
+    | `level` | int or None | `None` | `1` to `3`: 8 words of 3 letters, 16 of 4, 32 of 5 (`LEVELS`); `None`: 1 |
+    | `max_turns` | int or None | `None` | guesses before truncation; `None`: 8 |
+    | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 8 |
+    | `format_reward` | float | `0.0` | shaping reward for each valid guess (not in the gold score) |
+    | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
+    | `max_prompt_tokens` | int or None | `None` | the opening's width; `None`: the longest opening of the level |
+
+    The other arguments, and those the task sets itself, are as for
+    [GuessNumberEnv][textgym.envs.guess_number.GuessNumberEnv] ([TextGenEnv][textgym.envs.text_gen.TextGenEnv]'s,
+    with its defaults).
 
     ## Version History
 

@@ -11,11 +11,12 @@ The cache folder is ``$TEXTGYM_CACHE`` if set, else ``~/.cache/textgym``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,7 +119,7 @@ def vocab_size_of(model_dir: str | os.PathLike) -> int:
 def embedded_model_dir() -> Path:
     """The converted embedded model's directory, converting the GGUF file on first use (about 30 s, once)."""
     target = cache_dir() / EMBEDDED_MODEL
-    if not (target / "config.json").is_file():
+    if missing_model_files(target):
         print(f"textgym: converting the embedded model to {target} (once, about 30 s)...", file=sys.stderr)
         _build_atomically(target, _convert_embedded_gguf)
     return target
@@ -127,8 +128,8 @@ def embedded_model_dir() -> Path:
 def tiny_model_dir() -> Path:
     """The tiny test model's directory, built on first use (about a second)."""
     target = cache_dir() / TINY_MODEL
-    if not (target / "config.json").is_file():
-        _build_atomically(target, lambda out: make_tiny_model(out))
+    if missing_model_files(target):
+        _build_atomically(target, make_tiny_model)
     return target
 
 
@@ -217,16 +218,54 @@ def _convert_embedded_gguf(out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _build_atomically(target: Path, build) -> None:
-    """Build into a temporary sibling folder, then rename: concurrent builders never see half a model."""
+def missing_model_files(model_dir: Path) -> list[str]:
+    """What a model directory lacks to load as a whole model: ``config.json``, the weights (every shard an index
+    lists) and the tokenizer; empty when it is complete. A cached model is used only when this is empty."""
+    if not model_dir.is_dir():
+        return ["the directory"]
+    missing = [name for name in ("config.json", "tokenizer_config.json") if not (model_dir / name).is_file()]
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        missing.append("tokenizer.json or tokenizer.model")
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing += [shard for shard in shards if not (model_dir / shard).is_file()]
+    elif not (model_dir / "model.safetensors").is_file():
+        missing.append("model.safetensors")
+    return missing
+
+
+def _build_atomically(target: Path, build: Callable[[Path], object]) -> None:
+    """Build into a temporary sibling folder, check it is complete, then rename it into place: a reader never
+    sees half a model. An incomplete folder already at ``target`` (left by an older, non-atomic build) is moved
+    aside and replaced; a complete one, a concurrent builder's, is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # another process won the race only if it finished
-                raise
+        if missing := missing_model_files(tmp):
+            raise RuntimeError(f"Building the cached model {target} left out {', '.join(missing)}; nothing was cached.")
+        for _ in range(2):
+            try:
+                tmp.rename(target)  # fails if target is a non-empty folder
+                return
+            except OSError as err:
+                error = err
+                if not missing_model_files(target):
+                    return  # another process finished the same build first
+                _discard(target)
+        raise RuntimeError(
+            f"Cannot put the cached model in place at {target}: remove that folder and retry."
+        ) from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    """Remove an incomplete cached folder: renamed away first (atomic), so no reader loads it meanwhile."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}-stale-", dir=folder.parent))
+    try:
+        folder.rename(trash / folder.name)
+    except OSError:
+        pass  # gone already (another process discarded it), or replaced by a complete one
+    shutil.rmtree(trash, ignore_errors=True)

@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from textgym.lm.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -71,22 +72,17 @@ def _find_prompt_file(prompts: str | os.PathLike) -> Path:
 
 
 def _load_prompt_file(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix != ".jsonl":
-        return [line for line in lines if line.strip()]
-    loaded = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
-        prompt = record.get("prompt") if isinstance(record, dict) else record
-        if not isinstance(prompt, str):
-            raise ValueError(f'{path}:{number}: expected a JSON string or an object with a "prompt" string.')
-        loaded.append(prompt)
-    return loaded
+    if path.suffix == ".jsonl":
+        return read_jsonl(path, _prompt_of, skip_blank=True, objects_only=False)
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _prompt_of(record: Any) -> str:
+    """A prompt-set line's prompt: a JSON string, or an object's ``"prompt"`` string."""
+    prompt = record.get("prompt") if isinstance(record, dict) else record
+    if not isinstance(prompt, str):
+        raise ValueError('expected a JSON string or an object with a "prompt" string')
+    return prompt
 
 
 SPLITS = ("train", "test")
