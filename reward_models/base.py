@@ -1,6 +1,6 @@
 """The reward-model protocol, the checking wrapper, and a base class for model-backed rewards.
 
-Names, saved directories and callables become reward models in :mod:`reward_models.registry`.
+Names, saved directories and callables become reward models in [reward_models.registry][reward_models.registry].
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class RewardFn(Protocol):
 class RewardModel:
     """A named, checked, batched reward callable.
 
-    Wraps a :class:`RewardFn` and returns a float64 array of one finite score per pair, or raises
+    Wraps a [RewardFn][reward_models.base.RewardFn] and returns a float64 array of one finite score per pair, or raises
     ``ValueError`` naming the reward model and what it returned wrong.
     """
 
@@ -91,9 +91,9 @@ class Normalization:
 class BatchedRewardModel:
     """Base class of reward models backed by a neural network: a name, batching, a device, normalisation.
 
-    Subclasses implement :meth:`score_batch`. Calling the model splits the input into chunks of
-    ``batch_size`` pairs, so a vector env that ends many episodes in one step never needs more memory than one
-    chunk, and maps the raw scores through :attr:`normalization` when it is set.
+    Subclasses implement [score_batch][reward_models.base.BatchedRewardModel.score_batch]. Calling the model splits the
+    input into chunks of ``batch_size`` pairs, so a vector env that ends many episodes in one step never needs more
+    memory than one chunk, and maps the raw scores through `normalization` when it is set.
 
     Args:
         batch_size: pairs scored per forward pass.

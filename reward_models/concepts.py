@@ -1,10 +1,10 @@
 """Concept coverage (CommonGen-like): does one fluent sentence use all the given concepts?
 
-* ``concept-coverage`` (:class:`ConceptCoverage`): the share of the concepts the completion uses, any
-  inflection counting (``throw`` is covered by *threw* and *throwing*, ``child`` by *children*), the
-  inflections being lemminflect's (a lexicon of English inflections shipped in its PyPI package).
-* ``concepts`` (:class:`Concepts`): that coverage times the completion's fluency (:mod:`reward_models.fluency`),
-  the ``ConceptCoverage-v0`` task's reward and gold score.
+* ``concept-coverage`` ([ConceptCoverage][reward_models.concepts.ConceptCoverage]): the share of the concepts the
+  completion uses, any inflection counting (``throw`` is covered by *threw* and *throwing*, ``child`` by *children*),
+  the inflections being lemminflect's (a lexicon of English inflections shipped in its PyPI package).
+* ``concepts`` ([Concepts][reward_models.concepts.Concepts]): that coverage times the completion's fluency
+  ([reward_models.fluency][reward_models.fluency]), the ``ConceptCoverage-v0`` task's reward and gold score.
 
 The concepts are read from the prompt (the comma-separated words after the last colon of its last non-blank
 line, a final period dropped: ``"... uses all of these words: dog, swim, boat."``) unless given::
@@ -13,11 +13,11 @@ line, a final period dropped: ``"... uses all of these words: dog, swim, boat."`
     reward(["Write one sentence that uses all of these words: dog, swim, boat."],
            ["I saw a dog swimming near the boat."])
 
-**Why the fluency is measured without the prompt.** Under the instruction, a bare list of the concept words
-is a likely continuation (the language model copies what it has just read: ``"dog, swim, boat"`` scores a mean
-log-prob of −2.3 per token after the prompt, better than a real sentence's −2.9), so a gate that reads the
-prompt would let the list through. After the neutral :data:`FLUENCY_CONTEXT` instead, the list scores −7.4
-and a plain sentence about −3.7 to −4.3 (SmolLM2-135M-Instruct), and the gate tells them apart.
+**Why the fluency is measured without the prompt.** Under the instruction, a bare list of the concept words is a likely
+continuation (the language model copies what it has just read: ``"dog, swim, boat"`` scores a mean log-prob of −2.3 per
+token after the prompt, better than a real sentence's −2.9), so a gate that reads the prompt would let the list through.
+After the neutral [FLUENCY_CONTEXT][reward_models.concepts.FLUENCY_CONTEXT] instead, the list scores −7.4 and a plain
+sentence about −3.7 to −4.3 (SmolLM2-135M-Instruct), and the gate tells them apart.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class ConceptCoverage:
     """The share of the concepts a completion uses, any inflection counting; in ``[0, 1]``.
 
     Args:
-        concepts: the same concepts for every prompt; ``None`` reads each prompt's own (:func:`parse_concepts`).
+        concepts: the same concepts for every prompt; ``None`` reads each prompt's own
+            ([parse_concepts][reward_models.concepts.parse_concepts]).
     """
 
     __name__ = "concept-coverage"
@@ -92,17 +93,17 @@ class ConceptCoverage:
 class Concepts:
     """Concept coverage gated by fluency: ``coverage × fluency``, in ``[0, 1]``.
 
-    The fluency is :class:`reward_models.fluency.Fluency` of the completion after :data:`FLUENCY_CONTEXT`
-    (not after the prompt; see the module docstring), with its default range: a mean log-prob of −6 nats per
-    token or less scores 0, −3.5 or more scores 1. Plain sentences (−3.7 to −4.3) pass, about 0.7 to 0.9; a
-    bare word list (−7.4) does not.
+    The fluency is [reward_models.fluency.Fluency][reward_models.fluency.Fluency] of the completion after
+    [FLUENCY_CONTEXT][reward_models.concepts.FLUENCY_CONTEXT] (not after the prompt; see the module docstring), with its
+    default range: a mean log-prob of −6 nats per token or less scores 0, −3.5 or more scores 1. Plain sentences (−3.7
+    to −4.3) pass, about 0.7 to 0.9; a bare word list (−7.4) does not.
 
     Args:
-        concepts: as for :class:`ConceptCoverage`.
+        concepts: as for [ConceptCoverage][reward_models.concepts.ConceptCoverage].
         model: the language model that judges fluency (``None``: the embedded SmolLM2-135M-Instruct; ``"tiny"``
             or a local directory otherwise).
         device, batch_size: where and how many completions at a time the fluency model runs.
-        **fluency_kwargs: more :class:`~reward_models.fluency.Fluency` arguments (``low``, ``high``,
+        **fluency_kwargs: more [Fluency][reward_models.fluency.Fluency] arguments (``low``, ``high``,
             ``min_distinct``) to override the defaults.
     """
 

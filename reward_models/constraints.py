@@ -1,8 +1,9 @@
 """Length and format constraints stated in the prompt, scored with partial credit and a degeneracy gate.
 
-The prompt states the constraints in a fixed phrasing (what :meth:`Constraints.describe` writes and
-:func:`parse_constraints` reads), so the reward model needs nothing but the prompt and works on its own, e.g.
-to score a TRL run::
+The prompt states the constraints in a fixed phrasing (what
+[Constraints.describe][reward_models.constraints.Constraints.describe] writes and
+[parse_constraints][reward_models.constraints.parse_constraints] reads), so the reward model needs nothing but the
+prompt and works on its own, e.g. to score a TRL run::
 
     Write about the ocean in 20 words, as 3 bullet points.
     Write about gardening in 15 words, as a JSON object with the keys "title" and "summary".
@@ -21,10 +22,11 @@ Each constraint scores in ``[0, 1]``; the satisfaction is their mean:
 Words are runs of letters and digits (``don't`` and ``well-known`` are one word); markers, braces and quotes are
 not words, and in a JSON object only the values' words count, not the keys.
 
-**The gate.** The satisfaction is multiplied by a degeneracy gate in ``[0, 1]``, so that repeating one word
-until the count is right earns nothing: ``gate="fluency"`` (default) is :class:`reward_models.fluency.Fluency`,
-the reference LM's mean log-likelihood of the completion times a distinct-2 factor; ``gate="distinct"`` is the
-distinct-2 factor alone (no model: fast, for tests and quick runs); ``gate=None`` scores the constraints alone.
+**The gate.** The satisfaction is multiplied by a degeneracy gate in ``[0, 1]``, so that repeating one word until the
+count is right earns nothing: ``gate="fluency"`` (default) is
+[reward_models.fluency.Fluency][reward_models.fluency.Fluency], the reference LM's mean log-likelihood of the completion
+times a distinct-2 factor; ``gate="distinct"`` is the distinct-2 factor alone (no model: fast, for tests and quick
+runs); ``gate=None`` scores the constraints alone.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class Constraints:
 
 
 def parse_constraints(prompt: str) -> Constraints:
-    """The constraints a prompt states in :meth:`Constraints.describe`'s phrasing.
+    """The constraints a prompt states in [Constraints.describe][reward_models.constraints.Constraints.describe]'s
+    phrasing.
 
     Raises:
         ValueError: the prompt states none (the message shows the phrasing).
@@ -139,7 +142,7 @@ def parse_constraints(prompt: str) -> Constraints:
 
 
 def count_words(text: str) -> int:
-    """Words in ``text`` (see :data:`WORD`)."""
+    """Words in ``text`` (see [WORD][reward_models.constraints.WORD])."""
     return len(WORD.findall(text))
 
 
@@ -166,7 +169,8 @@ class ConstraintSatisfaction:
     Args:
         gate: ``"fluency"`` (the reference LM's fluency with a distinct-2 factor), ``"distinct"`` (the distinct-2
             factor alone) or ``None`` (no gate); see the module docstring.
-        fluency_kwargs: arguments of :class:`reward_models.fluency.Fluency` (e.g. ``model``, ``low``, ``high``).
+        fluency_kwargs: arguments of [reward_models.fluency.Fluency][reward_models.fluency.Fluency] (e.g. ``model``,
+            ``low``, ``high``).
         min_distinct: for ``gate="distinct"``: the distinct-2 ratio of words at and above which the gate is 1.
     """
 

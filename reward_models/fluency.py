@@ -7,8 +7,8 @@ Two factors, each in [0, 1]:
 * likelihood: the completion's mean per-token log-probability given the prompt under a causal LM (the
   embedded SmolLM2 by default, the reference model of the agents), mapped linearly from ``low`` (0) to
   ``high`` (1) nats and clipped;
-* repetition: the share of distinct word bigrams (:func:`distinct_n`) relative to ``min_distinct``, clipped;
-  LMs find repetition likely once it has started, so likelihood alone would let it through.
+* repetition: the share of distinct word bigrams ([distinct_n][reward_models.fluency.distinct_n]) relative to
+  ``min_distinct``, clipped; LMs find repetition likely once it has started, so likelihood alone would let it through.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Fluency(BatchedRewardModel):
 
     Args:
         model: the causal LM that judges likelihood: ``None`` for the embedded model, ``"tiny"`` or a local
-            directory (:func:`textgym.lm.models.resolve_model_dir`).
+            directory ([textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]).
         low, high: mean log-probabilities (nats per token) that map to 0 and to 1. Under the embedded model
             its own samples (temperature 1, continuing the shipped openings) average -3.2 (10th percentile
             -3.9), a list of positive words -8.9 and uniformly random tokens about -17.

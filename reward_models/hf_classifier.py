@@ -33,15 +33,17 @@ CONFIG_KEY = "textgym_reward"
 
 
 class HFClassifierReward(BatchedRewardModel):
-    """A Hugging Face sequence classifier as a reward model; build it with :meth:`load` or :meth:`from_backbone`.
+    """A Hugging Face sequence classifier as a reward model; build it with
+    [load][reward_models.hf_classifier.HFClassifierReward.load] or
+    [from_backbone][reward_models.hf_classifier.HFClassifierReward.from_backbone].
 
     Args:
         model: a ``*ForSequenceClassification`` model.
         tokenizer: its tokenizer.
-        input_format: one of :data:`INPUT_FORMATS`.
+        input_format: one of [INPUT_FORMATS][reward_models.hf_classifier.INPUT_FORMATS].
         max_length: longer inputs lose tokens on the left, so the completion (the part being judged) is kept.
         label_index: ``None`` to score with the single logit; else the label whose probability is the score.
-        normalization, batch_size, device, name: see :class:`~reward_models.base.BatchedRewardModel`.
+        normalization, batch_size, device, name: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
     """
 
     def __init__(
@@ -91,13 +93,13 @@ class HFClassifierReward(BatchedRewardModel):
             path: the directory.
             label: ``None`` to score with the single logit (the model must have one label); else the label
                 index or name (``config.label2id``) whose probability is the score.
-            input_format: one of :data:`INPUT_FORMATS`; ``None`` takes the one stored with the model, else
-                ``"concat"``.
+            input_format: one of [INPUT_FORMATS][reward_models.hf_classifier.INPUT_FORMATS]; ``None`` takes the one
+                stored with the model, else ``"concat"``.
             max_length: see the class.
             normalize: standardise scores with the statistics stored with the model, if any.
             trust_remote_code: run the model's own Python code from the directory; only for models you trust.
             dtype: torch dtype name to load the weights in (default float32).
-            batch_size, device: see :class:`~reward_models.base.BatchedRewardModel`.
+            batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
         """
         path = _checked_model_dir(path)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -130,9 +132,9 @@ class HFClassifierReward(BatchedRewardModel):
         """A new one-logit reward model on a pretrained LM, its scalar head freshly initialised, for training.
 
         Args:
-            model: a textgym model name (``None`` for the embedded SmolLM2, ``"tiny"``) or a local directory
-                (see :func:`textgym.lm.models.resolve_model_dir`); a causal LM gets the matching
-                ``*ForSequenceClassification`` head, which scores the last token.
+            model: a textgym model name (``None`` for the embedded SmolLM2, ``"tiny"``) or a local directory (see
+                [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]); a causal LM gets the
+                matching ``*ForSequenceClassification`` head, which scores the last token.
             input_format, max_length, batch_size, device: see the class.
         """
         path = resolve_model_dir(model)
@@ -145,7 +147,7 @@ class HFClassifierReward(BatchedRewardModel):
         return cls(classifier, _load_tokenizer(path, False), input_format, max_length, None, None, batch_size, device)
 
     def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
-        """The classifier's input texts for the pairs, in :attr:`input_format`."""
+        """The classifier's input texts for the pairs, in `input_format`."""
         if self.input_format == "completion":
             return list(completions)
         if self.input_format == "concat":
@@ -179,8 +181,9 @@ class HFClassifierReward(BatchedRewardModel):
         return self.model.parameters()
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the model in Hugging Face layout (safetensors), loadable by ``AutoModelForSequenceClassification``
-        and by :class:`HFClassifierReward` with its normalisation and input format."""
+        """Write the model in Hugging Face layout (safetensors), loadable by ``AutoModelForSequenceClassification`` and
+        by [HFClassifierReward][reward_models.hf_classifier.HFClassifierReward] with its normalisation and input
+        format."""
         out_dir = Path(out_dir)
         setattr(
             self.model.config,

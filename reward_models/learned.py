@@ -65,7 +65,7 @@ class SentenceEncoder:
     """A frozen Hugging Face encoder turning texts into L2-normalised mean-pooled embeddings.
 
     Args:
-        encoder: see :func:`encoder_dir`.
+        encoder: see [encoder_dir][reward_models.learned.encoder_dir].
         max_length: tokens per text; longer texts are cut (MiniLM was trained on up to 256).
         device: a torch device string.
     """
@@ -99,8 +99,8 @@ class SentenceEncoder:
 
 @functools.lru_cache(maxsize=4)
 def shared_encoder(encoder: str | os.PathLike | None, max_length: int, device: str) -> SentenceEncoder:
-    """One :class:`SentenceEncoder` per encoder, length and device, shared by every head on it: the encoder is
-    frozen, so an ensemble of heads needs one copy of it, not one each."""
+    """One [SentenceEncoder][reward_models.learned.SentenceEncoder] per encoder, length and device, shared by every head
+    on it: the encoder is frozen, so an ensemble of heads needs one copy of it, not one each."""
     return SentenceEncoder(encoder, max_length, device)
 
 
@@ -120,14 +120,16 @@ class ScalarHead(nn.Module):
 
 
 class EncoderHeadReward(BatchedRewardModel):
-    """A frozen sentence encoder with a small trained scalar head; build with :meth:`new` or :meth:`load`.
+    """A frozen sentence encoder with a small trained scalar head; build with
+    [new][reward_models.learned.EncoderHeadReward.new] or [load][reward_models.learned.EncoderHeadReward.load].
 
     Args:
-        encoder: the encoder (see :func:`encoder_dir`), referenced by this name or path when saved.
+        encoder: the encoder (see [encoder_dir][reward_models.learned.encoder_dir]), referenced by this name or path
+            when saved.
         head: the head module.
         use_prompt: whether the head also sees the prompt's embedding (else the completion's alone).
         hidden_size, dropout, max_length: the head's shape, its training dropout, and tokens per text.
-        normalization, batch_size, device, name: see :class:`~reward_models.base.BatchedRewardModel`.
+        normalization, batch_size, device, name: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
     """
 
     def __init__(
@@ -164,7 +166,8 @@ class EncoderHeadReward(BatchedRewardModel):
         batch_size: int = 64,
         device: str | None = None,
     ) -> EncoderHeadReward:
-        """A model with a freshly initialised head, to be trained (see :mod:`reward_models.training`)."""
+        """A model with a freshly initialised head, to be trained (see
+        [reward_models.training][reward_models.training])."""
         if encoder is not None and str(encoder) != PACKAGED_ENCODER:
             encoder = Path(encoder).expanduser().resolve()  # saved as an absolute path: it must load from anywhere
         head = ScalarHead(_encoder_dim(encoder) * (2 if use_prompt else 1), hidden_size, dropout)
@@ -179,7 +182,7 @@ class EncoderHeadReward(BatchedRewardModel):
         Args:
             path: the directory.
             normalize: standardise scores with the stored training statistics.
-            batch_size, device: see :class:`~reward_models.base.BatchedRewardModel`.
+            batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
         """
         path = Path(path).expanduser()
         if not (path / REWARD_CONFIG).is_file():

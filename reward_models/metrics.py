@@ -19,7 +19,7 @@ class Rouge:
     Args:
         references: per prompt, a reference text or a list of them (a dict, or a JSONL file with
             ``"reference"`` per line).
-        variant: one of :data:`ROUGE_VARIANTS`.
+        variant: one of `ROUGE_VARIANTS`.
         use_stemmer: compare word stems (Porter), so "cats" matches "cat".
     """
 

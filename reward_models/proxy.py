@@ -1,15 +1,16 @@
 """Proxy and gold rewards of the over-optimisation task (Gao et al. 2022; Coste et al. 2023).
 
-* ``"fluent-positivity"`` (:class:`FluentPositivity`), the gold: positivity ``(1 + VADER compound) / 2`` times
-  fluency (:class:`reward_models.fluency.Fluency`), in ``[0, 1]``. A fluent, positive text scores near 1; word
-  salad and ``"great great great"`` near 0, however positive their words.
-* ``"proxy-positivity"`` (:func:`proxy_positivity`), the proxy: MiniLM heads (:mod:`reward_models.learned`)
-  trained on 250, 1000 or 4000 preference pairs labelled by the gold, with 0% or 25% of the labels flipped,
-  shipped under ``reward_models/data/proxy/`` and rebuilt by ``reward_models/data/build_proxy_heads.py`` (see
-  ``reward_models/data/README.md``). Each setting has an ensemble of heads that differ only by their training
-  seed (initialisation, batch order, dropout), as in Coste et al.; ``proxy="single"`` scores with the seed-0
-  head, ``"mean"`` with the mean of the heads' standardised scores, ``"worst"`` with their minimum (the
-  conservative ensemble that resists over-optimisation best in Coste et al.).
+* ``"fluent-positivity"`` ([FluentPositivity][reward_models.proxy.FluentPositivity]), the gold: positivity
+  ``(1 + VADER compound) / 2`` times fluency ([reward_models.fluency.Fluency][reward_models.fluency.Fluency]), in
+  ``[0, 1]``. A fluent, positive text scores near 1; word salad and ``"great great great"`` near 0, however positive
+  their words.
+* ``"proxy-positivity"`` ([proxy_positivity][reward_models.proxy.proxy_positivity]), the proxy: MiniLM heads
+  ([reward_models.learned][reward_models.learned]) trained on 250, 1000 or 4000 preference pairs labelled by the gold,
+  with 0% or 25% of the labels flipped, shipped under ``reward_models/data/proxy/`` and rebuilt by
+  ``reward_models/data/build_proxy_heads.py`` (see ``reward_models/data/README.md``). Each setting has an ensemble of
+  heads that differ only by their training seed (initialisation, batch order, dropout), as in Coste et al.;
+  ``proxy="single"`` scores with the seed-0 head, ``"mean"`` with the mean of the heads' standardised scores,
+  ``"worst"`` with their minimum (the conservative ensemble that resists over-optimisation best in Coste et al.).
 
     proxy = make_reward_model("proxy-positivity", pairs=1000, label_noise=0.25, proxy="worst")
     gold = make_reward_model("fluent-positivity")
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from reward_models.learned import EncoderHeadReward
 
 PROXY_DIR = Path(__file__).parent / "data" / "proxy"
-"""Where the shipped proxy heads live, one directory each (:func:`head_dir`)."""
+"""Where the shipped proxy heads live, one directory each ([head_dir][reward_models.proxy.head_dir])."""
 PAIR_COUNTS = (250, 1000, 4000)
 LABEL_NOISES = (0.0, 0.25)
 ENSEMBLE_SEEDS = (0, 1, 2)
@@ -47,8 +48,8 @@ class FluentPositivity:
     """The registered gold ``"fluent-positivity"``: ``(1 + VADER compound) / 2 × fluency``, in ``[0, 1]``.
 
     Args:
-        fluency_kwargs: arguments of :class:`reward_models.fluency.Fluency` (default: the embedded SmolLM2
-            judges, mapping mean log-probabilities from −6 to −3.5 nats onto 0 to 1).
+        fluency_kwargs: arguments of [reward_models.fluency.Fluency][reward_models.fluency.Fluency] (default: the
+            embedded SmolLM2 judges, mapping mean log-probabilities from −6 to −3.5 nats onto 0 to 1).
     """
 
     __name__ = "fluent-positivity"
@@ -69,12 +70,12 @@ class ProxyEnsemble(BatchedRewardModel):
     """Heads on one frozen encoder, combined: each head's standardised score, then their mean or minimum.
 
     The texts are embedded once for all heads (they share the encoder, see
-    :func:`reward_models.learned.shared_encoder`).
+    [reward_models.learned.shared_encoder][reward_models.learned.shared_encoder]).
 
     Args:
-        members: the heads (:class:`~reward_models.learned.EncoderHeadReward`), all on the same encoder.
+        members: the heads ([EncoderHeadReward][reward_models.learned.EncoderHeadReward]), all on the same encoder.
         combine: ``"mean"`` or ``"worst"`` (the minimum over heads); one head is scored as it is.
-        batch_size, device: see :class:`~reward_models.base.BatchedRewardModel`.
+        batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
     """
 
     def __init__(
@@ -124,11 +125,12 @@ def proxy_positivity(
     """The registered proxy ``"proxy-positivity"``: shipped heads trained on gold-labelled pairs.
 
     Args:
-        pairs: training pairs of the heads, one of :data:`PAIR_COUNTS`.
-        label_noise: the share of flipped labels, one of :data:`LABEL_NOISES`.
+        pairs: training pairs of the heads, one of `PAIR_COUNTS`.
+        label_noise: the share of flipped labels, one of `LABEL_NOISES`.
         proxy: ``"single"`` (the seed-0 head), ``"mean"`` or ``"worst"`` (the ensemble of the
-            :data:`ENSEMBLE_SEEDS` heads: the mean or the minimum of their standardised scores).
-        batch_size, device: see :class:`~reward_models.base.BatchedRewardModel`.
+            [ENSEMBLE_SEEDS][reward_models.proxy.ENSEMBLE_SEEDS] heads: the mean or the minimum of their standardised
+            scores).
+        batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
 
     Raises:
         ValueError: a setting that is not shipped (the message lists the valid ones).

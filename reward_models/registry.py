@@ -1,8 +1,9 @@
 """The reward-model registry: names, saved directories and callables made into checked reward models.
 
-A name given to :func:`make_reward_model` is looked up in three places, in order: the built-in registry, the
-``textgym.reward_models`` entry-point group of installed packages (read only when a name is not built in), and
-the file system (a saved reward-model directory). Every family is imported only when its name is first used.
+A name given to [make_reward_model][reward_models.registry.make_reward_model] is looked up in three places, in order:
+the built-in registry, the ``textgym.reward_models`` entry-point group of installed packages (read only when a name is
+not built in), and the file system (a saved reward-model directory). Every family is imported only when its name is
+first used.
 """
 
 from __future__ import annotations
@@ -52,17 +53,19 @@ def register_reward_model(name: str, factory: str | Callable[..., RewardFn]) -> 
 
 
 def registered_names() -> list[str]:
-    """The names :func:`make_reward_model` accepts: built-in, registered and installed through entry points."""
+    """The names [make_reward_model][reward_models.registry.make_reward_model] accepts: built-in, registered and
+    installed through entry points."""
     return sorted(set(_REGISTRY) | {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def make_reward_model(spec: str | os.PathLike | RewardFn | RewardModel, **kwargs: Any) -> RewardModel:
-    """Build a checked :class:`RewardModel` from a name, a saved model directory, or any batched callable.
+    """Build a checked [RewardModel][reward_models.base.RewardModel] from a name, a saved model directory, or any
+    batched callable.
 
     Args:
-        spec: a registered name (see :func:`registered_names`), the path of a reward-model directory (see
-            :func:`load_reward_model`), a :class:`RewardModel`, or any callable ``(prompts, completions) ->
-            scores``.
+        spec: a registered name (see [registered_names][reward_models.registry.registered_names]), the path of a
+            reward-model directory (see [load_reward_model][reward_models.registry.load_reward_model]), a
+            [RewardModel][reward_models.base.RewardModel], or any callable ``(prompts, completions) -> scores``.
         kwargs: passed to the registered factory or the directory loader; not accepted with a callable.
     """
     if isinstance(spec, (str, os.PathLike)):
@@ -89,10 +92,10 @@ def load_reward_model(path: str | os.PathLike, **kwargs: Any) -> RewardFn:
     """Load a reward model saved in a directory, choosing the loader by what the directory holds.
 
     - ``reward_model.json``: a textgym learned model with a frozen encoder and a small head
-      (:class:`reward_models.learned.EncoderHeadReward`).
+      ([reward_models.learned.EncoderHeadReward][reward_models.learned.EncoderHeadReward]).
     - ``config.json`` of a ``*ForSequenceClassification`` architecture: a Hugging Face classifier, e.g. one
       trained by ``textgym reward train --backbone lm`` or by TRL's ``RewardTrainer``
-      (:class:`reward_models.hf_classifier.HFClassifierReward`).
+      ([reward_models.hf_classifier.HFClassifierReward][reward_models.hf_classifier.HFClassifierReward]).
 
     Args:
         path: the directory.

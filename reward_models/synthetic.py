@@ -30,7 +30,8 @@ KINDS = ("pairs", "rankings")
 
 @dataclass
 class SynthesisStats:
-    """What :func:`synthesize_preferences` made and left out, so nothing is dropped unnoticed."""
+    """What [synthesize_preferences][reward_models.synthetic.synthesize_preferences] made and left out, so nothing is
+    dropped unnoticed."""
 
     records: int = 0
     """Records written (pairs, or rankings)."""

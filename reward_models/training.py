@@ -120,7 +120,8 @@ class TrainResult:
 
     model: EncoderHeadReward | HFClassifierReward
     report: dict[str, Any] = field(default_factory=dict)
-    """``config``, ``train``/``eval`` :class:`PairwiseReport` dicts, ``history`` (per epoch), ``seconds``."""
+    """``config``, ``train``/``eval`` [PairwiseReport][reward_models.training.PairwiseReport] dicts, ``history`` (per
+    epoch), ``seconds``."""
 
 
 def pairwise_accuracy(reward_fn: RewardFn, pairs: Sequence[PreferencePair]) -> PairwiseReport:
@@ -155,8 +156,9 @@ def train_reward_model(
     """Train a reward model on preference pairs; optionally save it and a ``training_report.json``.
 
     Args:
-        data: a JSONL file of pairs or rankings (see :mod:`reward_models.preferences`), or the pairs.
-        config: the settings; default :class:`TrainConfig()`.
+        data: a JSONL file of pairs or rankings (see [reward_models.preferences][reward_models.preferences]), or the
+            pairs.
+        config: the settings; default [TrainConfig()][reward_models.training.TrainConfig].
         out_dir: where to save the model (reload with ``make_reward_model(out_dir)``), or ``None``.
         embedding_cache: ``minilm`` only: a dict ``text -> embedding`` that this call reads and fills, so that
             several heads trained on the same texts (an ensemble, a sweep) embed each text once; the encoder is

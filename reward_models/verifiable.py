@@ -1,9 +1,10 @@
 """Verifiable instructions: rewards computed from the instruction itself (copy, reverse, sort words, count a
 letter, add or multiply numbers), exact (sparse) or with partial credit (dense).
 
-The expected answer is computed from the prompt, so the reward model needs no reference data: any prompt
-with a line in one of :data:`INSTRUCTIONS`' forms can be scored, the last such line being the question (the
-``VerifiableInstructions-v0`` task writes them with :func:`instruction_prompt`)::
+The expected answer is computed from the prompt, so the reward model needs no reference data: any prompt with a line in
+one of [INSTRUCTIONS][reward_models.verifiable.INSTRUCTIONS]' forms can be scored, the last such line being the question
+(the ``VerifiableInstructions-v0`` task writes them with
+[instruction_prompt][reward_models.verifiable.instruction_prompt])::
 
     reward = make_reward_model("verifiable", mode="partial")
     reward(["Write these words in reverse order: red cat sun"], ["sun cat red"])
@@ -66,7 +67,7 @@ _PATTERNS = {
 
 def instruction_prompt(kind: str, **fields: object) -> str:
     """The prompt of one instruction, e.g. ``instruction_prompt("add", a=12, b=30)``: a worked example of the
-    same kind (:data:`EXAMPLES`), then the instruction, each followed by ``Answer:``."""
+    same kind ([EXAMPLES][reward_models.verifiable.EXAMPLES]), then the instruction, each followed by ``Answer:``."""
     if kind not in INSTRUCTIONS:
         raise ValueError(f"Unknown instruction kind {kind!r}; the kinds are {list(KINDS)}.")
     example = INSTRUCTIONS[kind].format(**EXAMPLES[kind])
@@ -74,8 +75,8 @@ def instruction_prompt(kind: str, **fields: object) -> str:
 
 
 def parse_instruction(prompt: str) -> tuple[str, dict[str, str]]:
-    """The kind and fields of the instruction a prompt asks: its last line in one of :data:`INSTRUCTIONS`'
-    forms (an example before it is not the question)."""
+    """The kind and fields of the instruction a prompt asks: its last line in one of
+    [INSTRUCTIONS][reward_models.verifiable.INSTRUCTIONS]' forms (an example before it is not the question)."""
     for line in reversed(prompt.splitlines()):
         for kind, pattern in _PATTERNS.items():
             match = pattern.match(line.strip())

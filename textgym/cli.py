@@ -1,7 +1,7 @@
 """The ``textgym`` command: one entry point, each subcommand implemented next to the code it drives.
 
-``textgym reward ...`` runs :mod:`reward_models.cli`, ``textgym label ...`` :mod:`reward_models.labelling.cli`,
-``textgym train ...`` :mod:`agents.cli` and ``textgym bench ...`` :mod:`agents.bench.cli`. The command line is
+``textgym reward ...`` runs `reward_models.cli`, ``textgym label ...`` `reward_models.labelling.cli`,
+``textgym train ...`` `agents.cli` and ``textgym bench ...`` `agents.bench.cli`. The command line is
 the top layer, so it imports them, but only the one named, so ``textgym --help`` answers at once.
 """
 

@@ -36,7 +36,7 @@ class TaskSpec:
             the env's prompt text (``info["prompt"]``) and level; ``None`` when the optimum is known analytically.
             For a multi-turn task, ``solver(messages, level) -> turn``: its next turn, given the conversation so
             far as chat messages (the opening, then its turns and the partner's replies).
-        multi_turn: an episode is a conversation with the env (:mod:`textgym.envs.conversation`).
+        multi_turn: an episode is a conversation with the env ([textgym.envs.conversation][textgym.envs.conversation]).
     """
 
     name: str

@@ -1,6 +1,6 @@
 """Collecting human preferences: a labelling web page where raters rank model completions.
 
-The steps, one module each, run by ``textgym label`` (:mod:`reward_models.labelling.cli`)::
+The steps, one module each, run by ``textgym label`` (`reward_models.labelling.cli`)::
 
     items.py      the batch to label: one JSON line per prompt with its K completions, checked line by line
     selection.py  which items come first: random, or where a reward model (ensemble) is least sure / disagrees

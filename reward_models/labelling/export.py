@@ -1,4 +1,5 @@
-"""Labels to the preference files ``textgym reward train`` reads (:mod:`reward_models.preferences`).
+"""Labels to the preference files ``textgym reward train`` reads
+([reward_models.preferences][reward_models.preferences]).
 
 - ``pairs``: ``{"prompt", "chosen", "rejected"}`` for every two shown completions in different rank groups;
   tied completions make no pair (a tie says neither is better, which the Bradley–Terry loss cannot use).

@@ -3,8 +3,8 @@
     {"id": "opt-7", "prompt": "The film was", "completions": [" great.", " dull.", " long."]}
 
 ``id`` is optional (default: the line number, as a string) and must be unique; ``completions`` holds at least
-two distinct strings. :func:`load_items` reports the first bad line as ``file:line: why`` before anything is
-served, and :func:`file_digest` fingerprints the file so a labels folder is never mixed with another batch.
+two distinct strings. `load_items` reports the first bad line as ``file:line: why`` before anything is
+served, and `file_digest` fingerprints the file so a labels folder is never mixed with another batch.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Item:
 
 
 def parse_item(record: dict[str, Any]) -> Item:
-    """One item from a JSON object; ``ValueError`` says what is wrong (the id is filled in by :func:`load_items`)."""
+    """One item from a JSON object; ``ValueError`` says what is wrong (the id is filled in by `load_items`)."""
     prompt, completions, item_id = record.get("prompt"), record.get("completions"), record.get("id", "")
     if not isinstance(prompt, str):
         raise ValueError('"prompt" must be a string')

@@ -52,7 +52,7 @@ def order_tasks(
 
     Args:
         items: the batch.
-        strategy: one of :data:`STRATEGIES`; all but ``random`` need ``reward_models``.
+        strategy: one of `STRATEGIES`; all but ``random`` need ``reward_models``.
         mode: ``"rank"`` shows all completions; ``"pairs"`` shows two (random ones, or the most informative).
         reward_models: reward models scoring ``(prompts, completions)``; an ensemble for ``disagreement``.
         seed: seeds the shuffle and random pairs (also the tie-break between equal priorities).

@@ -45,7 +45,7 @@ class LabelApp:
 
     Args:
         store: where labels go.
-        tasks: one per item, most informative first (see :mod:`reward_models.labelling.selection`).
+        tasks: one per item, most informative first (see `reward_models.labelling.selection`).
         mode: ``"rank"`` or ``"pairs"``, shown to the page.
         overlap: how many raters each item goes to.
         raters: rater tokens ``{token: name}``; ``None`` lets raters name themselves.
@@ -68,7 +68,7 @@ class LabelApp:
         self.raters, self.shared_token = raters, shared_token
 
     def identify(self, headers: Any) -> str:
-        """The rater a request comes from, or :class:`LabelError` (400/401/403)."""
+        """The rater a request comes from, or `LabelError` (400/401/403)."""
         token = headers.get("x-token", "")
         if self.raters is not None:
             for known, name in self.raters.items():

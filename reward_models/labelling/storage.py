@@ -53,7 +53,7 @@ class Task:
 
 
 def check_answer(task: Task, ranking: Any, flags: Any, comment: Any) -> tuple[list[list[int]], dict[str, str], str]:
-    """Validate an answer to ``task``; return it normalised or raise :class:`LabelError` (400) saying why.
+    """Validate an answer to ``task``; return it normalised or raise `LabelError` (400) saying why.
 
     ``ranking`` is a list of groups (lists of completion indices, best first; a group is a tie) or a flat list
     of indices (no ties); together they must hold each shown index exactly once.

@@ -109,7 +109,8 @@ class ConceptCoverageEnv(TextGenEnv):
 
 
 class ConceptCoverageVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("ConceptCoverage-v0", num_envs=N)``: see :class:`ConceptCoverageEnv`."""
+    """``gym.make_vec("ConceptCoverage-v0", num_envs=N)``: see
+    [ConceptCoverageEnv][textgym.envs.concepts.ConceptCoverageEnv]."""
 
     env_class = ConceptCoverageEnv
 

@@ -6,11 +6,13 @@ is one token, and the env appends the partner's reply as the tokens the chat tem
 observation after every turn is, token for token, the chat template applied to the transcript (with the
 agent's turns as the tokens it wrote).
 
-:class:`ConversationEpisodes` extends :class:`textgym.envs.core.TokenEpisodes` (the single and the vector env run on
-it, as TextGen's do). A task supplies a :class:`Game` (the partner's rules) and its instances: ``{opening text:
-hidden state}``, the opening being the first user message; its env subclasses :class:`ConversationEnv` (a
-:class:`~textgym.envs.text_gen.TextGenEnv` on :class:`ConversationEpisodes`) and its vector env
-:class:`~textgym.envs.vector.TextGenVectorEnv`, as the single-turn tasks do.
+[ConversationEpisodes][textgym.envs.conversation.ConversationEpisodes] extends
+[textgym.envs.core.TokenEpisodes][textgym.envs.core.TokenEpisodes] (the single and the vector env run on it, as
+TextGen's do). A task supplies a [Game][textgym.envs.conversation.Game] (the partner's rules) and its instances:
+``{opening text: hidden state}``, the opening being the first user message; its env subclasses
+[ConversationEnv][textgym.envs.conversation.ConversationEnv] (a [TextGenEnv][textgym.envs.text_gen.TextGenEnv] on
+[ConversationEpisodes][textgym.envs.conversation.ConversationEpisodes]) and its vector env
+[TextGenVectorEnv][textgym.envs.vector.TextGenVectorEnv], as the single-turn tasks do.
 
 Row layout, with ``P = max_prompt_tokens`` and ``T = max_new_tokens`` (the budget of the whole conversation
 after the opening, the agent's tokens and the partner's together)::
@@ -66,7 +68,7 @@ class ConversationEpisodes(TokenEpisodes):
 
     Args:
         num_rows: how many episodes run side by side.
-        game: the partner (:class:`Game`).
+        game: the partner ([Game][textgym.envs.conversation.Game]).
         instances: ``{opening text: hidden state}``; the openings are the prompt set (``split`` selects them by a
             stable hash, as for prompts), and ``reset(options={"prompt": opening})`` starts that instance.
         max_turns: the episode is truncated after this many agent turns without an outcome.
@@ -76,7 +78,7 @@ class ConversationEpisodes(TokenEpisodes):
             the gold score leaves it out).
         max_prompt_tokens: ``P``; ``None``: the longest opening (of every instance, so that a task's train and test
             envs have the same spaces).
-        **kwargs: :class:`~textgym.envs.core.TokenEpisodes`'s other arguments (``model``, ``split``,
+        **kwargs: [TokenEpisodes][textgym.envs.core.TokenEpisodes]'s other arguments (``model``, ``split``,
             ``max_new_tokens``, ``prompt_truncation``, ``reference_model``, ``kl_coef``, ``action_mask``, ...); the
             chat template is always on, and the stop tokens are the template's end-of-turn token.
     """
@@ -168,12 +170,13 @@ class ConversationEpisodes(TokenEpisodes):
         info's ``transcript`` but not in the observation). Nothing changes if an error is raised.
 
         Returns:
-            ``rewards``, ``terminated``, ``truncated`` and infos as :meth:`TokenEpisodes.step` does; a step that
-            ends a turn has ``turn`` (its index) and ``reply`` in its info, and the final info also holds
-            ``transcript`` (chat messages), ``turns``, ``outcome`` (``"solved"``, ``"lost"`` or ``None``),
-            ``prompt``, ``completion`` (the agent's turns, one per line), ``score`` (the return without the KL
-            part) and ``gold_score`` (the task score, without ``format_reward``). With a reference model every
-            step's info holds ``ref_logprob`` and ``kl_reward``, as in TextGen-v0.
+            ``rewards``, ``terminated``, ``truncated`` and infos as
+            [TokenEpisodes.step][textgym.envs.core.TokenEpisodes.step] does; a step that ends a turn has ``turn`` (its
+            index) and ``reply`` in its info, and the final info also holds ``transcript`` (chat messages), ``turns``,
+            ``outcome`` (``"solved"``, ``"lost"`` or ``None``), ``prompt``, ``completion`` (the agent's turns, one per
+            line), ``score`` (the return without the KL part) and ``gold_score`` (the task score, without
+            ``format_reward``). With a reference model every step's info holds ``ref_logprob`` and ``kl_reward``, as in
+            TextGen-v0.
         """
         if not self.running[rows].all():
             raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
@@ -253,9 +256,10 @@ class ConversationEpisodes(TokenEpisodes):
 
 
 class ConversationEnv(TextGenEnv):
-    """Base class of the multi-turn task envs: a :class:`~textgym.envs.text_gen.TextGenEnv` on
-    :class:`ConversationEpisodes`, whose ``level`` picks the game and its instances (see a task's docstring,
-    e.g. :class:`textgym.envs.guess_number.GuessNumberEnv`)."""
+    """Base class of the multi-turn task envs: a [TextGenEnv][textgym.envs.text_gen.TextGenEnv] on
+    [ConversationEpisodes][textgym.envs.conversation.ConversationEpisodes], whose ``level`` picks the game and its
+    instances (see a task's docstring, e.g.
+    [textgym.envs.guess_number.GuessNumberEnv][textgym.envs.guess_number.GuessNumberEnv])."""
 
     episodes_class: ClassVar[type[ConversationEpisodes]] = ConversationEpisodes
     env_id: ClassVar[str]
@@ -266,7 +270,7 @@ class ConversationEnv(TextGenEnv):
     reply_tokens: ClassVar[int] = 32
     """Tokens to budget per partner reply (with its chat-template framing) for the default ``max_new_tokens``."""
     options: ClassVar[tuple[str, ...]] = ()
-    """The task's own arguments, passed to :meth:`setup`."""
+    """The task's own arguments, passed to [setup][textgym.envs.conversation.ConversationEnv.setup]."""
 
     @classmethod
     def setup(cls, level: int, **options: Any) -> tuple[Game, dict[str, Any], int]:
@@ -328,7 +332,7 @@ def ask_next(answer: str, move: str) -> str:
 
 
 def answer_of(reply: str) -> str:
-    """The answer in a partner's reply, without :func:`ask_next`'s request (what the scripted solvers read)."""
+    """The answer in a partner's reply, without `ask_next`'s request (what the scripted solvers read)."""
     return reply.split(". Your next ")[0]
 
 
@@ -340,7 +344,7 @@ def the_one(found: Iterable[T]) -> T | None:
 
 
 def _partner_tokens(tokenizer: Any, reply: str) -> list[int]:
-    """See :meth:`ConversationEpisodes._partner_tokens`: the difference between the template of a conversation
+    """See `ConversationEpisodes._partner_tokens`: the difference between the template of a conversation
     with one more user message (and the assistant header) and the template up to the agent's end-of-turn token,
     tokenised. Special tokens split the text, so tokenising the difference gives the full rendering's tokens."""
     opening = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]

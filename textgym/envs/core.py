@@ -1,9 +1,9 @@
 """The token-episode core shared by the single and the vector text environments.
 
-:class:`TokenEpisodes` holds ``N`` episodes side by side in fixed-shape arrays, one row each. Both
-:class:`textgym.envs.text_gen.TextGenEnv` (``N = 1``) and :class:`textgym.envs.vector.TextGenVectorEnv` run on it,
-so a vector env is exactly ``N`` single envs, except that the reward model scores every episode that ends in
-a step with one batched call.
+[TokenEpisodes][textgym.envs.core.TokenEpisodes] holds ``N`` episodes side by side in fixed-shape arrays, one row each.
+Both [textgym.envs.text_gen.TextGenEnv][textgym.envs.text_gen.TextGenEnv] (``N = 1``) and
+[textgym.envs.vector.TextGenVectorEnv][textgym.envs.vector.TextGenVectorEnv] run on it, so a vector env is exactly ``N``
+single envs, except that the reward model scores every episode that ends in a step with one batched call.
 
 Row layout, with ``P = max_prompt_tokens`` and ``T = max_new_tokens``::
 
@@ -33,10 +33,11 @@ class TokenEpisodes:
     Args:
         num_rows: how many episodes run side by side.
         model: the model whose tokenizer and vocabulary define the spaces (see
-            :func:`textgym.lm.models.resolve_model_dir`). Only the tokenizer and config are loaded, not weights.
-        prompts: the prompt set (see :func:`textgym.lm.prompts.load_prompts`).
+            [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]). Only the tokenizer and config
+            are loaded, not weights.
+        prompts: the prompt set (see [textgym.lm.prompts.load_prompts][textgym.lm.prompts.load_prompts]).
         split: ``"train"`` or ``"test"``: only that part of the prompt set (disjoint, about 80% / 20%; see
-            :func:`textgym.lm.prompts.split_prompts`); ``None`` for all of it.
+            [textgym.lm.prompts.split_prompts][textgym.lm.prompts.split_prompts]); ``None`` for all of it.
         reward_model: a registered reward model name or any callable ``(prompts, completions) -> scores``.
         reward_model_kwargs: keyword arguments for a registered reward model.
         gold_model, gold_model_kwargs: what a benchmark reports (``info["gold_score"]``) when it differs from
@@ -49,12 +50,12 @@ class TokenEpisodes:
         max_new_tokens: episode length limit ``T``; reaching it truncates the episode.
         chat_template: wrap each prompt as a user message in the tokenizer's chat template.
         stop_token_ids: tokens that terminate an episode; ``None`` for the model's (see
-            :func:`textgym.lm.prompts.stop_token_ids`: EOS, the generation config's EOS ids and, with
-            ``chat_template``, the template's end-of-turn token), ``[]`` for none.
+            [textgym.lm.prompts.stop_token_ids][textgym.lm.prompts.stop_token_ids]: EOS, the generation config's EOS ids
+            and, with ``chat_template``, the template's end-of-turn token), ``[]`` for none.
         prompt_truncation: what a prompt longer than ``P`` tokens does: ``"error"`` raises (checked for the
             whole prompt set at construction), ``"left"`` keeps its last ``P`` tokens.
         reference_model: a frozen reference LM (``"embedded"``, ``"tiny"`` or a local directory with the env's
-            tokenizer) for KL shaping and action masks; see :mod:`textgym.envs.reference`.
+            tokenizer) for KL shaping and action masks; see [textgym.envs.reference][textgym.envs.reference].
         kl_coef: each step's reward gains ``kl_coef · log π_ref(a_t | s_t)``.
         action_mask: ``"top_k"`` or ``"top_p"``: allow only the reference's most likely tokens (and the stop
             tokens); a disallowed action is an error.
@@ -158,7 +159,8 @@ class TokenEpisodes:
 
     # --- prompts -------------------------------------------------------------------------------------------
     def encode_prompt(self, text: str, where: str = "the prompt") -> list[int]:
-        """Token ids of a prompt (:func:`textgym.lm.prompts.encode_prompt`), checked against ``max_prompt_tokens``."""
+        """Token ids of a prompt ([textgym.lm.prompts.encode_prompt][textgym.lm.prompts.encode_prompt]), checked against
+        ``max_prompt_tokens``."""
         if not isinstance(text, str):
             raise TypeError(f"{where} must be a str, got {type(text).__name__}.")
         ids = encode_prompt(self.tokenizer, text, self.chat_template)

@@ -144,7 +144,8 @@ class GuessNumberEnv(ConversationEnv):
 
 
 class GuessNumberVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("GuessNumber-v0", num_envs=N)``: see :class:`GuessNumberEnv`."""
+    """``gym.make_vec("GuessNumber-v0", num_envs=N)``: see
+    [GuessNumberEnv][textgym.envs.guess_number.GuessNumberEnv]."""
 
     env_class = GuessNumberEnv
 

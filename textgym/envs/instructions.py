@@ -120,15 +120,17 @@ class VerifiableInstructionsEnv(TextGenEnv):
 
 
 class VerifiableInstructionsVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("VerifiableInstructions-v0", num_envs=N)``: see :class:`VerifiableInstructionsEnv`."""
+    """``gym.make_vec("VerifiableInstructions-v0", num_envs=N)``: see
+    [VerifiableInstructionsEnv][textgym.envs.instructions.VerifiableInstructionsEnv]."""
 
     env_class = VerifiableInstructionsEnv
 
 
 @cache
 def instances(level: int) -> dict[str, tuple[str, ...]]:
-    """Every instance prompt of ``level``, by kind (both splits; :func:`textgym.lm.prompts.split_prompts` or
-    ``in_test_split`` tell them apart). The same on every machine: drawn from a generator seeded by the level."""
+    """Every instance prompt of ``level``, by kind (both splits;
+    [textgym.lm.prompts.split_prompts][textgym.lm.prompts.split_prompts] or ``in_test_split`` tell them apart). The same
+    on every machine: drawn from a generator seeded by the level."""
     rng = np.random.default_rng(1000 + level)
     words = sorted(set(load_concept_words()))
     by_kind: dict[str, tuple[str, ...]] = {}
@@ -148,7 +150,8 @@ def instances(level: int) -> dict[str, tuple[str, ...]]:
 
 
 def solve(prompt: str, level: int) -> str:
-    """The scripted solver: the exact answer (:func:`reward_models.verifiable.expected_answer`)."""
+    """The scripted solver: the exact answer
+    ([reward_models.verifiable.expected_answer][reward_models.verifiable.expected_answer])."""
     return expected_answer(prompt)
 
 

@@ -183,7 +183,7 @@ every part (paragraph, bullet or JSON value) is a sum of whole sentences."""
 
 
 def write_to_constraints(prompt: str, level: int | None = None) -> str:
-    """The ``constraints`` task's scripted solver: whole sentences of :data:`SOLVER_SENTENCES` about the prompt's
+    """The ``constraints`` task's scripted solver: whole sentences of `SOLVER_SENTENCES` about the prompt's
     topic, exactly as many words as asked, as one paragraph, bullet points or JSON values."""
     constraints = parse_constraints(prompt)
     topic = prompt.removeprefix("Write about ").split(" in ")[0]

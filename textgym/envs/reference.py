@@ -2,7 +2,7 @@
 
 With a reference model ``π_ref``, each step's reward gains ``kl_coef · log π_ref(a_t | s_t)``. That is half of
 RLHF's per-token KL penalty; the agent adds the other half, ``−kl_coef · log π(a_t | s_t)`` (only it knows π;
-for SB3, :class:`agents.sb3.KLPenaltyCallback`). The return then has expectation
+for SB3, [agents.sb3.KLPenaltyCallback][agents.sb3.KLPenaltyCallback]). The return then has expectation
 
     E[task reward] − kl_coef · Σ_t KL(π ‖ π_ref)(s_t),
 
@@ -14,8 +14,8 @@ the return, so it ignores how an action changes the entropy of later states.
 Action masks allow only the reference's ``top_k`` tokens, or its smallest set of tokens reaching probability
 ``top_p`` (always with the stop tokens), as NLPO does.
 
-The reference keeps one KV cache over the env's rows (:class:`textgym.lm.cache.IncrementalLM`), so scoring a
-step costs one batched single-token forward pass.
+The reference keeps one KV cache over the env's rows ([textgym.lm.cache.IncrementalLM][textgym.lm.cache.IncrementalLM]),
+so scoring a step costs one batched single-token forward pass.
 """
 
 from __future__ import annotations

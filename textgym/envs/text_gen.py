@@ -143,7 +143,8 @@ class TextGenEnv(gym.Env):
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         """See *Arguments* above; the arguments but ``render_mode`` become those of
-        :class:`~textgym.envs.core.TokenEpisodes` (which the vector env shares) through :meth:`episode_kwargs`."""
+        [TokenEpisodes][textgym.envs.core.TokenEpisodes] (which the vector env shares) through
+        [episode_kwargs][textgym.envs.text_gen.TextGenEnv.episode_kwargs]."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}."
@@ -157,8 +158,8 @@ class TextGenEnv(gym.Env):
 
     @classmethod
     def episode_kwargs(cls, level: int | None = None, **kwargs: Any) -> dict[str, Any]:
-        """The :class:`~textgym.envs.core.TokenEpisodes` arguments of this task: the env's arguments with ``level``
-        turned into the prompts it selects. Each task env overrides it; the vector env calls it too."""
+        """The [TokenEpisodes][textgym.envs.core.TokenEpisodes] arguments of this task: the env's arguments with
+        ``level`` turned into the prompts it selects. Each task env overrides it; the vector env calls it too."""
         if level is None:
             return kwargs
         if level not in LEVELS:

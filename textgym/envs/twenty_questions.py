@@ -213,7 +213,8 @@ class TwentyQuestionsEnv(ConversationEnv):
 
 
 class TwentyQuestionsVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("TwentyQuestions-v0", num_envs=N)``: see :class:`TwentyQuestionsEnv`."""
+    """``gym.make_vec("TwentyQuestions-v0", num_envs=N)``: see
+    [TwentyQuestionsEnv][textgym.envs.twenty_questions.TwentyQuestionsEnv]."""
 
     env_class = TwentyQuestionsEnv
 
@@ -241,7 +242,7 @@ def instances(level: int, path: str | os.PathLike = TABLE_FILE) -> dict[str, tup
 
 
 def solve(messages: list[dict[str, str]], level: int) -> str:
-    """The scripted solver (:func:`next_question`), reading the candidates from the opening."""
+    """The scripted solver (`next_question`), reading the candidates from the opening."""
     table = load_table()
     candidates = tuple(re.search(r"one of these: (.*?)\. Ask", messages[0]["content"]).group(1).split(", "))
     history = [(parse(q["content"], table), answer_of(a["content"])) for q, a in zip(messages[1::2], messages[2::2])]

@@ -15,7 +15,7 @@ from textgym.envs.text_gen import TextGenEnv
 class TextGenVectorEnv(VectorEnv):
     """``num_envs`` TextGen episodes stepped together (``gym.make_vec("TextGen-v0", num_envs=N)``).
 
-    Behaves exactly as ``gymnasium.vector.SyncVectorEnv`` over ``N`` :class:`~textgym.envs.text_gen.TextGenEnv`
+    Behaves exactly as ``gymnasium.vector.SyncVectorEnv`` over ``N`` [TextGenEnv][textgym.envs.text_gen.TextGenEnv]
     with the same seeds (sub-env ``i`` is seeded ``seed + i``), but the episodes live in one array and every
     episode that ends in a step is scored in a single batched reward-model call.
 
@@ -26,7 +26,7 @@ class TextGenVectorEnv(VectorEnv):
             and info go to ``info["final_obs"]`` and ``info["final_info"]``) or ``"disabled"`` (reset
             finished sub-envs yourself with ``reset(options={"reset_mask": mask})``).
         render_mode: ``"ansi"`` or ``"human"``, as for the single env.
-        **kwargs: the arguments of :class:`~textgym.envs.text_gen.TextGenEnv` (of ``env_class``).
+        **kwargs: the arguments of [TextGenEnv][textgym.envs.text_gen.TextGenEnv] (of ``env_class``).
 
     A task env with its own arguments gets its vector env as a subclass naming it: ``class
     ConceptCoverageVectorEnv(TextGenVectorEnv): env_class = ConceptCoverageEnv``.
@@ -36,7 +36,7 @@ class TextGenVectorEnv(VectorEnv):
     """
 
     env_class: type[TextGenEnv] = TextGenEnv
-    """The single env whose :meth:`~textgym.envs.text_gen.TextGenEnv.episode_kwargs` reads the arguments."""
+    """The single env whose [episode_kwargs][textgym.envs.text_gen.TextGenEnv.episode_kwargs] reads the arguments."""
 
     def __init__(
         self,

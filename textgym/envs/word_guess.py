@@ -151,7 +151,7 @@ class WordGuessEnv(ConversationEnv):
 
 
 class WordGuessVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("WordGuess-v0", num_envs=N)``: see :class:`WordGuessEnv`."""
+    """``gym.make_vec("WordGuess-v0", num_envs=N)``: see [WordGuessEnv][textgym.envs.word_guess.WordGuessEnv]."""
 
     env_class = WordGuessEnv
 
@@ -178,7 +178,7 @@ def instances(level: int) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 def solve(messages: list[dict[str, str]], level: int) -> str:
-    """The scripted solver (:func:`next_guess`), reading the listed words from the opening."""
+    """The scripted solver (`next_guess`), reading the listed words from the opening."""
     listed = tuple(re.search(r"one of: (.*?)\. Reply", messages[0]["content"]).group(1).split(", "))
     history = [(g["content"], answer_of(m["content"])) for g, m in zip(messages[1::2], messages[2::2])]
     return next_guess(listed, history)

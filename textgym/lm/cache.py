@@ -1,8 +1,8 @@
 """Next-token logits of many growing token contexts, one KV cache for all of them.
 
-Whatever steps a text vector env with a language model (a policy sampling actions, a frozen reference scoring
-them) must not re-run the whole context every token. :class:`IncrementalLM` keeps one KV cache for ``N`` rows
-whose contexts are at different points:
+Whatever steps a text vector env with a language model (a policy sampling actions, a frozen reference scoring them) must
+not re-run the whole context every token. [IncrementalLM][textgym.lm.cache.IncrementalLM] keeps one KV cache for ``N``
+rows whose contexts are at different points:
 
 * the cache is one ``(N, heads, S, head_dim)`` tensor per layer plus an ``(N, S)`` attention mask; a row's
   context sits at the right end of its row, with masked (zero) columns in front of it;

@@ -1,14 +1,15 @@
 """Data-parallel training with ``torch.distributed``: the process group and the few collectives textgym uses.
 
-A launcher (``torchrun``, ``accelerate launch``, SLURM's ``srun`` with the same variables) starts one process
-per device and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
-:func:`init_distributed` joins them (``nccl`` on CUDA, ``gloo`` on the CPU). Without those variables, or with
-one process, every helper here is the identity and nothing is imported or initialised: a single process runs
-exactly the code it ran before distributed training existed.
+A launcher (``torchrun``, ``accelerate launch``, SLURM's ``srun`` with the same variables) starts one process per device
+and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+[init_distributed][textgym.lm.distributed.init_distributed] joins them (``nccl`` on CUDA, ``gloo`` on the CPU). Without
+those variables, or with one process, every helper here is the identity and nothing is imported or initialised: a single
+process runs exactly the code it ran before distributed training existed.
 
-Every collective has a timeout (``TEXTGYM_DIST_TIMEOUT`` seconds, default 1800), so a rank that died or
-disagrees makes the others fail with an error instead of waiting for ever; checks whose outcome could differ
-between ranks are decided together (:func:`check_same_on_all_ranks`), so every rank raises the same error.
+Every collective has a timeout (``TEXTGYM_DIST_TIMEOUT`` seconds, default 1800), so a rank that died or disagrees makes
+the others fail with an error instead of waiting for ever; checks whose outcome could differ between ranks are decided
+together ([check_same_on_all_ranks][textgym.lm.distributed.check_same_on_all_ranks]), so every rank raises the same
+error.
 
 Both the agents and the reward-model trainer use it, which is why it lives here and not in ``agents``.
 """
@@ -195,10 +196,10 @@ def shard_range(total: int, what: str) -> slice:
 
 # --- FSDP: models sharded over the processes -----------------------------------------------------------------
 def fully_shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Shard ``model``'s weights (and so its gradients and optimizer state) over the processes with FSDP2:
-    each transformer block is one unit, gathered just before it runs and freed after, the embeddings and
-    output layer the root unit. Gradients are reduce-scattered as sums, not means: textgym's losses are
-    already each process's share of the whole batch's (see :func:`all_reduce_gradients`)."""
+    """Shard ``model``'s weights (and so its gradients and optimizer state) over the processes with FSDP2: each
+    transformer block is one unit, gathered just before it runs and freed after, the embeddings and output layer the
+    root unit. Gradients are reduce-scattered as sums, not means: textgym's losses are already each process's share of
+    the whole batch's (see [all_reduce_gradients][textgym.lm.distributed.all_reduce_gradients])."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     blocks = set(getattr(model, "_no_split_modules", None) or [])  # a Hugging Face model's block class names
@@ -253,8 +254,8 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a whole state dict (as :func:`full_state_dict` returns) into an FSDP model: each process keeps its
-    shard."""
+    """Load a whole state dict (as [full_state_dict][textgym.lm.distributed.full_state_dict] returns) into an FSDP
+    model: each process keeps its shard."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))

@@ -79,7 +79,8 @@ def resolve_device(device: str | None) -> str:
 
 
 def load_tokenizer(model: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a model (see :func:`resolve_model_dir` for the accepted names)."""
+    """Load the tokenizer of a model (see [resolve_model_dir][textgym.lm.models.resolve_model_dir] for the accepted
+    names)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model_dir(model))
@@ -90,7 +91,8 @@ def load_causal_lm(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
 ) -> PreTrainedModel:
-    """Load a causal language model in eval mode (see :func:`resolve_model_dir` for the accepted names).
+    """Load a causal language model in eval mode (see [resolve_model_dir][textgym.lm.models.resolve_model_dir] for the
+    accepted names).
 
     Args:
         dtype: the weights' dtype; ``None`` means float32 whatever the checkpoint was saved in. Almost every

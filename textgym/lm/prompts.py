@@ -1,10 +1,10 @@
 """Prompt sets, and how a model's tokenizer turns a prompt into tokens and ends a reply.
 
 * Prompt sets: the shipped ones by name, or the user's own list, ``.txt`` or ``.jsonl`` file.
-* :func:`encode_prompt`: a prompt's token ids exactly as TextGen's observations hold them (SFT trains on the
-  same ids, so a tuned model continues the env's observations the way it was taught);
-* :func:`stop_token_ids`: the tokens that end a reply (EOS, the generation config's EOS ids, the chat
-  template's end-of-turn token); :func:`pad_token_id`: the token that pads.
+* [encode_prompt][textgym.lm.prompts.encode_prompt]: a prompt's token ids exactly as TextGen's observations hold them
+  (SFT trains on the same ids, so a tuned model continues the env's observations the way it was taught);
+* [stop_token_ids][textgym.lm.prompts.stop_token_ids]: the tokens that end a reply (EOS, the generation config's EOS
+  ids, the chat template's end-of-turn token); [pad_token_id][textgym.lm.prompts.pad_token_id]: the token that pads.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def load_prompts(prompts: str | os.PathLike | Sequence[str] | None = None) -> li
     """Load a prompt set.
 
     Args:
-        prompts: ``None`` for the default set; the name of a shipped set (:func:`shipped_prompt_sets`); a
-            ``.txt`` file (one prompt per line, blank lines skipped); a ``.jsonl`` file (one object with a
-            ``"prompt"`` string per line, or one JSON string per line); or a list of strings.
+        prompts: ``None`` for the default set; the name of a shipped set
+            ([shipped_prompt_sets][textgym.lm.prompts.shipped_prompt_sets]); a ``.txt`` file (one prompt per line, blank
+            lines skipped); a ``.jsonl`` file (one object with a ``"prompt"`` string per line, or one JSON string per
+            line); or a list of strings.
 
     Raises:
         ValueError: the set is empty, or a file line is malformed (the message names the file and line).
@@ -87,7 +88,7 @@ def _prompt_of(record: Any) -> str:
 
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
-"""The share of a prompt set that :func:`split_prompts` puts in the test split."""
+"""The share of a prompt set that [split_prompts][textgym.lm.prompts.split_prompts] puts in the test split."""
 
 
 def in_test_split(key: str) -> bool:
@@ -98,8 +99,8 @@ def in_test_split(key: str) -> bool:
 
 
 def split_prompts(prompts: Sequence[str], split: str | None) -> list[str]:
-    """The ``"train"`` or ``"test"`` part of a prompt set (about 80% / 20%, disjoint; see :func:`in_test_split`),
-    or all of it for ``split=None``.
+    """The ``"train"`` or ``"test"`` part of a prompt set (about 80% / 20%, disjoint; see
+    [in_test_split][textgym.lm.prompts.in_test_split]), or all of it for ``split=None``.
 
     Raises:
         ValueError: an unknown split name, or a split that holds none of the prompts.
@@ -142,8 +143,9 @@ def stop_token_ids(
     tokenizer: PreTrainedTokenizerBase, model_dir: str | os.PathLike | None = None, chat_template: bool = False
 ) -> list[int]:
     """The tokens that end a reply, sorted: the tokenizer's EOS, every ``eos_token_id`` of the model's
-    ``generation_config.json`` (one id or a list, as Llama-3's ``<|eot_id|>``), and with ``chat_template``
-    the template's end-of-turn token (:func:`end_of_turn_token_id`, e.g. ChatML's ``<|im_end|>``).
+    ``generation_config.json`` (one id or a list, as Llama-3's ``<|eot_id|>``), and with ``chat_template`` the
+    template's end-of-turn token ([end_of_turn_token_id][textgym.lm.prompts.end_of_turn_token_id], e.g. ChatML's
+    ``<|im_end|>``).
 
     Reads ``generation_config.json`` from ``model_dir`` if it has one; loads no weights.
     """
