@@ -102,7 +102,8 @@ class Concepts:
         concepts: as for [ConceptCoverage][reward_models.concepts.ConceptCoverage].
         model: the language model that judges fluency (``None``: the embedded SmolLM2-135M-Instruct; ``"tiny"``
             or a local directory otherwise).
-        device, batch_size: where and how many completions at a time the fluency model runs.
+        device: where the fluency model runs; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
+        batch_size: completions the fluency model scores per forward pass.
         **fluency_kwargs: more [Fluency][reward_models.fluency.Fluency] arguments (``low``, ``high``,
             ``min_distinct``) to override the defaults.
     """

@@ -39,11 +39,13 @@ class Fluency(BatchedRewardModel):
     Args:
         model: the causal LM that judges likelihood: ``None`` for the embedded model, ``"tiny"`` or a local
             directory ([textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]).
-        low, high: mean log-probabilities (nats per token) that map to 0 and to 1. Under the embedded model
-            its own samples (temperature 1, continuing the shipped openings) average -3.2 (10th percentile
-            -3.9), a list of positive words -8.9 and uniformly random tokens about -17.
+        low: the mean log-probability (nats per token) that maps to 0. Under the embedded model its own samples
+            (temperature 1, continuing the shipped openings) average -3.2 (10th percentile -3.9), a list of
+            positive words -8.9 and uniformly random tokens about -17.
+        high: the mean log-probability that maps to 1.
         min_distinct: the distinct-bigram share from which repetition costs nothing.
-        batch_size, device: as every batched reward model.
+        batch_size: completions scored per forward pass.
+        device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
     """
 
     def __init__(

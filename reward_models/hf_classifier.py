@@ -43,7 +43,10 @@ class HFClassifierReward(BatchedRewardModel):
         input_format: one of [INPUT_FORMATS][reward_models.hf_classifier.INPUT_FORMATS].
         max_length: longer inputs lose tokens on the left, so the completion (the part being judged) is kept.
         label_index: ``None`` to score with the single logit; else the label whose probability is the score.
-        normalization, batch_size, device, name: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
+        normalization: statistics to standardise raw scores with, or ``None`` for raw scores.
+        batch_size: pairs scored per forward pass.
+        device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
+        name: the name errors and logs use.
     """
 
     def __init__(
@@ -99,7 +102,8 @@ class HFClassifierReward(BatchedRewardModel):
             normalize: standardise scores with the statistics stored with the model, if any.
             trust_remote_code: run the model's own Python code from the directory; only for models you trust.
             dtype: torch dtype name to load the weights in (default float32).
-            batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
+            batch_size: pairs scored per forward pass.
+            device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
         """
         path = _checked_model_dir(path)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -135,7 +139,10 @@ class HFClassifierReward(BatchedRewardModel):
             model: a textgym model name (``None`` for the embedded SmolLM2, ``"tiny"``) or a local directory (see
                 [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]); a causal LM gets the
                 matching ``*ForSequenceClassification`` head, which scores the last token.
-            input_format, max_length, batch_size, device: see the class.
+            input_format: one of [INPUT_FORMATS][reward_models.hf_classifier.INPUT_FORMATS].
+            max_length: see the class.
+            batch_size: pairs scored per forward pass.
+            device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
         """
         path = resolve_model_dir(model)
         verbosity = logging.get_verbosity()

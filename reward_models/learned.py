@@ -128,8 +128,13 @@ class EncoderHeadReward(BatchedRewardModel):
             when saved.
         head: the head module.
         use_prompt: whether the head also sees the prompt's embedding (else the completion's alone).
-        hidden_size, dropout, max_length: the head's shape, its training dropout, and tokens per text.
-        normalization, batch_size, device, name: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
+        hidden_size: the head's hidden width (0: no hidden layer).
+        dropout: the head's dropout in training.
+        max_length: tokens per text; longer texts are cut.
+        normalization: statistics to standardise raw scores with, or ``None`` for raw scores.
+        batch_size: pairs scored per forward pass.
+        device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
+        name: the name errors and logs use.
     """
 
     def __init__(
@@ -182,7 +187,8 @@ class EncoderHeadReward(BatchedRewardModel):
         Args:
             path: the directory.
             normalize: standardise scores with the stored training statistics.
-            batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
+            batch_size: pairs scored per forward pass.
+            device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
         """
         path = Path(path).expanduser()
         if not (path / REWARD_CONFIG).is_file():

@@ -75,7 +75,8 @@ class ProxyEnsemble(BatchedRewardModel):
     Args:
         members: the heads ([EncoderHeadReward][reward_models.learned.EncoderHeadReward]), all on the same encoder.
         combine: ``"mean"`` or ``"worst"`` (the minimum over heads); one head is scored as it is.
-        batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
+        batch_size: pairs scored per forward pass.
+        device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
     """
 
     def __init__(
@@ -130,7 +131,8 @@ def proxy_positivity(
         proxy: ``"single"`` (the seed-0 head), ``"mean"`` or ``"worst"`` (the ensemble of the
             [ENSEMBLE_SEEDS][reward_models.proxy.ENSEMBLE_SEEDS] heads: the mean or the minimum of their standardised
             scores).
-        batch_size, device: see [BatchedRewardModel][reward_models.base.BatchedRewardModel].
+        batch_size: pairs scored per forward pass.
+        device: a torch device string; ``None`` takes ``"cuda"`` when available, else ``"cpu"``.
 
     Raises:
         ValueError: a setting that is not shipped (the message lists the valid ones).

@@ -68,7 +68,9 @@ def sample_completions(
         prompts: the prompts.
         num_completions: completions per prompt.
         model: a textgym model name or local directory (default: the embedded SmolLM2-135M-Instruct).
-        max_new_tokens, temperature, top_p: sampling settings.
+        max_new_tokens: tokens sampled per completion at most.
+        temperature: the sampling temperature.
+        top_p: the nucleus sampling mass (1 samples from the whole distribution).
         batch_size: prompts per ``generate`` call.
         seed: seeds torch's sampler once, so equal arguments on one machine give equal completions.
         device: torch device; default ``"cuda"`` when available, else ``"cpu"``.

@@ -40,9 +40,9 @@ class TokenEpisodes:
             [textgym.lm.prompts.split_prompts][textgym.lm.prompts.split_prompts]); ``None`` for all of it.
         reward_model: a registered reward model name or any callable ``(prompts, completions) -> scores``.
         reward_model_kwargs: keyword arguments for a registered reward model.
-        gold_model, gold_model_kwargs: what a benchmark reports (``info["gold_score"]``) when it differs from
-            the training reward (a proxy reward model, a shaped or partial-credit reward); ``None``: the
-            reward itself is the gold.
+        gold_model: what a benchmark reports (``info["gold_score"]``) when it differs from the training reward
+            (a proxy reward model, a shaped or partial-credit reward); ``None``: the reward itself is the gold.
+        gold_model_kwargs: keyword arguments for a registered gold model.
         info_models: more scores for the last info, ``{key: reward model}`` (registered names or callables),
             e.g. a task's coverage next to its fluency-gated reward; each is scored on the ending episodes and
             its scores go to ``info[key]``.
@@ -59,7 +59,8 @@ class TokenEpisodes:
         kl_coef: each step's reward gains ``kl_coef · log π_ref(a_t | s_t)``.
         action_mask: ``"top_k"`` or ``"top_p"``: allow only the reference's most likely tokens (and the stop
             tokens); a disallowed action is an error.
-        top_k, top_p: the size of the ``"top_k"`` mask, the probability mass of the ``"top_p"`` mask.
+        top_k: the size of the ``"top_k"`` mask.
+        top_p: the probability mass of the ``"top_p"`` mask.
         reference_device: where the reference model runs (default ``cpu``).
     """
 

@@ -36,7 +36,8 @@ class ReferenceModel:
         num_rows: episodes side by side.
         env_tokenizer: the env's tokenizer, to check against the reference's.
         action_mask: ``None``, ``"top_k"`` or ``"top_p"``.
-        top_k, top_p: the mask's size (``top_k``) or probability mass (``top_p``).
+        top_k: the size of the ``"top_k"`` mask.
+        top_p: the probability mass of the ``"top_p"`` mask.
         always_allowed: token ids every mask allows (the env's stop tokens).
         device: where the reference runs (default ``cpu``).
     """

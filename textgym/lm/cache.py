@@ -65,7 +65,8 @@ class IncrementalLM:
 
         Args:
             rows: ``(N,)`` bool, the rows to encode.
-            input_ids, attention_mask: ``(N, L)`` observations of all rows (only selected rows are read).
+            input_ids: ``(N, L)`` token ids of all rows' observations (only selected rows are read).
+            attention_mask: ``(N, L)``, the observations' attention mask.
         """
         index = np.flatnonzero(rows)
         # Identical contexts (a GRPO group's prompt) are encoded once, then copied to each of their rows.
