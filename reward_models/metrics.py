@@ -11,6 +11,8 @@ import numpy as np
 from reward_models.rules import References, load_references, lookup
 
 ROUGE_VARIANTS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+"""The ``rouge-score`` variants: unigram and bigram overlap, the longest common subsequence, and its summary-level
+form over newline-separated sentences."""
 
 
 class Rouge:
@@ -19,7 +21,7 @@ class Rouge:
     Args:
         references: per prompt, a reference text or a list of them (a dict, or a JSONL file with
             ``"reference"`` per line).
-        variant: one of `ROUGE_VARIANTS`.
+        variant: one of [ROUGE_VARIANTS][reward_models.metrics.ROUGE_VARIANTS].
         use_stemmer: compare word stems (Porter), so "cats" matches "cat".
     """
 

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 PROXY_DIR = Path(__file__).parent / "data" / "proxy"
 """Where the shipped proxy heads live, one directory each ([head_dir][reward_models.proxy.head_dir])."""
 PAIR_COUNTS = (250, 1000, 4000)
+"""The shipped heads' training-set sizes, in preference pairs labelled by the gold."""
 LABEL_NOISES = (0.0, 0.25)
+"""The shipped heads' shares of flipped training labels."""
 ENSEMBLE_SEEDS = (0, 1, 2)
 """The training seeds of each setting's heads: the ensemble; the seed-0 head is the single proxy."""
 COMBINE = ("single", "mean", "worst")
@@ -126,8 +128,8 @@ def proxy_positivity(
     """The registered proxy ``"proxy-positivity"``: shipped heads trained on gold-labelled pairs.
 
     Args:
-        pairs: training pairs of the heads, one of `PAIR_COUNTS`.
-        label_noise: the share of flipped labels, one of `LABEL_NOISES`.
+        pairs: training pairs of the heads, one of [PAIR_COUNTS][reward_models.proxy.PAIR_COUNTS].
+        label_noise: the share of flipped labels, one of [LABEL_NOISES][reward_models.proxy.LABEL_NOISES].
         proxy: ``"single"`` (the seed-0 head), ``"mean"`` or ``"worst"`` (the ensemble of the
             [ENSEMBLE_SEEDS][reward_models.proxy.ENSEMBLE_SEEDS] heads: the mean or the minimum of their standardised
             scores).
