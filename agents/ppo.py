@@ -16,22 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import (
-    AgentConfig,
-    LMAgent,
-    clipped_surrogate,
-    global_masked_mean,
-    in_batch_order,
-    masked_mean_share,
-    masked_whiten,
-)
+from agents.base import LMAgent
+from agents.config import AgentConfig
+from agents.losses import clipped_surrogate, global_masked_mean, in_batch_order, masked_mean_share, masked_whiten
 from agents.rollout import RolloutBatch
 from textgym.lm import distributed as dist
 
 
 @dataclass
 class PPOConfig(AgentConfig):
-    """PPO settings (on top of :class:`~agents.base.AgentConfig`)."""
+    """PPO settings (on top of :class:`~agents.config.AgentConfig`)."""
 
     epochs: int = 4
     """Passes over each batch."""

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import make_optimizer
+from agents.optim import make_optimizer
 from textgym.lm import distributed as dist
 from textgym.lm.prompts import encode_prompt, pad_token_id, stop_token_ids
 

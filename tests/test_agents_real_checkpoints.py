@@ -13,9 +13,10 @@ from synthetic_task import NEW_TOKENS, yes_rate
 
 import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO
-from agents.base import clipped_surrogate, keep_freed_host_memory, kl_estimate
 from agents.grpo import GRPOConfig
+from agents.losses import clipped_surrogate, kl_estimate
 from agents.policy import _logprobs_and_entropy
+from agents.precision import keep_freed_host_memory
 from agents.sampling_copy import GROUPED_DECODE_ATTENTION, PackedLinear, can_pack, grouped_decode_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,7 +97,7 @@ def test_dropout_is_off_so_the_first_ratio_is_one(dropout_model_dir, algo):
 @pytest.fixture
 def native_bf16(monkeypatch):
     """bf16's numbers are tested on any CPU; only its speed needs bfloat16 hardware."""
-    monkeypatch.setattr("agents.base.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("agents.precision.cpu_has_native_bf16", lambda: True)
 
 
 @pytest.mark.parametrize("algo", [GRPO, RLOO])
@@ -206,7 +207,7 @@ def test_bf16_samples_with_a_bfloat16_copy_refreshed_before_each_rollout(words_m
 
 
 def test_bf16_on_a_cpu_without_native_bfloat16_falls_back_to_fp32_with_a_warning(words_model_dir, monkeypatch):
-    monkeypatch.setattr("agents.base.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("agents.precision.cpu_has_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="without native bfloat16"):
         agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8, precision="bf16")
     assert agent.precision == "fp32" and agent.sampling_lm is agent.policy.lm
