@@ -341,6 +341,14 @@ class LMAgent(Checkpointing):
         for stopping this iteration's epochs."""
         return self.config.target_kl is not None and approx_kl > 1.5 * self.config.target_kl
 
+    @staticmethod
+    def minibatch_means(stats: dict[str, list[float]]) -> dict[str, float]:
+        """Each metric's mean over the iteration's minibatches. ``train/grad_norm`` is always there, NaN when
+        ``target_kl`` stopped the iteration at its first minibatch, before any step: every iteration logs the
+        same columns (the run log refuses a row with others)."""
+        means = {name: float(np.mean(values)) for name, values in stats.items() if values}
+        return {**means, "train/grad_norm": means.get("train/grad_norm", float("nan"))}
+
     def optimizer_step(self, loss: torch.Tensor) -> float:
         """One clipped AdamW step on ``loss`` (and one step of the schedule); returns the gradient norm.
 

@@ -16,7 +16,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.base import LMAgent
@@ -139,7 +138,7 @@ class GroupAgent(LMAgent):
             if stop:
                 break
         return {
-            **{name: float(np.mean(values)) for name, values in stats.items()},
+            **self.minibatch_means(stats),
             "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/kl_ref": self.episode_kl_to_reference(old_logprobs, ref_logprobs, mask),
             "train/kl_coef": self.kl_coef,

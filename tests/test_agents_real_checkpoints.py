@@ -326,6 +326,23 @@ def test_target_kl_stops_group_methods_early(words_model_dir):
     assert {int(s["step"]) for s in full.optimizer.state.values()} == {8}
 
 
+@pytest.mark.parametrize("algo", [PPO, GRPO])
+def test_target_kl_stop_before_the_first_step_logs_grad_norm_as_nan(words_model_dir, tmp_path, algo):
+    """An iteration that target_kl stops at its first minibatch takes no step: its row has the same columns, with
+    train/grad_norm NaN, in history, progress.csv and TensorBoard (the run log refused the row before)."""
+    group = {} if algo is PPO else {"group_size": 4}
+    settings = {"batch_size": 8, "minibatch_size": 4, "epochs": 2, "target_kl": 0.01, **group}
+    agent = algo(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    agent.kl_exceeded = lambda approx_kl: agent.iteration == 1  # the second iteration stops before any step
+    agent.learn(16, progress_bar=False)
+    first, second = agent.history
+    assert list(first) == list(second)
+    assert np.isfinite(first["train/grad_norm"]) and np.isnan(second["train/grad_norm"])
+    rows = (tmp_path / "progress.csv").read_text().splitlines()
+    column = rows[0].split(",").index("train/grad_norm")
+    assert len(rows) == 3 and rows[2].split(",")[column] == "nan"
+
+
 def test_refused_settings(words_model_dir):
     from agents import PPOConfig
 
