@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -167,20 +168,30 @@ class LMAgent(Checkpointing):
         return [{"params": self.policy.trainable_parameters()}]
 
     # --- the loop ------------------------------------------------------------------------------------------
-    def learn(self, total_episodes: int, resume: bool = False, progress_bar: bool = True) -> LMAgent:
+    def learn(
+        self,
+        total_episodes: int,
+        resume: bool = False,
+        progress_bar: bool = True,
+        schedule_episodes: int | None = None,
+    ) -> LMAgent:
         """Train until ``total_episodes`` episodes have been used, counting those of a resumed run.
 
         Args:
-            total_episodes: episodes (completions) to train on in all; the learning-rate schedule spans them.
+            total_episodes: episodes (completions) to train on in all.
             resume: continue from the last checkpoint in ``run_dir`` (written by a run of the same algorithm,
                 model and settings). Without it, a ``run_dir`` that already holds a checkpoint is an error.
             progress_bar: show a tqdm bar with the mean reward and KL.
+            schedule_episodes: the episodes of the whole run, from its start, that the learning-rate schedule
+                spans (``"linear"`` and ``"cosine"`` reach 0 at its end). ``None``: ``total_episodes``, or the
+                span set before (by an earlier call, or the resumed checkpoint) if that is longer. Pass it when
+                training in slices (``learn(n)``, ``learn(2 * n)``, ...): each slice would otherwise end the
+                schedule it extends, and the rate would fall to 0 at the end of every call.
         """
         from tqdm.auto import tqdm
 
         log = self._open_run(resume)  # a resumed checkpoint restores the schedule, its span included
-        if self.scheduler.total_steps is None:
-            self.scheduler.set_total_steps(self.optimizer_steps(total_episodes))
+        self._set_schedule_span(total_episodes, schedule_episodes)
         initial = min(self.episodes_seen, total_episodes)
         show = progress_bar and dist.is_main()
         bar = tqdm(total=total_episodes, initial=initial, unit="episode", desc=self.algo, disable=not show)
@@ -209,6 +220,22 @@ class LMAgent(Checkpointing):
             if log is not None:
                 log.close()
         return self
+
+    def _set_schedule_span(self, total_episodes: int, schedule_episodes: int | None) -> None:
+        """Size the learning-rate schedule for :meth:`learn` (see its ``schedule_episodes``)."""
+        if schedule_episodes is not None:
+            self.scheduler.set_total_steps(self.optimizer_steps(schedule_episodes))
+            return
+        steps, span = self.optimizer_steps(total_episodes), self.scheduler.total_steps
+        ended = span is not None and self.scheduler.steps >= span
+        if ended and steps > span and self.config.lr_schedule != "constant":
+            warnings.warn(
+                f"The {self.config.lr_schedule} learning-rate schedule ended with the last learn(); this call extends "
+                f"it to {total_episodes} episodes, so the rate rises from 0 again. To train in slices along one "
+                "schedule, pass learn(..., schedule_episodes=<the whole run's episodes>).",
+                stacklevel=3,
+            )
+        self.scheduler.set_total_steps(max(steps, span or 0))
 
     def _iteration(self) -> dict[str, float]:
         start, tokens_before = time.perf_counter(), self.collector.tokens_generated

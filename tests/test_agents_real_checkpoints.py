@@ -15,6 +15,7 @@ import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO
 from agents.grpo import GRPOConfig
 from agents.losses import clipped_surrogate, kl_estimate
+from agents.optim import lr_factor
 from agents.policy import _logprobs_and_entropy
 from agents.precision import keep_freed_host_memory
 from agents.sampling_copy import GROUPED_DECODE_ATTENTION, PackedLinear, can_pack, grouped_decode_attention
@@ -383,6 +384,36 @@ def test_warmup_and_linear_schedule(words_model_dir):
     agent.learn(40, progress_bar=False)  # 5 optimizer steps: lr after each is logged
     lrs = [h["train/learning_rate"] for h in agent.history]
     np.testing.assert_allclose(lrs, [0.5e-3, 1e-3, 2 / 3 * 1e-3, 1 / 3 * 1e-3, 0.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_schedule_spans_the_declared_episodes_however_learn_is_sliced(words_model_dir, tmp_path, schedule):
+    """learn() once per update, as the benchmark calls it, with the run's length declared: the rates of one call
+    over all of it, through a resume that does not declare it again. (The first call alone sized the schedule:
+    the rate was 0 from the second update on.)"""
+    settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "learning_rate": 1e-3, "lr_schedule": schedule}
+    settings = {**settings, "warmup_steps": 1, "checkpoint_every": 1}
+    whole = GRPO(words_model_dir, make_envs(words_model_dir), **settings)
+    whole.learn(32, progress_bar=False)
+    expected = [h["train/learning_rate"] for h in whole.history]
+    steps = [2, 4, 6, 8]  # optimizer steps after each update: 2 minibatches each, 8 in all
+    np.testing.assert_allclose(expected, [1e-3 * lr_factor(schedule, n, 1, 8) for n in steps], atol=1e-12)
+
+    sliced = GRPO(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    for end in (8, 16):
+        sliced.learn(end, progress_bar=False, schedule_episodes=32)
+    resumed = GRPO(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    for end in (24, 32):
+        resumed.learn(end, resume=True, progress_bar=False)  # the checkpoint keeps the declared span
+    rates = [h["train/learning_rate"] for h in sliced.history + resumed.history]
+    assert rates == expected
+    assert rates[1] > 0 and rates[-1] == 0.0
+
+    undeclared = GRPO(words_model_dir, make_envs(words_model_dir), **settings)
+    undeclared.learn(8, progress_bar=False)
+    assert undeclared.history[-1]["train/learning_rate"] == 0.0  # one update's schedule, ended
+    with pytest.warns(UserWarning, match="schedule_episodes"):
+        undeclared.learn(16, progress_bar=False)
 
 
 def test_reward_shaping_options(words_model_dir):
