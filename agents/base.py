@@ -224,6 +224,8 @@ class LMAgent(Checkpointing):
     def _set_schedule_span(self, total_episodes: int, schedule_episodes: int | None) -> None:
         """Size the learning-rate schedule for :meth:`learn` (see its ``schedule_episodes``)."""
         if schedule_episodes is not None:
+            if schedule_episodes <= 0:
+                raise ValueError(f"schedule_episodes must be positive (or None), got {schedule_episodes}.")
             self.scheduler.set_total_steps(self.optimizer_steps(schedule_episodes))
             return
         steps, span = self.optimizer_steps(total_episodes), self.scheduler.total_steps

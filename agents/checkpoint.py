@@ -27,10 +27,9 @@ RESUMABLE_CHANGES = {"device", "reference_device", "checkpoint_every", "tensorbo
 
 
 class Checkpointing:
-    """Saving, loading and resuming, for :class:`~agents.base.LMAgent` (whose attributes it reads and restores).
-
-    Kept apart from the agent's loop, as Stable-Baselines3 keeps its ``save_util`` apart from its algorithms.
-    """
+    """Saving, loading and resuming, inherited by :class:`~agents.base.LMAgent`: it writes and restores the agent's
+    policy, optimizer and schedule, counters, β, reward statistics and random streams, and keeps ``run_dir``'s
+    latest checkpoint and the run's log."""
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a Hugging Face model directory (weights, tokenizer), the value head, optimizer and RNG state.

@@ -20,7 +20,8 @@ class AgentConfig:
     learning_rate: float = 1e-5
     """AdamW step size (the peak, with a schedule)."""
     lr_schedule: str = "constant"
-    """``"constant"``, ``"linear"`` (decay to 0 at the end of ``learn``) or ``"cosine"``, after the warm-up."""
+    """``"constant"``, ``"linear"`` or ``"cosine"`` (decay to 0 at the end of ``learn``'s ``total_episodes``, or of
+    its ``schedule_episodes`` when training is sliced into several calls), after the warm-up."""
     warmup_steps: int = 0
     """Optimizer steps over which the learning rate rises linearly from 0 to ``learning_rate``."""
     weight_decay: float = 0.0
@@ -154,6 +155,7 @@ def check_env(envs: VectorEnv, config: AgentConfig, agent: str, world_size: int 
 
 
 def check_same_tokenizer(policy_tokenizer: Any, env_tokenizer: Any, model_name: str) -> None:
+    """Refuse a policy whose tokens are not the env's actions."""
     if policy_tokenizer.get_vocab() != env_tokenizer.get_vocab():
         raise ValueError(
             f"The policy's tokenizer ({model_name}) is not the env's: its actions would be other tokens. "
