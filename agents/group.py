@@ -16,17 +16,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from agents.base import AgentConfig, LMAgent, global_masked_mean, in_batch_order, masked_mean_share
+from agents.base import LMAgent
+from agents.config import AgentConfig
+from agents.losses import global_masked_mean, in_batch_order, masked_mean_share
 from agents.rollout import RolloutBatch
 from textgym.lm import distributed as dist
 
 
 @dataclass
 class GroupConfig(AgentConfig):
-    """Settings of the group methods (on top of :class:`~agents.base.AgentConfig`)."""
+    """Settings of the group methods (on top of :class:`~agents.config.AgentConfig`)."""
 
     group_size: int = 4
     """Completions sampled per prompt; ``batch_size`` must be a multiple of it."""
@@ -84,7 +85,7 @@ class GroupAgent(LMAgent):
         """The loss of one minibatch (a scalar), with the ratio's clip indicator and approximate KL per token.
 
         Distributed, the loss is this process's share of the minibatch's (its terms normalised by the counts of
-        the whole minibatch, :func:`~agents.base.masked_mean_share`): the ranks' gradients sum to the
+        the whole minibatch, :func:`~agents.losses.masked_mean_share`): the ranks' gradients sum to the
         single-process gradient.
 
         Args:
@@ -137,7 +138,7 @@ class GroupAgent(LMAgent):
             if stop:
                 break
         return {
-            **{name: float(np.mean(values)) for name, values in stats.items()},
+            **self.minibatch_means(stats),
             "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/kl_ref": self.episode_kl_to_reference(old_logprobs, ref_logprobs, mask),
             "train/kl_coef": self.kl_coef,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.base import clipped_surrogate, completion_mean_share, masked_mean_share
 from agents.group import GroupAgent, GroupConfig
+from agents.losses import clipped_surrogate, completion_mean_share, masked_mean_share
 
 LOSS_TYPES = ("sequence", "token")
 
@@ -24,7 +24,7 @@ class GRPOConfig(GroupConfig):
     """Divide by the group's reward std (the original GRPO); ``False`` only subtracts the group mean, which
     avoids over-weighting prompts whose completions all score nearly the same (Dr. GRPO)."""
     kl_estimator: str = "k3"
-    """GRPO's KL term in the loss uses k3 (non-negative, unbiased); see :class:`~agents.base.AgentConfig`."""
+    """GRPO's KL term in the loss uses k3 (non-negative, unbiased); see :class:`~agents.config.AgentConfig`."""
     loss_type: str = "sequence"
     """``"sequence"``: average each completion's tokens, then the completions (the original GRPO: every
     completion weighs the same, so long ones' tokens weigh less); ``"token"``: average all tokens of the

@@ -16,22 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import (
-    AgentConfig,
-    LMAgent,
-    clipped_surrogate,
-    global_masked_mean,
-    in_batch_order,
-    masked_mean_share,
-    masked_whiten,
-)
+from agents.base import LMAgent
+from agents.config import AgentConfig
+from agents.losses import clipped_surrogate, global_masked_mean, in_batch_order, masked_mean_share, masked_whiten
 from agents.rollout import RolloutBatch
 from textgym.lm import distributed as dist
 
 
 @dataclass
 class PPOConfig(AgentConfig):
-    """PPO settings (on top of :class:`~agents.base.AgentConfig`)."""
+    """PPO settings (on top of :class:`~agents.config.AgentConfig`)."""
 
     epochs: int = 4
     """Passes over each batch."""
@@ -179,7 +173,7 @@ class PPO(LMAgent):
         residual_var = global_masked_mean((residual - global_masked_mean(residual, mask)) ** 2, mask)
         returns_var = global_masked_mean((returns - global_masked_mean(returns, mask)) ** 2, mask)
         return {
-            **{name: float(np.mean(values)) for name, values in stats.items()},
+            **self.minibatch_means(stats),
             "train/epochs_run": len(stats["train/grad_norm"]) / math.ceil(episodes_total / c.minibatch_size),
             "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
             "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),

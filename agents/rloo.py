@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.base import clipped_surrogate, completion_mean_share
 from agents.group import GroupAgent, GroupConfig
+from agents.losses import clipped_surrogate, completion_mean_share
 
 
 @dataclass

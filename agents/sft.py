@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import make_optimizer
+from agents.optim import make_optimizer
 from textgym.lm import distributed as dist
 from textgym.lm.prompts import encode_prompt, pad_token_id, stop_token_ids
 
@@ -157,7 +157,7 @@ class SFT:
             if not self.config.truncate:
                 raise ValueError(
                     f"An example is {excess} tokens longer than max_length={self.config.max_length} "
-                    f"(prompt {prompt[:60]!r}...): raise max_length or set truncate=True."
+                    f"(prompt {messages[-1]['content'][:60]!r}...): raise max_length or set truncate=True."
                 )
             cut = min(excess, len(prompt_ids) - 1)
             prompt_ids = prompt_ids[cut:]

@@ -32,7 +32,7 @@ from roofline import cpu_name  # benchmarks/ is on the path of a script run from
 
 import textgym  # noqa: F401
 from agents import GRPO, PPO
-from agents.base import cpu_has_native_bf16
+from agents.precision import cpu_has_native_bf16
 from textgym.lm.prompts import load_prompts
 
 TARGETS = {"GRPO": 2.0, "PPO": 1.5}

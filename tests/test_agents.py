@@ -175,9 +175,17 @@ def test_lora_uses_the_base_weights_as_reference(words_model_dir):
 
 
 def test_separate_critic_trains(words_model_dir):
+    """The value head reads a trunk of its own, a copy of the policy's that the value loss trains at the value
+    learning rate: its weights share no storage with the policy's, sit in the critic's optimizer group, and move."""
     agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=16, separate_critic=True)
+    critic, actor = agent.policy.critic_trunk, agent.policy.lm
+    assert critic is not None
+    assert not {p.data_ptr() for p in critic.parameters()} & {p.data_ptr() for p in actor.parameters()}
+    assert {id(p) for p in critic.parameters()} <= {id(p) for p in agent.optimizer.param_groups[1]["params"]}
+    before = {name: p.detach().clone() for name, p in critic.named_parameters()}
     agent.learn(16, progress_bar=False)
-    assert agent.policy.critic_trunk is not None
+    moved = [name for name, p in critic.named_parameters() if not torch.equal(p, before[name])]
+    assert len(moved) > len(before) // 2, moved  # the value loss's gradients reached the critic's trunk
     assert np.isfinite(agent.history[-1]["train/value_loss"])
 
 

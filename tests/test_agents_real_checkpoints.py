@@ -13,9 +13,11 @@ from synthetic_task import NEW_TOKENS, yes_rate
 
 import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO
-from agents.base import clipped_surrogate, keep_freed_host_memory, kl_estimate
 from agents.grpo import GRPOConfig
+from agents.losses import clipped_surrogate, kl_estimate
+from agents.optim import lr_factor
 from agents.policy import _logprobs_and_entropy
+from agents.precision import keep_freed_host_memory
 from agents.sampling_copy import GROUPED_DECODE_ATTENTION, PackedLinear, can_pack, grouped_decode_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,7 +98,7 @@ def test_dropout_is_off_so_the_first_ratio_is_one(dropout_model_dir, algo):
 @pytest.fixture
 def native_bf16(monkeypatch):
     """bf16's numbers are tested on any CPU; only its speed needs bfloat16 hardware."""
-    monkeypatch.setattr("agents.base.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("agents.precision.cpu_has_native_bf16", lambda: True)
 
 
 @pytest.mark.parametrize("algo", [GRPO, RLOO])
@@ -206,7 +208,7 @@ def test_bf16_samples_with_a_bfloat16_copy_refreshed_before_each_rollout(words_m
 
 
 def test_bf16_on_a_cpu_without_native_bfloat16_falls_back_to_fp32_with_a_warning(words_model_dir, monkeypatch):
-    monkeypatch.setattr("agents.base.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("agents.precision.cpu_has_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="without native bfloat16"):
         agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8, precision="bf16")
     assert agent.precision == "fp32" and agent.sampling_lm is agent.policy.lm
@@ -325,6 +327,23 @@ def test_target_kl_stops_group_methods_early(words_model_dir):
     assert {int(s["step"]) for s in full.optimizer.state.values()} == {8}
 
 
+@pytest.mark.parametrize("algo", [PPO, GRPO])
+def test_target_kl_stop_before_the_first_step_logs_grad_norm_as_nan(words_model_dir, tmp_path, algo):
+    """An iteration that target_kl stops at its first minibatch takes no step: its row has the same columns, with
+    train/grad_norm NaN, in history, progress.csv and TensorBoard (the run log refused the row before)."""
+    group = {} if algo is PPO else {"group_size": 4}
+    settings = {"batch_size": 8, "minibatch_size": 4, "epochs": 2, "target_kl": 0.01, **group}
+    agent = algo(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    agent.kl_exceeded = lambda approx_kl: agent.iteration == 1  # the second iteration stops before any step
+    agent.learn(16, progress_bar=False)
+    first, second = agent.history
+    assert list(first) == list(second)
+    assert np.isfinite(first["train/grad_norm"]) and np.isnan(second["train/grad_norm"])
+    rows = (tmp_path / "progress.csv").read_text().splitlines()
+    column = rows[0].split(",").index("train/grad_norm")
+    assert len(rows) == 3 and rows[2].split(",")[column] == "nan"
+
+
 def test_refused_settings(words_model_dir):
     from agents import PPOConfig
 
@@ -365,6 +384,36 @@ def test_warmup_and_linear_schedule(words_model_dir):
     agent.learn(40, progress_bar=False)  # 5 optimizer steps: lr after each is logged
     lrs = [h["train/learning_rate"] for h in agent.history]
     np.testing.assert_allclose(lrs, [0.5e-3, 1e-3, 2 / 3 * 1e-3, 1 / 3 * 1e-3, 0.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_schedule_spans_the_declared_episodes_however_learn_is_sliced(words_model_dir, tmp_path, schedule):
+    """learn() once per update, as the benchmark calls it, with the run's length declared: the rates of one call
+    over all of it, through a resume that does not declare it again. (The first call alone sized the schedule:
+    the rate was 0 from the second update on.)"""
+    settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "learning_rate": 1e-3, "lr_schedule": schedule}
+    settings = {**settings, "warmup_steps": 1, "checkpoint_every": 1}
+    whole = GRPO(words_model_dir, make_envs(words_model_dir), **settings)
+    whole.learn(32, progress_bar=False)
+    expected = [h["train/learning_rate"] for h in whole.history]
+    steps = [2, 4, 6, 8]  # optimizer steps after each update: 2 minibatches each, 8 in all
+    np.testing.assert_allclose(expected, [1e-3 * lr_factor(schedule, n, 1, 8) for n in steps], atol=1e-12)
+
+    sliced = GRPO(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    for end in (8, 16):
+        sliced.learn(end, progress_bar=False, schedule_episodes=32)
+    resumed = GRPO(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    for end in (24, 32):
+        resumed.learn(end, resume=True, progress_bar=False)  # the checkpoint keeps the declared span
+    rates = [h["train/learning_rate"] for h in sliced.history + resumed.history]
+    assert rates == expected
+    assert rates[1] > 0 and rates[-1] == 0.0
+
+    undeclared = GRPO(words_model_dir, make_envs(words_model_dir), **settings)
+    undeclared.learn(8, progress_bar=False)
+    assert undeclared.history[-1]["train/learning_rate"] == 0.0  # one update's schedule, ended
+    with pytest.warns(UserWarning, match="schedule_episodes"):
+        undeclared.learn(16, progress_bar=False)
 
 
 def test_reward_shaping_options(words_model_dir):

@@ -98,6 +98,26 @@ def test_budget_and_kl_bookkeeping(quick_run):
 
 
 # --- resuming ----------------------------------------------------------------------------------------------------
+def test_a_trained_cell_spans_its_learning_rate_schedule_over_the_whole_budget(fake_task):
+    """The runner trains a textgym agent one learn() per update, up to each evaluation point; its schedule spans the
+    cell's whole budget (it was sized by the first update alone, so the rate was 0 from the second on)."""
+    from agents.bench.algorithms import Cell
+    from agents.bench.hparams import hparams_for
+
+    hparams = hparams_for(TASK, "ppo", quick=True, extra={"lr_schedule": "linear"})
+    algorithm = ALGORITHMS["ppo"](Cell(fake_task, 1, "ppo", 0, "tiny", hparams, budget_tokens=256))
+    for target in (128, 256):  # two evaluation points
+        algorithm.train_until(target)
+    agent = algorithm.agent
+    rates = np.array([h["train/learning_rate"] for h in agent.history]) / hparams["learning_rate"]
+    updates = len(rates)
+    assert agent.collector.tokens_generated >= 256 and updates >= 4
+    assert (rates[:-1] > 0).all() and (np.diff(rates) < 0).all()
+    assert rates[-1] < 1 / updates  # about 0 at the end of the budget
+    assert agent.scheduler.total_steps == agent.optimizer_steps(agent.episodes_seen)  # ... where it ends
+    algorithm.close()
+
+
 def test_a_killed_run_resumes_without_recomputing_finished_cells(tmp_path, monkeypatch):
     config = quick(tmp_path, algorithms=["random", "zero-shot", "oracle"], seeds=1)
     real_run_cell, computed = runner.run_cell, []

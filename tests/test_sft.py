@@ -55,8 +55,13 @@ def test_bad_data_names_file_and_line(tmp_path, tiny_model_dir):
     path.write_text(json.dumps({"prompt": "only a prompt"}) + "\n")
     with pytest.raises(ValueError, match=r"data.jsonl:1: expected"):
         load_sft_examples(path)
-    with pytest.raises(ValueError, match="max_length"):
-        SFT(tiny_model_dir, DATA, max_length=8)
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+def test_an_example_over_max_length_is_a_clear_error(tiny_model_dir, chat_template):
+    """Without the chat template too (it raised UnboundLocalError there): the message names the example's prompt."""
+    with pytest.raises(ValueError, match=r"longer than max_length=8 \(prompt 'Say something kind\.'"):
+        SFT(tiny_model_dir, DATA, max_length=8, chat_template=chat_template)
 
 
 def test_cli_runs_sft_then_grpo(tiny_model_dir, tmp_path, capsys):

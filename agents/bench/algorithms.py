@@ -4,7 +4,7 @@ Budgets are counted in env tokens (env steps that generate a token), the one uni
 
 * textgym's ``ppo``, ``grpo``, ``rloo`` train whole updates of ``batch_size`` episodes until the rollout
   engine has generated at least the target number of tokens (GRPO/RLOO's tokens include the episodes a
-  wave drops);
+  wave drops); their learning-rate schedule spans the whole budget (:meth:`LMAgentAlgorithm.budget_episodes`);
 * SB3's ``sb3-ppo``, ``sb3-a2c``, ``sb3-maskable-ppo`` count one timestep per token; they train until
   ``num_timesteps`` reaches the target, in whole rollouts of ``n_steps × num_envs`` timesteps;
 * ``random``, ``zero-shot``, ``best-of-n`` and ``oracle`` train nothing (0 tokens). ``best-of-n`` spends its
@@ -15,6 +15,7 @@ Each point records the tokens actually used, which may exceed the target by less
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,6 +41,8 @@ class Cell:
     model: str
     hparams: dict[str, Any]
     device: str | None = None
+    budget_tokens: int | None = None
+    """The whole training budget in env tokens; textgym's agents span their learning-rate schedule over it."""
 
 
 @dataclass
@@ -163,9 +166,24 @@ class LMAgentAlgorithm(Algorithm):
     def train_until(self, tokens: int) -> None:
         agent, start = self.agent, time.perf_counter()
         while agent.collector.tokens_generated < tokens:
-            agent.learn(agent.episodes_seen + agent.config.batch_size, progress_bar=False)  # one more update
+            episodes = agent.episodes_seen + agent.config.batch_size  # one more update
+            agent.learn(episodes, progress_bar=False, schedule_episodes=self.budget_episodes())
         self.train_seconds += time.perf_counter() - start
         self.train_tokens = agent.collector.tokens_generated
+
+    def budget_episodes(self) -> int | None:
+        """The episodes the whole token budget is expected to take, the span of the learning-rate schedule.
+
+        An estimate, made again before each update: the budget over the env tokens per episode so far (before
+        the first update, the most an episode can take). Every update starts inside it (the loop stops at the
+        budget), and the last one ends about where it does. ``None`` without a budget: each ``learn`` call
+        extends the schedule to its own end."""
+        agent, budget = self.agent, self.cell.budget_tokens
+        if budget is None:
+            return None
+        seen = agent.episodes_seen
+        per_episode = agent.collector.tokens_generated / seen if seen else agent.envs.episodes.max_steps
+        return math.ceil(budget / per_episode)
 
     def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
         return TestEpisodes(test.sample(self.agent.policy.generator_model))

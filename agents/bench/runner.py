@@ -192,7 +192,8 @@ def plan(config: BenchConfig) -> list[Cell]:
                     "updates smaller."
                 )
             cells += [
-                Cell(task, level, algorithm, seed, config.model, hparams, config.device) for seed in range(config.seeds)
+                Cell(task, level, algorithm, seed, config.model, hparams, config.device, config.budget_tokens)
+                for seed in range(config.seeds)
             ]
     # Seed by seed: a run stopped part-way (a sitting) holds every task × algorithm of its first seeds.
     return sorted(cells, key=lambda cell: cell.seed)
