@@ -16,7 +16,6 @@ processes and the gradients are summed, so each step is the single-process step 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from agents.optim import make_optimizer
 from textgym.lm import distributed as dist
+from textgym.lm.jsonl import read_jsonl
 from textgym.lm.prompts import encode_prompt, pad_token_id, stop_token_ids
 
 SHIPPED_DATA = {"instructions": Path(__file__).parent / "data" / "instructions.jsonl"}
@@ -64,39 +64,34 @@ def load_sft_examples(source: str | os.PathLike | list[dict[str, Any]]) -> list[
         ValueError: naming the file and line of a malformed example.
     """
     if isinstance(source, list):
-        records = [(f"example {i}", record) for i, record in enumerate(source)]
+        examples = []
+        for i, record in enumerate(source):
+            try:
+                examples.append(_example(record))
+            except ValueError as err:
+                raise ValueError(f"example {i}: {err}.") from err
     else:
         path = SHIPPED_DATA.get(str(source), Path(source))
         if not path.is_file():
             raise FileNotFoundError(f"No SFT data at {path}: pass a JSONL file or one of {sorted(SHIPPED_DATA)}.")
-        records = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
-    examples = [_example(where, record) for where, record in records]
+        examples = read_jsonl(path, _example, skip_blank=True)  # a bad line: "file:line: why"
     if not examples:
         raise ValueError(f"No examples in {source}.")
     return examples
 
 
-def _example(where: str, record: Any) -> tuple[list[dict[str, str]], str]:
+def _example(record: Any) -> tuple[list[dict[str, str]], str]:
     if isinstance(record, dict) and "messages" in record:
         messages = record["messages"]
         ok = isinstance(messages, list) and len(messages) >= 2 and all(isinstance(m, dict) for m in messages)
         if not ok or messages[-1].get("role") != "assistant" or not messages[-1].get("content"):
-            raise ValueError(f"{where}: 'messages' must be a list of at least two, the last an assistant message.")
+            raise ValueError("'messages' must be a list of at least two, the last an assistant message")
         return [dict(m) for m in messages[:-1]], messages[-1]["content"]
     if isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
         if not record["prompt"].strip() or not record["completion"].strip():
-            raise ValueError(f"{where}: empty prompt or completion.")
+            raise ValueError("empty prompt or completion")
         return [{"role": "user", "content": record["prompt"]}], record["completion"]
-    raise ValueError(
-        f"{where}: expected {{'prompt': str, 'completion': str}} or {{'messages': [...]}}, got {record!r}."
-    )
+    raise ValueError(f"expected {{'prompt': str, 'completion': str}} or {{'messages': [...]}}, got {record!r}")
 
 
 class SFT:
