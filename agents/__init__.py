@@ -10,7 +10,8 @@ from __future__ import annotations
 from agents.grpo import GRPO, GRPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.rloo import RLOO, RLOOConfig
-from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig, sample_tokens
+from agents.rollout import RolloutBatch, RolloutCollector
+from agents.sampling import SamplingConfig, sample_tokens
 from agents.sft import SFT, SFTConfig
 
 __all__ = [

@@ -38,8 +38,9 @@ from agents.losses import RunningMoments, global_masked_mean, kl_estimate
 from agents.optim import LRSchedule, make_optimizer
 from agents.policy import ActorCritic
 from agents.precision import autocast, keep_freed_host_memory, resolve_precision, sampling_model
-from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
+from agents.rollout import RolloutBatch, RolloutCollector
 from agents.run_log import RunLog
+from agents.sampling import SamplingConfig
 from agents.sampling_copy import copy_weights
 from textgym.lm import distributed as dist
 from textgym.lm.cache import last_real_column

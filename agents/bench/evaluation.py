@@ -18,7 +18,8 @@ import torch
 from transformers import PreTrainedModel
 
 from agents.policy import completion_logprobs
-from agents.rollout import RolloutBatch, RolloutCollector, SamplingConfig
+from agents.rollout import RolloutBatch, RolloutCollector
+from agents.sampling import SamplingConfig
 from textgym.tasks import TaskSpec
 
 
