@@ -1,8 +1,10 @@
 """LM-policy agents that learn through textgym's environments.
 
-* :class:`RolloutCollector`: the batched, KV-cached rollout engine every agent collects experience with;
-* :class:`SFT`: supervised instruction tuning;
-* :class:`PPO` (value head, GAE, KL penalty to a frozen reference), :class:`GRPO` and :class:`RLOO`.
+* [RolloutCollector][agents.rollout.RolloutCollector]: the batched, KV-cached rollout engine every agent collects
+  experience with;
+* [SFT][agents.sft.SFT]: supervised instruction tuning;
+* [PPO][agents.ppo.PPO] (value head, GAE, KL penalty to a frozen reference), [GRPO][agents.grpo.GRPO] and
+  [RLOO][agents.rloo.RLOO].
 """
 
 from __future__ import annotations

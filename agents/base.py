@@ -1,20 +1,21 @@
 """What every LM agent shares: model set-up, the training loop, and the pieces of updates (rewards, KL, steps).
 
-An algorithm subclasses :class:`LMAgent` and supplies :meth:`LMAgent.train_on_batch` (the update, returning its
-metrics), as Stable-Baselines3's algorithms do over ``OnPolicyAlgorithm``; :meth:`LMAgent.learn` is the loop.
+An algorithm subclasses [LMAgent][agents.base.LMAgent] and supplies
+[LMAgent.train_on_batch][agents.base.LMAgent.train_on_batch] (the update, returning its metrics), as Stable-Baselines3's
+algorithms do over ``OnPolicyAlgorithm``; [LMAgent.learn][agents.base.LMAgent.learn] is the loop.
 
-Every batch is on-policy: :meth:`LMAgent.collect` draws ``batch_size`` prompts with the agent's own random
-generator and the rollout engine runs each to its end with the current weights, so every token of an update
+Every batch is on-policy: [LMAgent.collect][agents.base.LMAgent.collect] draws ``batch_size`` prompts with the agent's
+own random generator and the rollout engine runs each to its end with the current weights, so every token of an update
 was sampled by the weights its log-prob is credited to, and a resumed run continues the same prompt stream.
 
-Data-parallel (launched by ``torchrun``; :mod:`textgym.lm.distributed`): every process draws the same
+Data-parallel (launched by ``torchrun``; [textgym.lm.distributed][textgym.lm.distributed]): every process draws the same
 ``batch_size`` prompts and rolls out its contiguous share of them on its own envs; the update normalises each
 loss by the counts of the whole batch and sums the gradients over the processes, so the step is the one a
 single process would take on the whole batch (docs/distributed.md). Only rank 0 writes logs and checkpoints.
 
-Around it: the settings (:mod:`agents.config`), the losses' pure functions (:mod:`agents.losses`), the optimizer
-and learning-rate schedule (:mod:`agents.optim`), precision and the sampling copy (:mod:`agents.precision`), and
-checkpoints and resuming (:mod:`agents.checkpoint`).
+Around it: the settings ([agents.config][agents.config]), the losses' pure functions ([agents.losses][agents.losses]),
+the optimizer and learning-rate schedule ([agents.optim][agents.optim]), precision and the sampling copy
+([agents.precision][agents.precision]), and checkpoints and resuming ([agents.checkpoint][agents.checkpoint]).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class LMAgent(Checkpointing):
             return self.collector.collect_prompts(prompts)
 
     def _sampling_model(self) -> torch.nn.Module:
-        """The model the rollout engine samples with (:func:`agents.precision.sampling_model`); LoRA and FSDP
+        """The model the rollout engine samples with ([sampling_model][agents.precision.sampling_model]); LoRA and FSDP
         sample with the policy's own modules, under autocast."""
         lm = self.policy.generator_model
         if self.policy.uses_lora or self.config.fsdp:
@@ -162,6 +163,7 @@ class LMAgent(Checkpointing):
         return sampling_model(lm, self.precision, self.device, self.envs.num_envs)
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, float]:
+        """The update on one on-policy batch, returning its metrics (SB3's names, e.g. ``train/approx_kl``)."""
         raise NotImplementedError
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -223,7 +225,7 @@ class LMAgent(Checkpointing):
         return self
 
     def _set_schedule_span(self, total_episodes: int, schedule_episodes: int | None) -> None:
-        """Size the learning-rate schedule for :meth:`learn` (see its ``schedule_episodes``)."""
+        """Size the learning-rate schedule for [learn][agents.base.LMAgent.learn] (see its ``schedule_episodes``)."""
         if schedule_episodes is not None:
             if schedule_episodes <= 0:
                 raise ValueError(f"schedule_episodes must be positive (or None), got {schedule_episodes}.")
@@ -353,7 +355,8 @@ class LMAgent(Checkpointing):
         return kl_estimate(logprobs, ref_logprobs, self.config.kl_estimator)
 
     def step_kl(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-        """:meth:`kl_penalty` on the episodes' steps (``mask``), 0 elsewhere; all 0 without a reference pass."""
+        """[kl_penalty][agents.base.LMAgent.kl_penalty] on the episodes' steps (``mask``), 0 elsewhere; all 0 without a
+        reference pass."""
         return torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(logprobs, ref_logprobs) * mask
 
     @staticmethod

@@ -27,7 +27,7 @@ RESUMABLE_CHANGES = {"device", "reference_device", "checkpoint_every", "tensorbo
 
 
 class Checkpointing:
-    """Saving, loading and resuming, inherited by :class:`~agents.base.LMAgent`: it writes and restores the agent's
+    """Saving, loading and resuming, inherited by [LMAgent][agents.base.LMAgent]: it writes and restores the agent's
     policy, optimizer and schedule, counters, β, reward statistics and random streams, and keeps ``run_dir``'s
     latest checkpoint and the run's log."""
 
@@ -72,9 +72,9 @@ class Checkpointing:
         write_json_atomic(out / STATE_FILE, state)
 
     def load(self, path: str | os.PathLike) -> None:
-        """Restore everything :meth:`save` wrote for this run, so training continues as if never stopped: the
-        weights (policy, value head), optimizer and schedule, β, the counters, the running reward statistics,
-        and every random stream (prompt order, minibatch order, sampling, torch's). The env itself is not
+        """Restore everything [save][agents.checkpoint.Checkpointing.save] wrote for this run, so training continues as
+        if never stopped: the weights (policy, value head), optimizer and schedule, β, the counters, the running reward
+        statistics, and every random stream (prompt order, minibatch order, sampling, torch's). The env itself is not
         restored: each batch starts its episodes with a reset that sets the prompts, so it needs no state.
 
         Distributed, every process reads the checkpoint (``run_dir`` on a file system they share) and takes its

@@ -1,4 +1,5 @@
-"""The settings every LM agent shares (:class:`AgentConfig`), and the checks of what an agent is given."""
+"""The settings every LM agent shares ([AgentConfig][agents.config.AgentConfig]), and the checks of what an agent is
+given."""
 
 from __future__ import annotations
 
@@ -53,10 +54,11 @@ class AgentConfig:
     temperature: float = 1.0
     """Sampling temperature; log-probs in the loss use the same temperature, so ratios stay consistent."""
     precision: str = "auto"
-    """``"fp32"``, or ``"bf16"``: the passes and the update under bfloat16 autocast, the weights and optimizer
-    staying float32, and sampling by a bfloat16 copy of the weights (see :meth:`LMAgent.collect_prompts`);
-    ``"auto"``: bf16 on a GPU that supports it, else fp32. On a CPU without native bfloat16 (AMX or
-    AVX512-BF16) ``"bf16"`` would be slower than fp32, so it falls back to fp32 with a warning."""
+    """``"fp32"``, or ``"bf16"``: the passes and the update under bfloat16 autocast, the weights and optimizer staying
+    float32, and sampling by a bfloat16 copy of the weights (see
+    [LMAgent.collect_prompts][agents.base.LMAgent.collect_prompts]); ``"auto"``: bf16 on a GPU that supports it, else
+    fp32. On a CPU without native bfloat16 (AMX or AVX512-BF16) ``"bf16"`` would be slower than fp32, so it falls back
+    to fp32 with a warning."""
     missing_eos_penalty: float | None = None
     """Subtract this from the last reward of every completion that was truncated, not ended by a stop token."""
     mask_truncated_completions: bool = False
@@ -73,10 +75,10 @@ class AgentConfig:
     optimizer state, gathering one transformer block at a time in the passes and the whole policy once per
     rollout for sampling (docs/distributed.md). Not with ``lora_rank`` or ``separate_critic``."""
     keep_host_memory: bool = True
-    """On a CPU, under Linux with glibc: keep the memory the process frees for reuse instead of returning it to
-    the OS (:func:`keep_freed_host_memory`). An update frees and allocates hundreds of MB each time (gradients,
-    full-vocabulary log-probs); memory returned is faulted in and zeroed again, page by page, at the next one.
-    The process's resident memory then stays at its peak. ``False``: glibc's defaults."""
+    """On a CPU, under Linux with glibc: keep the memory the process frees for reuse instead of returning it to the OS
+    ([keep_freed_host_memory][agents.precision.keep_freed_host_memory]). An update frees and allocates hundreds of MB
+    each time (gradients, full-vocabulary log-probs); memory returned is faulted in and zeroed again, page by page, at
+    the next one. The process's resident memory then stays at its peak. ``False``: glibc's defaults."""
     seed: int = 0
     """Seeds weight init of new heads, sampling, prompt order and minibatch order."""
     device: str | None = None

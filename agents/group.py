@@ -1,6 +1,7 @@
-"""What GRPO and RLOO share: several completions per prompt, a baseline from the other members of a group, and
-the update loop. Each algorithm's file holds its whole objective: :meth:`GroupAgent.advantages` and
-:meth:`GroupAgent.policy_loss`.
+"""What GRPO and RLOO share: several completions per prompt, a baseline from the other members of a group, and the
+update loop. Each algorithm's file holds its whole objective:
+[GroupAgent.advantages][agents.group.GroupAgent.advantages] and
+[GroupAgent.policy_loss][agents.group.GroupAgent.policy_loss].
 
 Both are critic-free: a completion's advantage compares its reward with the rewards of the other completions
 of the same prompt, so no value head is trained. π_old's log-probs are those of the weights that sampled the
@@ -27,7 +28,7 @@ from textgym.lm import distributed as dist
 
 @dataclass
 class GroupConfig(AgentConfig):
-    """Settings of the group methods (on top of :class:`~agents.config.AgentConfig`)."""
+    """Settings of the group methods (on top of [AgentConfig][agents.config.AgentConfig])."""
 
     group_size: int = 4
     """Completions sampled per prompt; ``batch_size`` must be a multiple of it."""
@@ -45,7 +46,8 @@ class GroupConfig(AgentConfig):
 
 class GroupAgent(LMAgent):
     """Collects ``batch_size / group_size`` prompts ``group_size`` times each, and updates with per-completion
-    advantages from :meth:`advantages` and the per-minibatch loss of :meth:`policy_loss`."""
+    advantages from [advantages][agents.group.GroupAgent.advantages] and the per-minibatch loss of
+    [policy_loss][agents.group.GroupAgent.policy_loss]."""
 
     config: GroupConfig
 
@@ -85,13 +87,13 @@ class GroupAgent(LMAgent):
         """The loss of one minibatch (a scalar), with the ratio's clip indicator and approximate KL per token.
 
         Distributed, the loss is this process's share of the minibatch's (its terms normalised by the counts of
-        the whole minibatch, :func:`~agents.losses.masked_mean_share`): the ranks' gradients sum to the
+        the whole minibatch, [masked_mean_share][agents.losses.masked_mean_share]): the ranks' gradients sum to the
         single-process gradient.
 
         Args:
             logprobs: ``(B, T)`` under the policy being trained (with gradients).
             old_logprobs, ref_logprobs: ``(B, T)`` under π_old and the reference (``None`` when β = 0).
-            advantages: ``(B,)`` from :meth:`advantages`.
+            advantages: ``(B,)`` from [advantages][agents.group.GroupAgent.advantages].
             mask: ``(B, T)`` the tokens the loss sees.
         """
         raise NotImplementedError

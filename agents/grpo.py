@@ -14,7 +14,7 @@ LOSS_TYPES = ("sequence", "token")
 
 @dataclass
 class GRPOConfig(GroupConfig):
-    """GRPO settings (on top of :class:`~agents.group.GroupConfig`)."""
+    """GRPO settings (on top of [GroupConfig][agents.group.GroupConfig])."""
 
     group_size: int = 8
     """Completions sampled per prompt."""
@@ -24,7 +24,7 @@ class GRPOConfig(GroupConfig):
     """Divide by the group's reward std (the original GRPO); ``False`` only subtracts the group mean, which
     avoids over-weighting prompts whose completions all score nearly the same (Dr. GRPO)."""
     kl_estimator: str = "k3"
-    """GRPO's KL term in the loss uses k3 (non-negative, unbiased); see :class:`~agents.config.AgentConfig`."""
+    """GRPO's KL term in the loss uses k3 (non-negative, unbiased); see [AgentConfig][agents.config.AgentConfig]."""
     loss_type: str = "sequence"
     """``"sequence"``: average each completion's tokens, then the completions (the original GRPO: every
     completion weighs the same, so long ones' tokens weigh less); ``"token"``: average all tokens of the

@@ -75,12 +75,13 @@ def completion_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def masked_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """This process's share of the masked mean over every process's entries (differentiable): the sum of its
     masked values over the count of all processes. Summed over the processes, as their gradients are, it is
-    the mean of the whole batch; with one process it is :func:`masked_mean`."""
+    the mean of the whole batch; with one process it is [masked_mean][agents.losses.masked_mean]."""
     return (values * mask).sum() / dist.all_reduce_sum(mask.sum().detach()).clamp(min=1)
 
 
 def completion_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """This process's share of :func:`completion_mean` over every process's completions (differentiable)."""
+    """This process's share of [completion_mean][agents.losses.completion_mean] over every process's completions
+    (differentiable)."""
     has_tokens = (mask.sum(dim=1) > 0).float()  # (E,)
     return (masked_mean(values, mask, dim=1) * has_tokens).sum() / dist.all_reduce_sum(has_tokens.sum()).clamp(min=1)
 

@@ -32,7 +32,8 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, total_steps: int) -> 
 
 
 class LRSchedule:
-    """Keeps each parameter group's learning rate at its peak times :func:`lr_factor` of the next optimizer step.
+    """Keeps each parameter group's learning rate at its peak times [lr_factor][agents.optim.lr_factor] of the next
+    optimizer step.
 
     Its span (``total_steps``) can be set again at any time, and the next step's rate follows the new span: a
     caller that trains in slices (``learn`` called once per update, as the benchmark does) declares the whole

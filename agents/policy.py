@@ -1,10 +1,10 @@
 """The trainable policy: a causal LM with a scalar value head, its frozen reference, and whole-sequence passes.
 
-Training never runs the model token by token: :meth:`ActorCritic.evaluate` scores every completion token of
-a :class:`~agents.rollout.RolloutBatch` in one forward pass over the whole sequences (prompt left-padded to
-``P``, completion right-padded to ``T``), computing the output layer only on the ``T`` positions that chose a
-completion token. Rows that share a prompt (a GRPO group) run it once: one pass over the distinct prompts,
-then one over the completions on their copied KV cache.
+Training never runs the model token by token: [ActorCritic.evaluate][agents.policy.ActorCritic.evaluate] scores every
+completion token of a [RolloutBatch][agents.rollout.RolloutBatch] in one forward pass over the whole sequences (prompt
+left-padded to ``P``, completion right-padded to ``T``), computing the output layer only on the ``T`` positions that
+chose a completion token. Rows that share a prompt (a GRPO group) run it once: one pass over the distinct prompts, then
+one over the completions on their copied KV cache.
 
 Dropout is off for good (the modules stay in eval mode, gradients flow all the same): the rollout engine samples
 without dropout, so training with it would score the samples under another policy, and the first step's ratio
@@ -139,8 +139,8 @@ class ActorCritic(nn.Module):
         with_values: bool = False,
         chunk_size: int = 8,
     ) -> SequenceEval:
-        """:meth:`evaluate` without gradients, ``chunk_size`` rows at a time: the full-vocabulary logits of
-        only one chunk exist at once."""
+        """[evaluate][agents.policy.ActorCritic.evaluate] without gradients, ``chunk_size`` rows at a time: the
+        full-vocabulary logits of only one chunk exist at once."""
         parts = [
             self.evaluate(input_ids[i : i + chunk_size], attention_mask[i : i + chunk_size], completion_width,
                           temperature, with_values, entropy_grad=False)
@@ -175,8 +175,9 @@ class ActorCritic(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def shard(self) -> None:
-        """Shard the policy LM and (when it shares the policy's device) the reference over the processes with
-        FSDP2 (:func:`textgym.lm.distributed.fully_shard_model`); the value head stays whole on every process."""
+        """Shard the policy LM and (when it shares the policy's device) the reference over the processes with FSDP2
+        ([textgym.lm.distributed.fully_shard_model][textgym.lm.distributed.fully_shard_model]); the value head stays
+        whole on every process."""
         from textgym.lm.distributed import fully_shard_model
 
         fully_shard_model(self.lm)
@@ -197,7 +198,8 @@ class ActorCritic(nn.Module):
             self.critic_trunk.save_pretrained(out / CRITIC_DIR)
 
     def load_weights(self, checkpoint_dir: str | os.PathLike) -> None:
-        """Load trainable weights written by :meth:`save` into this (identically built) policy."""
+        """Load trainable weights written by [save][agents.policy.ActorCritic.save] into this (identically built)
+        policy."""
         from safetensors.torch import load_file
 
         src = Path(checkpoint_dir)
@@ -369,7 +371,7 @@ def _load_exactly(model: PreTrainedModel, weights: dict[str, torch.Tensor], src:
 
 
 def _check_fits(model: PreTrainedModel, weights: dict[str, torch.Tensor], src: Path) -> None:
-    """:func:`_load_exactly`'s check, by names, for a model that loads another way (FSDP)."""
+    """`_load_exactly`'s check, by names, for a model that loads another way (FSDP)."""
     ours = set(model.state_dict())
     _raise_unless_fits(model, sorted(ours - set(weights)), sorted(set(weights) - ours), src)
 

@@ -3,7 +3,7 @@
 Each token is an action. The reward of token ``t`` is ``−β·KL_t`` (the configured per-token estimate of
 KL(π_old‖π_ref), by default ``log π_old(a_t|s_t) − log π_ref(a_t|s_t)``), plus the task reward on the last
 token; advantages come from GAE over these per-token rewards and the value head. In a multi-turn episode only
-the agent's tokens are steps: GAE runs across its turns, over the env's replies (see :func:`gae`).
+the agent's tokens are steps: GAE runs across its turns, over the env's replies (see [gae][agents.ppo.gae]).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from textgym.lm import distributed as dist
 
 @dataclass
 class PPOConfig(AgentConfig):
-    """PPO settings (on top of :class:`~agents.config.AgentConfig`)."""
+    """PPO settings (on top of [AgentConfig][agents.config.AgentConfig])."""
 
     epochs: int = 4
     """Passes over each batch."""

@@ -1,8 +1,9 @@
 """How an agent computes on its hardware: the precision it trains in, the model it samples with, and on a CPU the
 C library's memory policy.
 
-Under ``precision="bf16"`` the passes and the update run under bfloat16 autocast (the weights and the optimizer
-stay float32) and the rollout engine samples with a bfloat16 copy of the weights (:mod:`agents.sampling_copy`).
+Under ``precision="bf16"`` the passes and the update run under bfloat16 autocast (the weights and the optimizer stay
+float32) and the rollout engine samples with a bfloat16 copy of the weights
+([agents.sampling_copy][agents.sampling_copy]).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def autocast(precision: str, device: torch.device) -> Any:
 
 def sampling_model(lm: torch.nn.Module, precision: str, device: torch.device, rows: int) -> torch.nn.Module:
     """The model the rollout engine samples with: ``lm`` itself, or under bf16 a bfloat16 copy of its weights (on
-    a CPU with its linear layers pre-packed for oneDNN for ``rows`` rows, :mod:`agents.sampling_copy`).
+    a CPU with its linear layers pre-packed for oneDNN for ``rows`` rows, [agents.sampling_copy][agents.sampling_copy]).
 
     Autocast casts every float32 weight again at each decode step; the copy is cast once per rollout (a decode
     step of the embedded model at batch 32 on one Xeon core with AMX: 185 ms in float32, 105 ms under autocast,

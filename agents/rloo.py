@@ -12,7 +12,7 @@ from agents.losses import clipped_surrogate, completion_mean_share
 
 @dataclass
 class RLOOConfig(GroupConfig):
-    """RLOO settings (those of :class:`~agents.group.GroupConfig`)."""
+    """RLOO settings (those of [GroupConfig][agents.group.GroupConfig])."""
 
 
 class RLOO(GroupAgent):

@@ -1,14 +1,14 @@
 """The rollout engine: a Hugging Face causal LM steps a text vector env with its KV cache kept across steps.
 
-A generic RL library asks its policy for an action by re-running the whole context every step, which makes
-a completion of ``T`` tokens cost ``O(T^2)`` forward work. :class:`RolloutCollector` instead keeps one KV
-cache for the ``N`` sub-envs, feeds only the newest token each step, and when a sub-env starts a new episode
-rebuilds just that row's cache from its observation, so every row's episode may be at a different point
-(the cache itself is :class:`textgym.lm.cache.IncrementalLM`, which the envs' reference model uses too).
+A generic RL library asks its policy for an action by re-running the whole context every step, which makes a completion
+of ``T`` tokens cost ``O(T^2)`` forward work. [RolloutCollector][agents.rollout.RolloutCollector] instead keeps one KV
+cache for the ``N`` sub-envs, feeds only the newest token each step, and when a sub-env starts a new episode rebuilds
+just that row's cache from its observation, so every row's episode may be at a different point (the cache itself is
+[textgym.lm.cache.IncrementalLM][textgym.lm.cache.IncrementalLM], which the envs' reference model uses too).
 
 The env's observation always holds the whole context, so the cache can be rebuilt from it at any time: call
-:meth:`RolloutCollector.invalidate_cache` after a policy update and the next step re-encodes the episodes
-still in progress with the new weights.
+[RolloutCollector.invalidate_cache][agents.rollout.RolloutCollector.invalidate_cache] after a policy update and the next
+step re-encodes the episodes still in progress with the new weights.
 """
 
 from __future__ import annotations
@@ -161,10 +161,10 @@ class RolloutCollector:
     def collect(self, num_episodes: int, progress: bool = False) -> RolloutBatch:
         """Step the envs until ``num_episodes`` episodes have finished, and return exactly those.
 
-        Episodes still running, and any extra that finished on the last step, carry over to the next call,
-        so no sampled token is lost. Carried-over episodes were partly sampled before the call: after a policy
-        update they are off-policy. Training uses :meth:`collect_prompts`, whose episodes all start and end
-        within the call.
+        Episodes still running, and any extra that finished on the last step, carry over to the next call, so no sampled
+        token is lost. Carried-over episodes were partly sampled before the call: after a policy update they are
+        off-policy. Training uses [collect_prompts][agents.rollout.RolloutCollector.collect_prompts], whose episodes all
+        start and end within the call.
         """
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be at least 1, got {num_episodes}.")
@@ -191,11 +191,10 @@ class RolloutCollector:
     def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
         """One episode for each of ``prompts``, returned in the same order.
 
-        Group methods (GRPO, RLOO) pass each prompt ``G`` times. The prompts run in waves of ``num_envs``
-        (so ``len(prompts)`` must be a multiple of it), each wave started by a reset that forces its prompts;
-        a sub-env that finishes early runs on with a new prompt until its wave is done, and that episode is
-        dropped. Episodes in progress from :meth:`collect`
-        are dropped (finished ones are kept for it).
+        Group methods (GRPO, RLOO) pass each prompt ``G`` times. The prompts run in waves of ``num_envs`` (so
+        ``len(prompts)`` must be a multiple of it), each wave started by a reset that forces its prompts; a sub-env that
+        finishes early runs on with a new prompt until its wave is done, and that episode is dropped. Episodes in
+        progress from [collect][agents.rollout.RolloutCollector.collect] are dropped (finished ones are kept for it).
         """
         if not prompts or len(prompts) % self.num_envs:
             raise ValueError(

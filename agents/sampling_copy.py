@@ -1,10 +1,11 @@
 """The bfloat16 copy of the policy that the rollout engine samples with under ``precision="bf16"``.
 
 Autocast would cast every float32 weight again at each decode step; the copy is cast once per rollout, when
-:func:`copy_weights` refreshes it from the trained weights. On a CPU its linear layers also keep their weights
-pre-packed in oneDNN's blocked layout (:class:`PackedLinear`): a plain ``F.linear`` lays the weight out anew
-at every call, which at a decode step's few rows costs about as much as the product itself. Its attention
-groups a decode step's query heads by the key/value head they share (:func:`grouped_decode_attention`).
+[copy_weights][agents.sampling_copy.copy_weights] refreshes it from the trained weights. On a CPU its linear layers also
+keep their weights pre-packed in oneDNN's blocked layout ([PackedLinear][agents.sampling_copy.PackedLinear]): a plain
+``F.linear`` lays the weight out anew at every call, which at a decode step's few rows costs about as much as the
+product itself. Its attention groups a decode step's query heads by the key/value head they share
+([grouped_decode_attention][agents.sampling_copy.grouped_decode_attention]).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def grouped_decode_attention(
 
 
 def _use_grouped_decode_attention(model: nn.Module) -> None:
-    """Switch ``model`` from ``sdpa`` to :func:`grouped_decode_attention` (other implementations stay)."""
+    """Switch ``model`` from ``sdpa`` to [grouped_decode_attention][agents.sampling_copy.grouped_decode_attention]
+    (other implementations stay)."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return
     from transformers import AttentionInterface
@@ -96,12 +98,12 @@ def can_pack() -> bool:
 
 
 def bfloat16_copy(model: nn.Module, pack_rows: int | None = None) -> nn.Module:
-    """A frozen copy of ``model`` with bfloat16 parameters (tied ones still tied), never holding a float32 copy;
-    buffers keep their dtype (rotary frequencies rounded to bfloat16 would shift every position). Its ``sdpa``
-    attention becomes :func:`grouped_decode_attention`.
+    """A frozen copy of ``model`` with bfloat16 parameters (tied ones still tied), never holding a float32 copy; buffers
+    keep their dtype (rotary frequencies rounded to bfloat16 would shift every position). Its ``sdpa`` attention becomes
+    [grouped_decode_attention][agents.sampling_copy.grouped_decode_attention].
 
-    ``pack_rows``: replace every ``nn.Linear`` by a :class:`PackedLinear` for calls of about that many rows (on
-    a CPU where :func:`can_pack`); ``None`` keeps plain layers.
+    ``pack_rows``: replace every ``nn.Linear`` by a [PackedLinear][agents.sampling_copy.PackedLinear] for calls of about
+    that many rows (on a CPU where [can_pack][agents.sampling_copy.can_pack]); ``None`` keeps plain layers.
     """
     memo = {id(p): nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()}
     clone = copy.deepcopy(model, memo)
@@ -115,8 +117,8 @@ def bfloat16_copy(model: nn.Module, pack_rows: int | None = None) -> nn.Module:
 
 @torch.no_grad()
 def copy_weights(source: nn.Module, target: nn.Module) -> None:
-    """Copy ``source``'s weights into ``target``, a :func:`bfloat16_copy` of the same architecture, casting
-    to ``target``'s dtypes (and packing its packed layers)."""
+    """Copy ``source``'s weights into ``target``, a [bfloat16_copy][agents.sampling_copy.bfloat16_copy] of the same
+    architecture, casting to ``target``'s dtypes (and packing its packed layers)."""
     sources = dict(source.named_parameters(remove_duplicate=False))
     for name, param in target.named_parameters():
         param.copy_(sources[name])

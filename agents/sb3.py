@@ -1,13 +1,14 @@
 """Policies that let Stable-Baselines3 and sb3-contrib train on textgym's environments, unmodified.
 
-* :class:`LMActorCriticPolicy` (``PPO``, ``A2C``) and :class:`MaskableLMActorCriticPolicy` (``MaskablePPO``): a
-  Hugging Face causal LM is the actor, a linear value head on its last hidden state the critic;
-* :class:`TokenGRUExtractor`: token embedding + GRU, for SB3's own ``MultiInputPolicy`` to learn a
-  small-vocabulary task from scratch (a word-level tokenizer: ``textgym.lm.models.make_tiny_model(dir, words=...)``);
-* :class:`~agents.sb3_vec_env.TextGenSB3VecEnv` / :func:`~agents.sb3_vec_env.make_sb3_vec_env`: SB3's ``VecEnv``
-  over textgym's batched vector env;
-* :class:`KLPenaltyCallback`: the policy's half of the KL penalty, ``−kl_coef · log π(a_t | s_t)``, added to the
-  rewards SB3 stores, to complete the env's ``kl_coef · log π_ref(a_t | s_t)``.
+* [LMActorCriticPolicy][agents.sb3.LMActorCriticPolicy] (``PPO``, ``A2C``) and
+  [MaskableLMActorCriticPolicy][agents.sb3.MaskableLMActorCriticPolicy] (``MaskablePPO``): a Hugging Face causal LM is
+  the actor, a linear value head on its last hidden state the critic;
+* [TokenGRUExtractor][agents.sb3.TokenGRUExtractor]: token embedding + GRU, for SB3's own ``MultiInputPolicy`` to learn
+  a small-vocabulary task from scratch (a word-level tokenizer: ``textgym.lm.models.make_tiny_model(dir, words=...)``);
+* [TextGenSB3VecEnv][agents.sb3_vec_env.TextGenSB3VecEnv] / [make_sb3_vec_env][agents.sb3_vec_env.make_sb3_vec_env]:
+  SB3's ``VecEnv`` over textgym's batched vector env;
+* [KLPenaltyCallback][agents.sb3.KLPenaltyCallback]: the policy's half of the KL penalty, ``−kl_coef · log π(a_t |
+  s_t)``, added to the rewards SB3 stores, to complete the env's ``kl_coef · log π_ref(a_t | s_t)``.
 
 The LM policies fit SB3's structure as it is: the LM trunk is the features extractor (the hidden state at each
 row's last real token), the LM's own output layer is ``action_net`` and ``value_net`` reads the same features.
@@ -80,8 +81,9 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
 
     Args:
         observation_space: TextGen's ``Dict(input_ids, attention_mask)``.
-        model: a model name or local directory (see :func:`textgym.lm.models.resolve_model_dir`), loaded with its
-            weights; a name or path, so SB3 can pickle it with the policy's kwargs and rebuild the LM on load.
+        model: a model name or local directory (see
+            [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]), loaded with its weights; a name
+            or path, so SB3 can pickle it with the policy's kwargs and rebuild the LM on load.
         kv_cache: keep a per-row KV cache for calls without gradients in eval mode (module docstring).
         attn_implementation: the LM's attention kernel, e.g. ``"eager"`` for sb3-contrib's ``TRPO``, whose
             Hessian-vector products need a second derivative that PyTorch's fused CPU attention lacks.
@@ -195,9 +197,10 @@ class _LMPolicyMixin:
     """What both LM policies add to SB3's actor-critic: the LM as extractor and actor head, a value head.
 
     Args:
-        model: the policy LM, a name or local directory (see :func:`textgym.lm.models.resolve_model_dir`). Its
-            output layer must match the env's ``Discrete(vocab_size)``; make the env with the same model.
-        kv_cache, attn_implementation: see :class:`LMFeaturesExtractor`.
+        model: the policy LM, a name or local directory (see
+            [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]). Its output layer must match the
+            env's ``Discrete(vocab_size)``; make the env with the same model.
+        kv_cache, attn_implementation: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
         **kwargs: the base policy's other arguments (optimizer, ...). ``net_arch``, ``ortho_init`` and the
             features extractor are fixed: the heads are the LM's own, and orthogonal init would erase the LM.
     """
@@ -287,7 +290,7 @@ def _check_plain_output_layer(lm: PreTrainedModel) -> None:
 class LMActorCriticPolicy(_LMPolicyMixin, ActorCriticPolicy):
     """SB3 ``ActorCriticPolicy`` whose actor is a causal LM; for ``PPO`` and ``A2C``.
 
-    ``PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "path/or/name"})``; see :class:`_LMPolicyMixin`.
+    ``PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "path/or/name"})``; see `_LMPolicyMixin`.
     """
 
 
@@ -295,7 +298,7 @@ class MaskableLMActorCriticPolicy(_LMPolicyMixin, MaskableActorCriticPolicy):
     """sb3-contrib ``MaskableActorCriticPolicy`` whose actor is a causal LM; for ``MaskablePPO``.
 
     Masked tokens get probability 0 in rollouts and updates; the env's ``action_masks()`` (e.g. a reference
-    model's top-p tokens) supplies the masks. See :class:`_LMPolicyMixin` for the arguments.
+    model's top-p tokens) supplies the masks. See `_LMPolicyMixin` for the arguments.
     """
 
 

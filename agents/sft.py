@@ -4,9 +4,10 @@ Data is JSONL, one example per line: ``{"prompt": ..., "completion": ...}`` or c
 ``{"messages": [{"role": ..., "content": ...}, ...]}`` whose last message (the assistant's) is the
 completion. The loss is the cross-entropy of the completion tokens only.
 
-SFT teaches exactly what ``TextGen-v0`` with the same ``chat_template`` asks for: prompts are encoded by the
-env's own function (:func:`textgym.lm.prompts.encode_prompt`), so their tokens are the env's observations, and
-every reply ends with one of the env's stop tokens (:func:`textgym.lm.prompts.stop_token_ids`): with the chat
+SFT teaches exactly what ``TextGen-v0`` with the same ``chat_template`` asks for: prompts are encoded by the env's own
+function ([textgym.lm.prompts.encode_prompt][textgym.lm.prompts.encode_prompt]), so their tokens are the env's
+observations, and every reply ends with one of the env's stop tokens
+([textgym.lm.prompts.stop_token_ids][textgym.lm.prompts.stop_token_ids]): with the chat
 template, the template's end-of-turn token (what follows it is cut, as the env stops there); without it, EOS.
 
 Under ``torchrun`` it is data-parallel: every process shuffles the examples alike and takes every
