@@ -92,7 +92,8 @@ class GroupAgent(LMAgent):
 
         Args:
             logprobs: ``(B, T)`` under the policy being trained (with gradients).
-            old_logprobs, ref_logprobs: ``(B, T)`` under π_old and the reference (``None`` when β = 0).
+            old_logprobs: ``(B, T)`` under π_old.
+            ref_logprobs: ``(B, T)`` under the reference (``None`` when β = 0).
             advantages: ``(B,)`` from [advantages][agents.group.GroupAgent.advantages].
             mask: ``(B, T)`` the tokens the loss sees.
         """

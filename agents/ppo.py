@@ -71,7 +71,11 @@ def gae(
     episode's last step is 0 (every episode here is finished).
 
     Args:
-        rewards, values, mask: ``(E, T)``.
+        rewards: ``(E, T)`` the per-token rewards.
+        values: ``(E, T)`` the value head's estimates.
+        mask: ``(E, T)`` 1 on the agent's steps.
+        gamma: the discount γ per agent step.
+        lam: GAE's λ.
 
     Returns:
         ``(advantages, returns)``, each ``(E, T)`` and 0 off the steps; ``returns = advantages + values``.

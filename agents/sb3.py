@@ -200,7 +200,8 @@ class _LMPolicyMixin:
         model: the policy LM, a name or local directory (see
             [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]). Its output layer must match the
             env's ``Discrete(vocab_size)``; make the env with the same model.
-        kv_cache, attn_implementation: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
+        kv_cache: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
+        attn_implementation: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
         **kwargs: the base policy's other arguments (optimizer, ...). ``net_arch``, ``ortho_init`` and the
             features extractor are fixed: the heads are the LM's own, and orthogonal init would erase the LM.
     """
