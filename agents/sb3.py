@@ -7,8 +7,9 @@
   a small-vocabulary task from scratch (a word-level tokenizer: ``textgym.lm.models.make_tiny_model(dir, words=...)``);
 * [TextGenSB3VecEnv][agents.sb3_vec_env.TextGenSB3VecEnv] / [make_sb3_vec_env][agents.sb3_vec_env.make_sb3_vec_env]:
   SB3's ``VecEnv`` over textgym's batched vector env;
-* [KLPenaltyCallback][agents.sb3.KLPenaltyCallback]: the policy's half of the KL penalty, ``−kl_coef · log π(a_t |
-  s_t)``, added to the rewards SB3 stores, to complete the env's ``kl_coef · log π_ref(a_t | s_t)``.
+* [KLPenaltyCallback][agents.sb3.KLPenaltyCallback]: the policy's half of the KL penalty,
+  ``−kl_coef · log π(a_t | s_t)``, added to the rewards SB3 stores, to complete the env's
+  ``kl_coef · log π_ref(a_t | s_t)``.
 
 The LM policies fit SB3's structure as it is: the LM trunk is the features extractor (the hidden state at each
 row's last real token), the LM's own output layer is ``action_net`` and ``value_net`` reads the same features.
