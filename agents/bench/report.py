@@ -79,7 +79,7 @@ def results_markdown(rows: Rows, label: Callable[[dict], str], reps: int) -> str
         f"{_one(rows, 'eval_episodes')} test prompts per evaluation; seeds per cell: {', '.join(map(str, seeds))}.",
         "Each entry is the IQM over seeds with its 95% stratified-bootstrap CI in brackets (rliable); with one seed,",
         "the value alone. Normalised score: 0 is the random policy, 100 the task's scripted optimum (gold score).",
-        "KL: nats per completion to the starting model (best-of-n: log n − (n−1)/n).",
+        "KL: nats per completion to the starting model (best-of-n: over its n_max samples per prompt, ties included).",
     ]
     tasks = sorted({(task, level) for task, level, _ in by_cell})
     algorithms = list(dict.fromkeys(label(r) for r in final))
