@@ -16,8 +16,9 @@ from gymnasium.envs.registration import registry
 import agents.bench.runner as runner
 from agents.bench import ALGORITHMS, DEFAULT_ALGORITHMS, BenchConfig, read_runs, run_benchmark
 from agents.bench.cli import main as bench_main
+from agents.bench.estimate import estimate
 from agents.bench.evaluation import best_of_n_kl, distinct_n
-from agents.bench.report import _bon_form, _rl_form, fit_gao
+from agents.bench.report import _bon_form, _rl_form, fit_gao, plot_overoptimization
 from textgym import tasks
 from textgym.cli import main as textgym_main
 
@@ -37,7 +38,10 @@ def fake_task():
 
 def quick(out, **kwargs) -> BenchConfig:
     # The fake task's episodes are 8 tokens: a 256-token budget makes several updates of every algorithm.
-    settings = {"tasks": [TASK], "quick": True, "out": str(out), "progress": False, "budget_tokens": 256}
+    settings = {
+        "tasks": [TASK], "quick": True, "out": str(out), "progress": False, "budget_tokens": 256,
+        "eval_points": (0, 0.5, 1),
+    }  # fmt: skip
     return BenchConfig(**{**settings, **kwargs})
 
 
@@ -97,6 +101,133 @@ def test_budget_and_kl_bookkeeping(quick_run):
             assert abs(r["kl"]) < 1e-4 or r["algorithm"] == "sb3-maskable-ppo"  # the mask alone moves it
     for algorithm in TRAINED:  # training moved the policy away from the starting model
         assert any(abs(r["kl"]) > 1e-3 for r in rows if r["algorithm"] == algorithm and r["point"] > 0)
+
+
+TIMINGS = ("train_seconds", "train_tokens_per_s", "eval_seconds", "wall_seconds")
+
+
+def results(rows, seeds=(0, 1), algorithms=ALL):
+    """Rows without their timings (which differ from run to run), in a fixed order."""
+    return [
+        {k: v for k, v in r.items() if k not in TIMINGS}
+        for r in rows
+        if r["seed"] in seeds and r["algorithm"] in algorithms
+    ]
+
+
+# --- the starting model, measured whatever the evaluation points ---------------------------------------------------
+def test_gains_start_from_the_starting_model_when_0_is_not_an_evaluation_point(quick_run, tmp_path, monkeypatch):
+    algorithms = ["best-of-n", "ppo"]
+    run_benchmark(quick(tmp_path, algorithms=algorithms, seeds=1, eval_points=(0.5, 1)))
+    rows = read_runs(tmp_path)
+    full = [r for r in read_runs(quick_run) if r["seed"] == 0 and r["algorithm"] in algorithms]
+    assert [r["budget_fraction"] for r in rows] == [0.5, 1, 0.5, 1] and [r["point"] for r in rows] == [0, 1] * 2
+    for r in rows:  # the same cell evaluated before training, as the run with a point at 0 saw it
+        start = next(f for f in full if f["algorithm"] == r["algorithm"] and f["budget_fraction"] == 0)
+        assert (r["start_reward"], r["start_gold_score"]) == (start["reward"], start["gold_score"])
+        same = next(
+            f for f in full if f["algorithm"] == r["algorithm"] and f["budget_fraction"] == r["budget_fraction"]
+        )
+        assert r["reward"] == same["reward"] and r["kl"] == same["kl"]  # the extra evaluation changed nothing
+    assert any(r["start_reward"] != r["reward"] for r in rows)
+
+    fits = []
+    monkeypatch.setattr("agents.bench.report.fit_gao", lambda d, gain, form: fits.append(gain) or (0.0, 0.0))
+    plot_overoptimization(rows, lambda r: r["algorithm"], tmp_path / "plot.png")
+    best_of_n = [r for r in rows if r["algorithm"] == "best-of-n"]
+    assert list(fits[0]) == [r["gold_score"] - r["start_gold_score"] for r in best_of_n]  # not from point 0
+    assert list(fits[1]) == [r["reward"] - r["start_reward"] for r in best_of_n]
+
+
+def test_cells_written_before_the_start_columns_take_their_start_from_point_0(quick_run, tmp_path):
+    old = tmp_path / "cells"
+    old.mkdir()
+    for path in (quick_run / "cells").glob("*zero-shot_seed0*.csv"):
+        with path.open(newline="") as f:
+            rows = [{k: v for k, v in r.items() if not k.startswith("start_")} for r in csv.DictReader(f)]
+        with (old / path.name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    rows = read_runs(tmp_path)
+    assert len(rows) == 3 and all(r["start_reward"] == rows[0]["reward"] for r in rows)
+
+
+# --- several workers -------------------------------------------------------------------------------------------------
+def test_workers_compute_the_rows_of_a_serial_run(quick_run, tmp_path):
+    algorithms = ["zero-shot", "best-of-n", "ppo"]
+    run_benchmark(quick(tmp_path, algorithms=algorithms, seeds=1, workers=2))
+    parallel = read_runs(tmp_path)
+    assert len(parallel) == 3 * 3
+    assert results(parallel) == results(read_runs(quick_run), seeds=(0,), algorithms=algorithms)
+    assert (tmp_path / "results.md").exists() and len(list((tmp_path / "cells").iterdir())) == 3
+
+
+def test_an_interrupted_parallel_run_resumes(tmp_path, monkeypatch):
+    config = quick(tmp_path, algorithms=["random", "zero-shot", "oracle"], seeds=1, workers=2)
+    real_write, writes = runner._write_csv, []
+
+    def write_then_die(path, rows):
+        writes.append(path.name)
+        if len(writes) == 3:  # the first cell and runs.csv are written; killed as the second cell arrives
+            raise KeyboardInterrupt
+        real_write(path, rows)
+
+    monkeypatch.setattr(runner, "_write_csv", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(config)
+    finished = sorted((tmp_path / "cells").iterdir())
+    assert len(finished) == 1  # no half-written cell, no temporary file
+    before = finished[0].read_bytes()
+
+    monkeypatch.setattr(runner, "_write_csv", real_write)
+    run_benchmark(config)
+    assert finished[0].read_bytes() == before  # not computed again
+    assert len(list((tmp_path / "cells").iterdir())) == 3
+    assert {r["algorithm"] for r in read_runs(tmp_path)} == {"random", "zero-shot", "oracle"}
+
+
+def test_bad_workers_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"workers must be at least 1, got .* and 0"):
+        quick(tmp_path, workers=0)
+
+
+# --- --quick and --estimate ------------------------------------------------------------------------------------------
+def test_quick_runs_one_seed_and_one_update_per_cell(tmp_path):
+    config = BenchConfig(tasks=[TASK], quick=True, out=str(tmp_path))
+    assert (config.seeds, config.eval_points, config.budget_tokens) == (1, (0.0, 1.0), None)
+    budgets = {cell.algorithm: cell.budget_tokens for cell in runner.plan(config)}
+    # One update: batch_size 8 episodes × 8 tokens; SB3: n_steps × num_envs; nothing for what does not train.
+    assert budgets == {
+        "random": 0, "zero-shot": 0, "best-of-n": 0, "ppo": 64, "grpo": 64, "rloo": 64, "sb3-ppo": 64,
+        "sb3-a2c": 32, "sb3-maskable-ppo": 64,
+    }  # fmt: skip
+    assert BenchConfig(quick=True, budget_tokens=512, out=str(tmp_path)).budget_tokens == 512
+
+
+def test_estimate_probes_then_uses_measured_cells_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--tasks", TASK, "--algos", "zero-shot,ppo", "--seeds", "2", "--quick", "--budget-tokens", "256"]
+    assert bench_main([*args, "--out", str(out), "--estimate"]) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists()
+    lines = [line for line in printed.splitlines() if line.startswith(TASK)]
+    assert len(lines) == 4 and all("probe" in line for line in lines)
+    assert "tokens/s (one update of" in printed and "extrapolated" in printed
+    assert printed.splitlines()[-1].startswith("total: ") and "(4 cells)" in printed
+
+    config = quick(out, algorithms=["zero-shot", "ppo"], seeds=2, eval_points=None)
+    probed = estimate(config)
+    assert not out.exists()
+    assert probed[1].hours > 0 and probed[1].hours == probed[3].hours  # ppo: one probe for both seeds
+    run_benchmark(config)
+    walls = {(r["algorithm"], r["seed"]): r["wall_seconds"] for r in read_runs(out) if r["budget_fraction"] == 1}
+    for path in (out / "cells").glob("*seed1*"):
+        path.unlink()
+    by_cell = {(e.cell.algorithm, e.cell.seed): e for e in estimate(config)}
+    assert by_cell["ppo", 0].basis == "done" and by_cell["ppo", 0].hours == 0
+    assert by_cell["ppo", 1].basis.startswith("measured: mean of 1")
+    assert by_cell["ppo", 1].hours == pytest.approx(walls["ppo", 0] / 3600)
 
 
 # --- resuming ----------------------------------------------------------------------------------------------------

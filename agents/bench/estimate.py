@@ -1,0 +1,102 @@
+"""How long a benchmark will take: each cell's expected hours, before anything runs (``textgym bench --estimate``).
+
+A cell's time comes from what has been measured, in this order:
+
+* *done*: the cell's file is in the output folder (nothing left to run);
+* *measured*: other seeds of the same setting have finished in the output folder: their mean wall time;
+* *probe*: otherwise one seed of the setting is timed here on a short probe: loading the models and test set,
+  one evaluation, and one update of a training algorithm. Its time is extrapolated linearly:
+  ``setup + budget / (probe tokens/s) + evaluations × (probe evaluation)``, which leaves out how updates
+  speed up or slow down over training, and best-of-n's later (cheaper) evaluations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.bench.algorithms import ALGORITHMS, Cell
+from agents.bench.runner import CELLS_DIR, BenchConfig, cell_file, plan, read_runs, setting_id
+
+
+@dataclass
+class Estimate:
+    """One cell's expected hours, and what they rest on (``"done"``, ``"measured ..."`` or ``"probe ..."``)."""
+
+    cell: Cell
+    hours: float
+    basis: str
+
+
+def estimate(config: BenchConfig) -> list[Estimate]:
+    """Each cell of ``config`` with its expected hours, probing settings that nothing measured yet; writes nothing."""
+    out = Path(config.out)
+    cells = plan(config)
+    done = {path.name for path in (out / CELLS_DIR).glob("*.csv")}
+    walls = defaultdict(dict)  # setting → {seed: wall seconds of the whole cell}
+    for row in read_runs(out):
+        walls[row["setting"]][row["seed"]] = max(row["wall_seconds"], walls[row["setting"]].get(row["seed"], 0.0))
+    probes: dict[str, tuple[float, str]] = {}
+    estimates = []
+    for cell in cells:
+        setting = setting_id(cell, config)
+        if cell_file(cell, config) in done:
+            estimates.append(Estimate(cell, 0.0, "done"))
+        elif walls.get(setting):
+            seconds = list(walls[setting].values())
+            basis = f"measured: mean of {len(seconds)} finished seed(s)"
+            estimates.append(Estimate(cell, sum(seconds) / len(seconds) / 3600, basis))
+        else:
+            if setting not in probes:
+                probes[setting] = probe(cell, config)
+            seconds, basis = probes[setting]
+            estimates.append(Estimate(cell, seconds / 3600, basis))
+    return estimates
+
+
+def probe(cell: Cell, config: BenchConfig) -> tuple[float, str]:
+    """Time ``cell``'s set-up, one evaluation and one update; the seconds the whole cell should take, and how."""
+    from agents.bench.evaluation import TestSet, completion_metrics
+    from textgym.lm.models import resolve_device
+
+    start = time.perf_counter()
+    algorithm = ALGORITHMS[cell.algorithm](cell)
+    device = resolve_device(cell.device)
+    try:
+        test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
+        setup = time.perf_counter() - start
+        start = time.perf_counter()
+        episodes = algorithm.test_episodes(test, 0.0)
+        completion_metrics(episodes.batch, test.reference, episodes.kl)
+        evaluation = time.perf_counter() - start
+        test.close()
+        if not algorithm.trains:  # evaluated once (best-of-n: its pool of samples, the bulk of its time)
+            return setup + evaluation, f"probe: set-up {setup:.0f} s + one evaluation {evaluation:.0f} s"
+        algorithm.train_until(1)  # one update
+        rate = algorithm.train_tokens / algorithm.train_seconds
+    finally:
+        algorithm.close()
+    evaluations = len({0.0, *config.eval_points})
+    seconds = setup + cell.budget_tokens / rate + evaluations * evaluation
+    return seconds, (
+        f"probe: set-up {setup:.0f} s + {cell.budget_tokens} tokens at {rate:.3g} tokens/s (one update of "
+        f"{algorithm.train_tokens}, extrapolated) + {evaluations} evaluations × {evaluation:.0f} s"
+    )
+
+
+def format_estimates(estimates: list[Estimate], workers: int = 1) -> str:
+    """One line per cell, then the total (and, with several workers, the wall time if they stay busy)."""
+    lines = [f"{'task':<18} {'level':>5} {'algorithm':<18} {'seed':>4} {'hours':>8} {'(s)':>7}  basis"]
+    for e in estimates:
+        c, seconds = e.cell, e.hours * 3600
+        lines.append(
+            f"{c.task.name:<18} {c.level:>5} {c.algorithm:<18} {c.seed:>4} {e.hours:>8.3f} {seconds:>7.0f}  {e.basis}"
+        )
+    total = sum(e.hours for e in estimates)
+    lines.append(f"total: {total:.2f} hours of cells left ({sum(e.basis != 'done' for e in estimates)} cells)")
+    if workers > 1:
+        longest = max((e.hours for e in estimates), default=0.0)
+        lines.append(f"with {workers} workers: about {max(total / workers, longest):.2f} hours, if each keeps its pace")
+    return "\n".join(lines)
