@@ -41,8 +41,6 @@ class Cell:
     model: str
     hparams: dict[str, Any]
     device: str | None = None
-    budget_tokens: int | None = None
-    """Env tokens the cell may train on (the runner's plan sets it: the run's budget, or one update with --quick)."""
 
 
 @dataclass

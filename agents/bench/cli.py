@@ -55,7 +55,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per task × algorithm (default 3; quick 1)")
     parser.add_argument(
         "--budget-tokens", type=int, default=None,
-        help="env tokens per training algorithm (default 200000; quick: one update of each)",
+        help="env tokens per training algorithm (default 200000; quick 1: exactly one update of each)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder (resumed when it holds the same configuration)")
     parser.add_argument(
@@ -74,7 +74,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
-        help="smoke run: tiny model, one seed, one update per cell, evaluated at 0 and 1: every task × algorithm once "
+        help="smoke run: tiny model, one seed, one update per cell (budget 1), evaluated at 0 and 1: every task × "
+        "algorithm once "
         "in minutes (the fuller smoke matrix: --quick --seeds 3 --eval-points 0,0.5,1 --budget-tokens 1024)",
     )  # fmt: skip
     parser.add_argument("--append", action="store_true", help="add this configuration to a folder holding another")

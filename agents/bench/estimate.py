@@ -6,12 +6,13 @@ A cell's time comes from what has been measured, in this order:
 * *measured*: other seeds of the same setting have finished in the output folder: their mean wall time;
 * *probe*: otherwise one seed of the setting is timed here on a short probe: loading the models and test set,
   one evaluation, and one update of a training algorithm. Its time is extrapolated linearly:
-  ``setup + budget / (probe tokens/s) + evaluations × (probe evaluation)``, which leaves out how updates
-  speed up or slow down over training, and best-of-n's later (cheaper) evaluations.
+  ``setup + ⌈budget / probe update's tokens⌉ × (probe update) + evaluations × (probe evaluation)``, which leaves
+  out how updates and completions change length over training, and best-of-n's later (cheaper) evaluations.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,12 +33,25 @@ class Estimate:
 
 def estimate(config: BenchConfig) -> list[Estimate]:
     """Each cell of ``config`` with its expected hours, probing settings that nothing measured yet; writes nothing."""
+    import torch
+
     out = Path(config.out)
     cells = plan(config)
+    threads = torch.get_num_threads()
+    if config.workers > 1:
+        torch.set_num_threads(1)  # probe as a worker runs: one thread
+    try:
+        return _estimates(cells, config, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _estimates(cells: list[Cell], config: BenchConfig, out: Path) -> list[Estimate]:
     done = {path.name for path in (out / CELLS_DIR).glob("*.csv")}
-    walls = defaultdict(dict)  # setting → {seed: wall seconds of the whole cell}
+    walls = defaultdict(list)  # setting → wall seconds of each finished seed (at the last point: the whole cell)
     for row in read_runs(out):
-        walls[row["setting"]][row["seed"]] = max(row["wall_seconds"], walls[row["setting"]].get(row["seed"], 0.0))
+        if row["budget_fraction"] == 1:
+            walls[row["setting"]].append(row["wall_seconds"])
     probes: dict[str, tuple[float, str]] = {}
     estimates = []
     for cell in cells:
@@ -45,7 +59,7 @@ def estimate(config: BenchConfig) -> list[Estimate]:
         if cell_file(cell, config) in done:
             estimates.append(Estimate(cell, 0.0, "done"))
         elif walls.get(setting):
-            seconds = list(walls[setting].values())
+            seconds = walls[setting]
             basis = f"measured: mean of {len(seconds)} finished seed(s)"
             estimates.append(Estimate(cell, sum(seconds) / len(seconds) / 3600, basis))
         else:
@@ -75,14 +89,14 @@ def probe(cell: Cell, config: BenchConfig) -> tuple[float, str]:
         if not algorithm.trains:  # evaluated once (best-of-n: its pool of samples, the bulk of its time)
             return setup + evaluation, f"probe: set-up {setup:.0f} s + one evaluation {evaluation:.0f} s"
         algorithm.train_until(1)  # one update
-        rate = algorithm.train_tokens / algorithm.train_seconds
     finally:
         algorithm.close()
+    updates = math.ceil(config.budget_tokens / algorithm.train_tokens)  # training runs whole updates
     evaluations = len({0.0, *config.eval_points})
-    seconds = setup + cell.budget_tokens / rate + evaluations * evaluation
+    seconds = setup + updates * algorithm.train_seconds + evaluations * evaluation
     return seconds, (
-        f"probe: set-up {setup:.0f} s + {cell.budget_tokens} tokens at {rate:.3g} tokens/s (one update of "
-        f"{algorithm.train_tokens}, extrapolated) + {evaluations} evaluations × {evaluation:.0f} s"
+        f"probe: set-up {setup:.0f} s + {updates} update(s) × {algorithm.train_seconds:.1f} s (one update of "
+        f"{algorithm.train_tokens} tokens timed, extrapolated) + {evaluations} evaluations × {evaluation:.0f} s"
     )
 
 

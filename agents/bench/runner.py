@@ -5,8 +5,8 @@ A *cell* is one algorithm on one task (at one level) with one seed. The runner c
 atomically when it finishes, so a killed run started again with the same configuration skips the finished cells.
 ``OUT/bench.json`` records the configuration(s) the folder holds; another configuration is refused unless
 ``append=True``, which adds its cells beside the others (cells are named by a hash of their settings, so no two
-settings share a file). After every cell ``runs.csv`` is rewritten from
-the cell files; at the end ``results.md`` and the plots (:mod:`agents.bench.report`).
+settings share a file). After every cell ``runs.csv`` is rewritten from the cell files; at the end ``results.md``
+and the plots (:mod:`agents.bench.report`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ FULL = {
     "model": "embedded", "seeds": 3, "budget_tokens": 200_000, "eval_points": (0.0, 0.25, 0.5, 0.75, 1.0),
     "eval_episodes": 64,
 }  # fmt: skip
-QUICK = {"model": "tiny", "seeds": 1, "eval_points": (0.0, 1.0), "eval_episodes": 8}  # budget: one update per cell
+QUICK = {"model": "tiny", "seeds": 1, "budget_tokens": 1, "eval_points": (0.0, 1.0), "eval_episodes": 8}
 # The fields that do not change results: where they go, how they are shown, how long a sitting lasts, how many
 # processes compute them.
 _NOT_RESULTS = ("out", "append", "device", "progress", "bootstrap_reps", "max_hours", "workers")
@@ -60,8 +60,8 @@ class BenchConfig:
     seeds: int | None = None
     """Seeds per task × algorithm: ``0 .. seeds-1`` (3; quick: 1)."""
     budget_tokens: int | None = None
-    """Env tokens each training algorithm may use (200,000); see :mod:`agents.bench.algorithms`. Quick, unless
-    given: each cell's own single update (the most env tokens one update of its algorithm can take on its task)."""
+    """Env tokens each training algorithm may use (200,000; quick: 1); see :mod:`agents.bench.algorithms`. 1 asks
+    for exactly one update of each, whatever its size on the task (the smoke run); any other budget must hold one."""
     out: str = "bench"
     """Output folder: ``runs.csv``, ``results.md``, the plots, and the finished cells for resuming."""
     levels: dict[str, int] = field(default_factory=dict)
@@ -109,8 +109,7 @@ class BenchConfig:
             raise ValueError(f"algorithms must name each algorithm once, got {self.algorithms}.")
         if self.max_hours is not None and self.max_hours <= 0:
             raise ValueError(f"max_hours must be positive, got {self.max_hours}.")
-        budget = 1 if self.budget_tokens is None else self.budget_tokens  # None (quick): one update per cell
-        if min(self.seeds, budget, self.eval_episodes, self.workers) < 1:
+        if min(self.seeds, self.budget_tokens, self.eval_episodes, self.workers) < 1:
             raise ValueError(
                 f"seeds, budget_tokens, eval_episodes and workers must be at least 1, got {self.seeds}, "
                 f"{self.budget_tokens}, {self.eval_episodes} and {self.workers}."
@@ -147,13 +146,11 @@ def run_benchmark(config: BenchConfig) -> Path:
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not config.progress)
     weight_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load would bury the cells' bar
-    start, sitting_over = time.monotonic(), []
+    start = time.monotonic()
 
-    def may_start(cell: Cell) -> bool:
+    def may_start(cell: Cell) -> bool:  # asked before each cell; after the first False, no more is started
         if config.max_hours is not None and time.monotonic() - start > config.max_hours * 3600:
-            if not sitting_over:
-                bar.write(f"max_hours={config.max_hours} reached; run the same configuration again to continue.")
-            sitting_over.append(cell)
+            bar.write(f"max_hours={config.max_hours} reached; run the same configuration again to continue.")
             return False
         bar.set_description(f"{cell.task.name} {cell.algorithm} seed {cell.seed}")
         return True
@@ -268,23 +265,21 @@ def plan(config: BenchConfig) -> list[Cell]:
                     f"multi-turn task ({name!r} is {'multi-turn' if task.multi_turn else 'single-turn'})."
                 )
             needed = ALGORITHMS[algorithm].tokens_per_update(hparams, max_steps)
-            budget = needed if config.budget_tokens is None else config.budget_tokens  # None: quick, one update
-            if needed > budget:
+            if 1 < config.budget_tokens < needed:
                 raise ValueError(
                     f"budget_tokens={config.budget_tokens} is smaller than one update of {algorithm} on {name} "
                     f"(up to {needed} env tokens with {_update_size(hparams)}). Raise the budget, or make the "
                     "updates smaller."
                 )
             cells += [
-                Cell(task, level, algorithm, seed, config.model, hparams, config.device, budget)
-                for seed in range(config.seeds)
+                Cell(task, level, algorithm, seed, config.model, hparams, config.device) for seed in range(config.seeds)
             ]
     # Seed by seed: a run stopped part-way (a sitting) holds every task × algorithm of its first seeds.
     return sorted(cells, key=lambda cell: cell.seed)
 
 
 def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
-    """Train ``cell``'s algorithm through its budget, evaluating at each point; one row per point.
+    """Train ``cell``'s algorithm through the budget, evaluating at each point; one row per point.
 
     The cell is evaluated before any training in any case (at budget fraction 0, which for best-of-n is n = 1): its
     ``start_reward`` and ``start_gold_score``, from which the over-optimisation plots measure gains.
@@ -302,7 +297,7 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
     try:
         test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
         for fraction in sorted({0.0, *config.eval_points}):
-            target = round(fraction * cell.budget_tokens)
+            target = round(fraction * config.budget_tokens)
             algorithm.train_until(target)
             if metrics is None or algorithm.varies_over_points:
                 eval_start = time.perf_counter()
@@ -325,7 +320,7 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
                     "model": str(cell.model),
                     "point": config.eval_points.index(fraction),
                     "budget_fraction": fraction,
-                    "budget_tokens": cell.budget_tokens,
+                    "budget_tokens": config.budget_tokens,
                     "target_tokens": target if algorithm.trains else 0,
                     "train_tokens": algorithm.train_tokens,
                     **metrics,
@@ -354,7 +349,7 @@ def setting_id(cell: Cell, config: BenchConfig) -> str:
         "algorithm": cell.algorithm,
         "model": str(cell.model),
         "hparams": cell.hparams,
-        "budget_tokens": cell.budget_tokens,
+        "budget_tokens": config.budget_tokens,
         "eval_points": list(config.eval_points),
         "eval_episodes": config.eval_episodes,
     }
