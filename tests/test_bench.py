@@ -154,14 +154,14 @@ def test_cells_written_before_the_start_columns_take_their_start_from_point_0(qu
 
 
 # --- several workers -------------------------------------------------------------------------------------------------
-def test_workers_resume_an_interrupted_run_and_compute_the_rows_of_a_serial_run(quick_run, tmp_path, monkeypatch):
+def test_workers_compute_the_rows_of_a_serial_run_and_an_interrupted_run_resumes(quick_run, tmp_path, monkeypatch):
     algorithms = ["zero-shot", "best-of-n", "ppo"]
     config = quick(tmp_path, algorithms=algorithms, seeds=1, workers=2)
     real_write, writes = runner._write_csv, []
 
     def write_then_die(path, rows):
         writes.append(path.name)
-        if len(writes) == 3:  # the first cell and runs.csv are written; killed as the second cell arrives
+        if len(writes) == 5:  # two cells (and runs.csv after each) are written; killed as the third arrives
             raise KeyboardInterrupt
         real_write(path, rows)
 
@@ -169,16 +169,18 @@ def test_workers_resume_an_interrupted_run_and_compute_the_rows_of_a_serial_run(
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(config)
     finished = sorted((tmp_path / "cells").iterdir())
-    assert len(finished) == 1  # no half-written cell, no temporary file
-    before = finished[0].read_bytes()
-
-    monkeypatch.setattr(runner, "_write_csv", real_write)
-    run_benchmark(config)
-    assert finished[0].read_bytes() == before  # not computed again
+    assert len(finished) == 2  # no half-written cell, no temporary file
+    before = {path: path.read_bytes() for path in finished}
     parallel = read_runs(tmp_path)
-    assert len(parallel) == 3 * 3 and len(list((tmp_path / "cells").iterdir())) == 3
-    assert results(parallel) == results(read_runs(quick_run), seeds=(0,), algorithms=algorithms)  # as serially
-    assert (tmp_path / "results.md").exists()
+    computed = {r["algorithm"] for r in parallel}
+    assert results(parallel) == results(read_runs(quick_run), seeds=(0,), algorithms=computed)  # as serially
+
+    # Resumed with another number of workers (one: no second round of process start-ups): only the third cell.
+    monkeypatch.setattr(runner, "_write_csv", real_write)
+    run_benchmark(dataclasses.replace(config, workers=1))
+    assert {path: path.read_bytes() for path in finished} == before  # not computed again
+    assert len(list((tmp_path / "cells").iterdir())) == 3 and (tmp_path / "results.md").exists()
+    assert results(read_runs(tmp_path)) == results(read_runs(quick_run), seeds=(0,), algorithms=algorithms)
 
 
 def test_bad_workers_fail_clearly(tmp_path):

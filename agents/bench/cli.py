@@ -75,8 +75,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: tiny model, one seed, one update per cell (budget 1), evaluated at 0 and 1: every task × "
-        "algorithm once "
-        "in minutes (the fuller smoke matrix: --quick --seeds 3 --eval-points 0,0.5,1 --budget-tokens 1024)",
+        "algorithm once in minutes (the fuller smoke matrix: --quick --seeds 3 --eval-points 0,0.5,1 "
+        "--budget-tokens 1024)",
     )  # fmt: skip
     parser.add_argument("--append", action="store_true", help="add this configuration to a folder holding another")
     parser.add_argument(

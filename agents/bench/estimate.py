@@ -76,21 +76,23 @@ def probe(cell: Cell, config: BenchConfig) -> tuple[float, str]:
     from textgym.lm.models import resolve_device
 
     start = time.perf_counter()
-    algorithm = ALGORITHMS[cell.algorithm](cell)
-    device = resolve_device(cell.device)
+    algorithm, test = ALGORITHMS[cell.algorithm](cell), None
     try:
-        test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
+        test = TestSet(
+            cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, resolve_device(cell.device)
+        )
         setup = time.perf_counter() - start
         start = time.perf_counter()
         episodes = algorithm.test_episodes(test, 0.0)
         completion_metrics(episodes.batch, test.reference, episodes.kl)
         evaluation = time.perf_counter() - start
-        test.close()
         if not algorithm.trains:  # evaluated once (best-of-n: its pool of samples, the bulk of its time)
             return setup + evaluation, f"probe: set-up {setup:.0f} s + one evaluation {evaluation:.0f} s"
         algorithm.train_until(1)  # one update
     finally:
         algorithm.close()
+        if test is not None:
+            test.close()
     updates = math.ceil(config.budget_tokens / algorithm.train_tokens)  # training runs whole updates
     evaluations = len({0.0, *config.eval_points})
     seconds = setup + updates * algorithm.train_seconds + evaluations * evaluation
