@@ -2,7 +2,7 @@
 
 Examples::
 
-    textgym bench --quick --out bench/quick                    # every task × algorithm once on a tiny model, minutes
+    textgym bench --quick --out bench/quick                    # smoke run: every task × algorithm once, tiny model
     textgym bench --estimate --out bench/full                  # expected hours per cell, then exit
     textgym bench --workers 2 --max-hours 8 --out bench/full   # two cells at a time, one sitting of 8 hours
     textgym bench --tasks positivity --algos zero-shot,best-of-n,ppo,grpo --seeds 3 \\
@@ -74,9 +74,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
-        help="smoke run: tiny model, one seed, one update per cell (budget 1), evaluated at 0 and 1: every task × "
-        "algorithm once in minutes (the fuller smoke matrix: --quick --seeds 3 --eval-points 0,0.5,1 "
-        "--budget-tokens 1024)",
+        help="smoke run, not results: tiny model, one seed, one update per cell (budget 1), evaluated at 0 and 1; "
+        "the smallest run that exercises every task × algorithm (the fuller smoke matrix: --quick --seeds 3 "
+        "--eval-points 0,0.5,1 --budget-tokens 1024)",
     )  # fmt: skip
     parser.add_argument("--append", action="store_true", help="add this configuration to a folder holding another")
     parser.add_argument(
@@ -86,7 +86,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=1,
         help="cells computed at once, each in its own process with one torch thread (pinned to its own core when "
-        "there are enough); the same rows as a serial run (default 1)",
+        "there are enough); the same rows as a serial run on one thread (default 1)",
     )  # fmt: skip
     parser.add_argument(
         "--estimate", action="store_true",

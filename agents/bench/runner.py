@@ -77,8 +77,8 @@ class BenchConfig:
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per algorithm, settings laid over :mod:`agents.bench.hparams`' table, e.g. ``{"ppo": {"kl_coef": 0.1}}``."""
     quick: bool = False
-    """Tiny model, one seed, one update per cell, quick settings: every task × algorithm once in minutes on a CPU
-    (a smoke test, not results)."""
+    """Tiny model, one seed, one update per cell, quick settings: the smallest run that exercises every task ×
+    algorithm (a smoke test, not results)."""
     append: bool = False
     """Add this configuration's cells to an output folder that holds another configuration."""
     device: str | None = None
@@ -91,7 +91,7 @@ class BenchConfig:
     """Start no new cell after this many hours (a sitting); the same call again continues where it stopped."""
     workers: int = 1
     """Cells computed at once, each in its own process with one torch thread (pinned to a core of its own when
-    there are enough); the rows are the same as a serial run's."""
+    there are enough); the rows are those of a serial run on one thread (more threads round floats differently)."""
 
     def __post_init__(self) -> None:
         defaults = QUICK if self.quick else FULL
