@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import os
 
@@ -15,8 +16,9 @@ from gymnasium.envs.registration import registry
 import agents.bench.runner as runner
 from agents.bench import ALGORITHMS, DEFAULT_ALGORITHMS, BenchConfig, read_runs, run_benchmark
 from agents.bench.cli import main as bench_main
+from agents.bench.estimate import estimate
 from agents.bench.evaluation import best_of_n_kl, distinct_n
-from agents.bench.report import _bon_form, _rl_form, fit_gao
+from agents.bench.report import _bon_form, _rl_form, fit_gao, plot_overoptimization
 from textgym import tasks
 from textgym.cli import main as textgym_main
 
@@ -36,7 +38,10 @@ def fake_task():
 
 def quick(out, **kwargs) -> BenchConfig:
     # The fake task's episodes are 8 tokens: a 256-token budget makes several updates of every algorithm.
-    settings = {"tasks": [TASK], "quick": True, "out": str(out), "progress": False, "budget_tokens": 256}
+    settings = {
+        "tasks": [TASK], "quick": True, "out": str(out), "progress": False, "budget_tokens": 256,
+        "eval_points": (0, 0.5, 1),
+    }  # fmt: skip
     return BenchConfig(**{**settings, **kwargs})
 
 
@@ -88,13 +93,134 @@ def test_budget_and_kl_bookkeeping(quick_run):
             assert r["train_tokens"] == 0
         if r["algorithm"] == "best-of-n":  # n = n_max ** fraction (quick n_max = 4): 1, 2, 4
             assert r["samples_per_prompt"] == round(4 ** r["budget_fraction"])
-            assert r["kl"] == pytest.approx(best_of_n_kl(r["samples_per_prompt"]))
+            n = r["samples_per_prompt"]  # ties and a finite pool coarsen π_ref: at most the tie-free KL, 0 at n = 1
+            assert 0 <= r["kl"] <= np.log(n) - (n - 1) / n + 1e-9
         if r["algorithm"] == "zero-shot":  # the policy is the reference
             assert abs(r["kl"]) < 1e-4
         if r["algorithm"] in TRAINED and r["point"] == 0:  # nothing trained yet: the starting model
             assert abs(r["kl"]) < 1e-4 or r["algorithm"] == "sb3-maskable-ppo"  # the mask alone moves it
     for algorithm in TRAINED:  # training moved the policy away from the starting model
         assert any(abs(r["kl"]) > 1e-3 for r in rows if r["algorithm"] == algorithm and r["point"] > 0)
+
+
+TIMINGS = ("train_seconds", "train_tokens_per_s", "eval_seconds", "wall_seconds")
+
+
+def results(rows, seeds=(0, 1), algorithms=ALL):
+    """Rows without their timings (which differ from run to run), in a fixed order."""
+    return [
+        {k: v for k, v in r.items() if k not in TIMINGS}
+        for r in rows
+        if r["seed"] in seeds and r["algorithm"] in algorithms
+    ]
+
+
+# --- the starting model, measured whatever the evaluation points ---------------------------------------------------
+def test_gains_start_from_the_starting_model_when_0_is_not_an_evaluation_point(quick_run, tmp_path, monkeypatch):
+    algorithms = ["best-of-n", "ppo"]
+    run_benchmark(quick(tmp_path, algorithms=algorithms, seeds=1, eval_points=(0.5, 1)))
+    rows = read_runs(tmp_path)
+    full = [r for r in read_runs(quick_run) if r["seed"] == 0 and r["algorithm"] in algorithms]
+    assert [r["budget_fraction"] for r in rows] == [0.5, 1, 0.5, 1] and [r["point"] for r in rows] == [0, 1] * 2
+    for r in rows:  # the same cell evaluated before training, as the run with a point at 0 saw it
+        start = next(f for f in full if f["algorithm"] == r["algorithm"] and f["budget_fraction"] == 0)
+        assert (r["start_reward"], r["start_gold_score"]) == (start["reward"], start["gold_score"])
+        same = next(
+            f for f in full if f["algorithm"] == r["algorithm"] and f["budget_fraction"] == r["budget_fraction"]
+        )
+        assert r["reward"] == same["reward"] and r["kl"] == same["kl"]  # the extra evaluation changed nothing
+    assert any(r["start_reward"] != r["reward"] for r in rows)
+
+    fits = []
+    monkeypatch.setattr("agents.bench.report.fit_gao", lambda d, gain, form: fits.append(gain) or (0.0, 0.0))
+    plot_overoptimization(rows, lambda r: r["algorithm"], tmp_path / "plot.png")
+    best_of_n = [r for r in rows if r["algorithm"] == "best-of-n"]
+    assert list(fits[0]) == [r["gold_score"] - r["start_gold_score"] for r in best_of_n]  # not from point 0
+    assert list(fits[1]) == [r["reward"] - r["start_reward"] for r in best_of_n]
+
+
+def test_cells_written_before_the_start_columns_take_their_start_from_point_0(quick_run, tmp_path):
+    old = tmp_path / "cells"
+    old.mkdir()
+    for path in (quick_run / "cells").glob("*zero-shot_seed0*.csv"):
+        with path.open(newline="") as f:
+            rows = [{k: v for k, v in r.items() if not k.startswith("start_")} for r in csv.DictReader(f)]
+        with (old / path.name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    rows = read_runs(tmp_path)
+    assert len(rows) == 3 and all(r["start_reward"] == rows[0]["reward"] for r in rows)
+
+
+# --- several workers -------------------------------------------------------------------------------------------------
+def test_workers_compute_the_rows_of_a_serial_run_and_an_interrupted_run_resumes(quick_run, tmp_path, monkeypatch):
+    algorithms = ["zero-shot", "best-of-n", "ppo"]
+    config = quick(tmp_path, algorithms=algorithms, seeds=1, workers=2)
+    real_write, writes = runner._write_csv, []
+
+    def write_then_die(path, rows):
+        writes.append(path.name)
+        if len(writes) == 5:  # two cells (and runs.csv after each) are written; killed as the third arrives
+            raise KeyboardInterrupt
+        real_write(path, rows)
+
+    monkeypatch.setattr(runner, "_write_csv", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(config)
+    finished = sorted((tmp_path / "cells").iterdir())
+    assert len(finished) == 2  # no half-written cell, no temporary file
+    before = {path: path.read_bytes() for path in finished}
+    parallel = read_runs(tmp_path)
+    computed = {r["algorithm"] for r in parallel}
+    assert results(parallel) == results(read_runs(quick_run), seeds=(0,), algorithms=computed)  # as serially
+
+    # Resumed with another number of workers (one: no second round of process start-ups): only the third cell.
+    monkeypatch.setattr(runner, "_write_csv", real_write)
+    run_benchmark(dataclasses.replace(config, workers=1))
+    assert {path: path.read_bytes() for path in finished} == before  # not computed again
+    assert len(list((tmp_path / "cells").iterdir())) == 3 and (tmp_path / "results.md").exists()
+    assert results(read_runs(tmp_path)) == results(read_runs(quick_run), seeds=(0,), algorithms=algorithms)
+
+
+def test_bad_workers_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"workers must be at least 1, got .* and 0"):
+        quick(tmp_path, workers=0)
+
+
+# --- --quick and --estimate ------------------------------------------------------------------------------------------
+def test_quick_runs_one_seed_and_one_update_per_cell(tmp_path):
+    config = BenchConfig(tasks=[TASK], quick=True, out=str(tmp_path), progress=False, algorithms=["ppo", "sb3-a2c"])
+    assert (config.seeds, config.eval_points, config.budget_tokens) == (1, (0.0, 1.0), 1)
+    run_benchmark(config)
+    final = {r["algorithm"]: r["train_tokens"] for r in read_runs(tmp_path) if r["budget_fraction"] == 1}
+    # One update: PPO 8 episodes of at most 8 tokens; A2C n_steps × num_envs = 8 × 4 timesteps.
+    assert 0 < final["ppo"] <= 64 and final["sb3-a2c"] == 32
+
+
+def test_estimate_probes_then_uses_measured_cells_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--tasks", TASK, "--algos", "zero-shot,ppo", "--seeds", "2", "--quick", "--budget-tokens", "256"]
+    assert bench_main([*args, "--out", str(out), "--estimate"]) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists()
+    lines = [line for line in printed.splitlines() if line.startswith(TASK)]
+    assert len(lines) == 4 and all("probe" in line for line in lines)
+    assert "update(s) ×" in printed and "tokens timed, extrapolated" in printed
+    assert printed.splitlines()[-1].startswith("total: ") and "(4 cells)" in printed
+
+    config = quick(out, algorithms=["zero-shot", "ppo"], seeds=2, eval_points=None)
+    probed = estimate(config)
+    assert not out.exists()
+    assert probed[1].hours > 0 and probed[1].hours == probed[3].hours  # ppo: one probe for both seeds
+    run_benchmark(config)
+    walls = {(r["algorithm"], r["seed"]): r["wall_seconds"] for r in read_runs(out) if r["budget_fraction"] == 1}
+    for path in (out / "cells").glob("*seed1*"):
+        path.unlink()
+    by_cell = {(e.cell.algorithm, e.cell.seed): e for e in estimate(config)}
+    assert by_cell["ppo", 0].basis == "done" and by_cell["ppo", 0].hours == 0
+    assert by_cell["ppo", 1].basis.startswith("measured: mean of 1")
+    assert by_cell["ppo", 1].hours == pytest.approx(walls["ppo", 0] / 3600)
 
 
 # --- resuming ----------------------------------------------------------------------------------------------------
@@ -248,7 +374,44 @@ def test_gao_fits_recover_their_coefficients(form):
     assert (alpha, beta) == (pytest.approx(0.7), pytest.approx(0.2))
 
 
+def brute_force_best_of_n_kl(pool: list[float], n: int) -> float:
+    """Every ordered draw of n pool items (with replacement), the best kept with ties broken uniformly."""
+    m, chosen = len(pool), np.zeros(len(pool))
+    for draw in itertools.product(range(m), repeat=n):
+        best = max(pool[i] for i in draw)
+        winners = [i for i in draw if pool[i] == best]
+        for i in winners:
+            chosen[i] += 1 / len(winners) / m**n
+    return float(sum(p * np.log(p * m) for p in chosen if p > 0))
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [[0, 0, 0, 1], [0, 0, 1, 1, 2], [0.5, 0.5, 0.5], [3.0], [0, 0, 0, 0, 0], [-1, 0, 0, 2, 2, 2], [1, 2, 3, 4]],
+    ids=["one-best", "two-ties", "all-equal", "one-sample", "zeros", "negative-ties", "distinct"],
+)
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_best_of_n_kl_matches_brute_force_with_ties(pool, n):
+    expected = brute_force_best_of_n_kl(pool, n)
+    assert best_of_n_kl(np.array([pool]), n) == pytest.approx(expected, abs=1e-12)
+    if len(set(pool)) == 1 or n == 1:
+        assert expected == pytest.approx(0, abs=1e-12)  # all ties, one sample, or n = 1: best-of-n is π_ref
+    # Several prompts: the mean over prompts.
+    other = [0.0] * len(pool)
+    assert best_of_n_kl(np.array([pool, other]), n) == pytest.approx(expected / 2, abs=1e-12)
+
+
+def test_best_of_n_kl_with_distinct_scores_tends_to_the_tie_free_formula():
+    scores = np.random.default_rng(0).permutation(10_000)[None]  # one prompt, 10,000 distinct scores
+    for n in (2, 4, 16):
+        assert best_of_n_kl(scores, n) == pytest.approx(np.log(n) - (n - 1) / n, rel=2e-3)
+    # A coarse reward (about 85% zeros) ties most samples: well below the tie-free formula (1.25 vs 1.84 nats).
+    coarse = (np.random.default_rng(0).random((32, 16)) > 0.85).astype(float)
+    assert best_of_n_kl(coarse, 16) < 0.75 * (np.log(16) - 15 / 16)
+
+
 def test_metrics_helpers():
-    assert best_of_n_kl(1) == 0 and best_of_n_kl(4) == pytest.approx(np.log(4) - 0.75)
+    with pytest.raises(ValueError, match="expected"):
+        best_of_n_kl(np.zeros(4), 2)
     assert distinct_n(["a b a b", "a b"], 1) == pytest.approx(2 / 6)
     assert distinct_n(["a b a b", "a b"], 2) == pytest.approx(2 / 4)

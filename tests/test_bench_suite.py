@@ -30,9 +30,9 @@ def test_the_suite_is_the_built_in_tasks():
 
 
 def test_quick_matrix_over_every_task_and_algorithm(tmp_path):
-    run_benchmark(BenchConfig(tasks=SUITE, quick=True, seeds=1, out=str(tmp_path), progress=False))
+    run_benchmark(BenchConfig(tasks=SUITE, quick=True, out=str(tmp_path), progress=False))  # textgym bench --quick
     rows = read_runs(tmp_path)
-    assert len(rows) == len(SUITE) * len(DEFAULT_ALGORITHMS) * 3  # tasks × algorithms × evaluation points
+    assert len(rows) == len(SUITE) * len(DEFAULT_ALGORITHMS) * len(QUICK["eval_points"])  # tasks × algorithms × points
     assert {(r["task"], r["algorithm"]) for r in rows} == {(t, a) for t in SUITE for a in DEFAULT_ALGORITHMS}
     for row in rows:
         for key in ("reward", "gold_score", "normalized_score", "kl", "wall_seconds"):

@@ -11,7 +11,8 @@
 * :mod:`agents.bench.algorithms`: each algorithm behind one interface, and how budgets are counted;
 * :mod:`agents.bench.hparams`: every algorithm's default settings and per-task changes, in one table;
 * :mod:`agents.bench.evaluation`: test-split sampling and the metrics;
-* :mod:`agents.bench.report`: rliable aggregation, ``results.md`` and the plots.
+* :mod:`agents.bench.report`: rliable aggregation, ``results.md`` and the plots;
+* :mod:`agents.bench.estimate`: each cell's expected hours before a run (``--estimate``).
 """
 
 from __future__ import annotations

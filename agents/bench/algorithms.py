@@ -8,7 +8,8 @@ Budgets are counted in env tokens (env steps that generate a token), the one uni
 * SB3's ``sb3-ppo``, ``sb3-a2c``, ``sb3-maskable-ppo`` count one timestep per token; they train until
   ``num_timesteps`` reaches the target, in whole rollouts of ``n_steps × num_envs`` timesteps;
 * ``random``, ``zero-shot``, ``best-of-n`` and ``oracle`` train nothing (0 tokens). ``best-of-n`` spends its
-  compute at test time instead: ``n`` samples per prompt, growing over the evaluation points.
+  compute at test time instead: ``n`` samples per prompt, growing over the evaluation points; its KL is
+  computed with ties from the ``n_max`` samples per prompt (:func:`~agents.bench.evaluation.best_of_n_kl`).
 
 Each point records the tokens actually used, which may exceed the target by less than one update.
 """
@@ -130,9 +131,10 @@ class BestOfN(Algorithm):
         n = max(1, round(self.n_max**fraction))
         if self._samples is None:  # n_max samples per prompt once; each point takes the first n (nested sets)
             self._samples = test.sample(test.reference, repeat=self.n_max)
-        scores = np.array([info["score"] for info in self._samples.infos]).reshape(-1, self.n_max)[:, :n]
-        rows = [p * self.n_max + int(best) for p, best in enumerate(scores.argmax(axis=1))]
-        return TestEpisodes(self._samples.rows(rows), kl=best_of_n_kl(n), samples_per_prompt=n)
+        pool = np.array([info["score"] for info in self._samples.infos]).reshape(-1, self.n_max)  # (prompts, n_max)
+        rows = [p * self.n_max + int(best) for p, best in enumerate(pool[:, :n].argmax(axis=1))]
+        # The KL of best-of-n with ties, over the whole pool: n_max samples describe π_ref better than n.
+        return TestEpisodes(self._samples.rows(rows), kl=best_of_n_kl(pool, n), samples_per_prompt=n)
 
 
 class LMAgentAlgorithm(Algorithm):

@@ -2,7 +2,9 @@
 
 Examples::
 
-    textgym bench --quick --out bench/quick                    # every task × algorithm on a tiny model, minutes
+    textgym bench --quick --out bench/quick                    # smoke run: every task × algorithm once, tiny model
+    textgym bench --estimate --out bench/full                  # expected hours per cell, then exit
+    textgym bench --workers 2 --max-hours 8 --out bench/full   # two cells at a time, one sitting of 8 hours
     textgym bench --tasks positivity --algos zero-shot,best-of-n,ppo,grpo --seeds 3 \\
         --budget-tokens 200000 --out bench/positivity
     textgym bench ... --out bench/positivity                   # again: resumes, finished cells are kept
@@ -50,10 +52,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--algos", type=_names, default=None, help="comma-separated algorithm names (default: all but oracle)"
     )
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per task × algorithm (default: 3)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per task × algorithm (default 3; quick 1)")
     parser.add_argument(
-        "--budget-tokens", type=int, default=None, help="env tokens per training algorithm (default 200000; quick 1024)"
-    )
+        "--budget-tokens", type=int, default=None,
+        help="env tokens per training algorithm (default 200000; quick 1: exactly one update of each)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder (resumed when it holds the same configuration)")
     parser.add_argument(
         "--level", action="append", default=[], metavar="[TASK=]N", help="a level for every task, or TASK=N for one"
@@ -62,17 +65,34 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--eval-episodes", type=int, default=None, help="test prompts per evaluation (default 64)")
     parser.add_argument(
         "--eval-points", type=lambda s: [float(x) for x in _names(s)], default=None,
-        help="budget fractions to evaluate at (default 0,0.25,0.5,0.75,1)",
+        help="budget fractions to evaluate at (default 0,0.25,0.5,0.75,1; quick 0,1); the starting model is "
+        "evaluated in any case",
     )  # fmt: skip
     parser.add_argument(
         "--set", action="append", default=[], metavar="ALGO.KEY=VALUE",
         help="a hyper-parameter over agents/bench/hparams.py's table, e.g. ppo.kl_coef=0.1",
     )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="tiny model and budget: the whole matrix in minutes")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="smoke run, not results: tiny model, one seed, one update per cell (budget 1), evaluated at 0 and 1; "
+        "the smallest run that exercises every task × algorithm (the fuller smoke matrix: --quick --seeds 3 "
+        "--eval-points 0,0.5,1 --budget-tokens 1024)",
+    )  # fmt: skip
     parser.add_argument("--append", action="store_true", help="add this configuration to a folder holding another")
     parser.add_argument(
         "--max-hours", type=float, default=None,
         help="start no new cell after this many hours; run the same command again to continue",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="cells computed at once, each in its own process with one torch thread (pinned to its own core when "
+        "there are enough); the same rows as a serial run on one thread (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--estimate", action="store_true",
+        help="print each cell's expected hours and the total, then exit without running or writing anything: from "
+        "the finished seeds of the same setting in --out (measured) or a short probe of one seed per setting "
+        "(set-up, one evaluation, one update; extrapolated to the budget)",
     )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -130,7 +150,16 @@ def main(argv: list[str] | None = None, prog: str = "textgym bench") -> int:
             device=args.device,
             max_hours=args.max_hours,
             progress=not args.no_progress,
+            workers=args.workers,
         )
+        if args.estimate:
+            from transformers.utils import logging as hf_logging
+
+            from agents.bench.estimate import estimate, format_estimates
+
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar per probe would bury the estimates
+            print(format_estimates(estimate(config), config.workers))
+            return 0
         out = run_benchmark(config)
     except (ValueError, FileExistsError, KeyError) as err:
         parser.exit(2, f"{prog}: error: {err.args[0] if err.args else err}\n")

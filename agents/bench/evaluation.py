@@ -115,7 +115,7 @@ def completion_metrics(batch: RolloutBatch, reference: PreTrainedModel, kl: floa
     Args:
         batch: finished test episodes; ``logprobs`` under the policy that sampled them.
         reference: the frozen starting model.
-        kl: the KL to report instead of the sampled estimate (best-of-n's analytic value).
+        kl: the KL to report instead of the sampled estimate (best-of-n's, computed from its pool of samples).
 
     Returns:
         ``reward`` (mean training-reward score), ``gold_score`` (mean), ``kl`` (nats per completion: the mean of
@@ -151,9 +151,37 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n ‖ π_ref) = log n − (n − 1)/n nats (Stiennon et al. 2020; exact for distinct samples)."""
-    return math.log(n) - (n - 1) / n
+def best_of_n_kl(scores: np.ndarray, n: int) -> float:
+    """KL(best-of-n ‖ π_ref) in nats, estimated from a pool of samples per prompt, ties included.
+
+    ``log n − (n − 1)/n`` (Stiennon et al. 2020) holds only when no two samples tie; a coarse reward (most scores
+    0, say) ties often, and the best-of-n policy then stays much closer to π_ref. So each prompt's pool of ``m``
+    scored samples stands in for π_ref (uniform over the pool), and the KL of best-of-n over that distribution is
+    exact: draw ``n`` items with replacement, keep one with the highest score, ties broken uniformly. With the
+    pool's distinct scores ``v_1 < … < v_k``, held by ``c_j`` items, and ``F(v_j) = (c_1 + … + c_j) / m``,
+
+        P(the best score is v_j) = F(v_j)^n − F(v_{j−1})^n,  shared equally by the ``c_j`` items at ``v_j``;
+        KL = Σ_i p_i log(p_i m) = Σ_j P_j log(P_j m / c_j),
+
+    averaged over prompts. It is 0 when every score ties or ``m = 1``, and tends to ``log n − (n − 1)/n`` for
+    distinct scores as ``m`` grows; a pool larger than ``n`` resolves the tail better (it may be ``n`` itself).
+
+    Args:
+        scores: ``(prompts, m)`` training-reward scores, one row per prompt's pool.
+        n: samples per prompt of the best-of-n policy.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2 or scores.shape[1] < 1 or n < 1:
+        raise ValueError(f"best_of_n_kl: expected (prompts, m >= 1) scores and n >= 1, got {scores.shape} and {n}.")
+    m = scores.shape[1]
+    kls = []
+    for pool in scores:
+        _, counts = np.unique(pool, return_counts=True)  # counts per distinct score, lowest first
+        cdf = np.cumsum(counts) / m
+        best = cdf**n - np.concatenate([[0.0], cdf[:-1]]) ** n  # (k,) P(the best of n has each score)
+        kept = best > 0
+        kls.append(float(np.sum(best[kept] * np.log(best[kept] * m / counts[kept]))))
+    return float(np.mean(kls))
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:

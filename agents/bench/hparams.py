@@ -51,7 +51,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 """Defaults of every algorithm that has settings (``random``, ``zero-shot`` and ``oracle`` have none)."""
 
 QUICK: dict[str, dict[str, Any]] = {
-    # Tiny model, tiny budget: small updates and a large step size, so a few hundred tokens make several updates.
+    # Tiny model, tiny budgets (--quick: one update): small updates and a large step size, so that few move the policy.
     "ppo": {"num_envs": 4, "batch_size": 8, "minibatch_size": 4, "epochs": 1, "learning_rate": 1e-3},
     "grpo": {"num_envs": 4, "batch_size": 8, "group_size": 4, "minibatch_size": 4, "learning_rate": 1e-3},
     "rloo": {"num_envs": 4, "batch_size": 8, "group_size": 4, "minibatch_size": 4, "learning_rate": 1e-3},

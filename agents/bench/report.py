@@ -8,8 +8,9 @@ Agg backend and are written next to ``results.md``:
   nothing are dashed horizontal lines;
 * ``reward_kl_frontier.png``: normalised score vs KL to the starting model, every evaluation point;
 * ``overoptimization_<task>.png``, for each task whose proxy ``score`` and ``gold_score`` differ: the change in
-  both from the starting model vs √KL for best-of-n and each RL algorithm, with Gao et al. (2022)'s functional
-  forms fitted by least squares: best-of-n ``d(α − βd)``, RL ``d(α − β log d)``, ``d = √KL``.
+  both from the starting model (each cell's evaluation before training, made whatever the evaluation points) vs
+  √KL for best-of-n and each RL algorithm, with Gao et al. (2022)'s functional forms fitted by least squares:
+  best-of-n ``d(α − βd)``, RL ``d(α − β log d)``, ``d = √KL``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def results_markdown(rows: Rows, label: Callable[[dict], str], reps: int) -> str
         f"{_one(rows, 'eval_episodes')} test prompts per evaluation; seeds per cell: {', '.join(map(str, seeds))}.",
         "Each entry is the IQM over seeds with its 95% stratified-bootstrap CI in brackets (rliable); with one seed,",
         "the value alone. Normalised score: 0 is the random policy, 100 the task's scripted optimum (gold score).",
-        "KL: nats per completion to the starting model (best-of-n: log n − (n−1)/n).",
+        "KL: nats per completion to the starting model (best-of-n: over its n_max samples per prompt, ties included).",
     ]
     tasks = sorted({(task, level) for task, level, _ in by_cell})
     algorithms = list(dict.fromkeys(label(r) for r in final))
@@ -181,11 +182,10 @@ def plot_overoptimization(rows: Rows, label: Callable[[dict], str], path: Path) 
     for ax, algo in zip(axes, panels):
         form = _bon_form if _base(algo) == "best-of-n" else _rl_form
         cell = [r for r in rows if label(r) == algo]
-        starts = {r["seed"]: r for r in cell if r["point"] == 0}
         d = np.sqrt(np.clip([r["kl"] for r in cell], 0, None))
         grid = np.linspace(0, max(d.max(), 1e-6), 100)
         for key, name, color in (("gold_score", "gold", "tab:orange"), ("reward", "proxy", "tab:blue")):
-            gain = np.array([r[key] - starts[r["seed"]][key] for r in cell])
+            gain = np.array([r[key] - r[f"start_{key}"] for r in cell])  # from the cell's own start, before training
             alpha, beta = fit_gao(d, gain, form)
             ax.scatter(d, gain, color=color, s=14, alpha=0.7, label=f"{name} (seeds × points)")
             ax.plot(grid, form(grid, alpha, beta), color=color, label=f"{name} fit: α={alpha:.2g}, β={beta:.2g}")

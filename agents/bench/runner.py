@@ -1,21 +1,24 @@
 """The benchmark runner: every task × algorithm × seed, evaluated on the test split at fixed points of a token budget.
 
-A *cell* is one algorithm on one task (at one level) with one seed. The runner computes the cells one by one and
-writes each cell's rows to ``OUT/cells/`` atomically when it finishes, so a killed run started again with the
-same configuration skips the finished cells. ``OUT/bench.json`` records the configuration(s) the folder holds;
-another configuration is refused unless ``append=True``, which adds its cells beside the others (cells are named
-by a hash of their settings, so no two settings share a file). After every cell ``runs.csv`` is rewritten from
-the cell files; at the end ``results.md`` and the plots (:mod:`agents.bench.report`).
+A *cell* is one algorithm on one task (at one level) with one seed. The runner computes the cells one by one, or
+``workers`` at a time in as many processes, and the parent process alone writes each cell's rows to ``OUT/cells/``
+atomically when it finishes, so a killed run started again with the same configuration skips the finished cells.
+``OUT/bench.json`` records the configuration(s) the folder holds; another configuration is refused unless
+``append=True``, which adds its cells beside the others (cells are named by a hash of their settings, so no two
+settings share a file). After every cell ``runs.csv`` is rewritten from the cell files; at the end ``results.md``
+and the plots (:mod:`agents.bench.report`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +32,21 @@ CELLS_DIR = "cells"
 RUNS_CSV = "runs.csv"
 COLUMNS = (
     "task", "level", "algorithm", "seed", "setting", "model", "point", "budget_fraction", "budget_tokens",
-    "target_tokens", "train_tokens", "samples_per_prompt", "reward", "gold_score", "normalized_score", "kl",
+    "target_tokens", "train_tokens", "samples_per_prompt", "reward", "gold_score", "normalized_score", "start_reward",
+    "start_gold_score", "kl",
     "ref_perplexity", "distinct_1", "distinct_2", "train_seconds", "train_tokens_per_s", "eval_seconds",
     "wall_seconds", "eval_episodes",
 )  # fmt: skip
 """The columns of ``runs.csv``, one row per task × algorithm × seed × evaluation point (see docs/benchmarks.md)."""
 
-FULL = {"model": "embedded", "budget_tokens": 200_000, "eval_points": (0.0, 0.25, 0.5, 0.75, 1.0), "eval_episodes": 64}
-QUICK = {"model": "tiny", "budget_tokens": 1024, "eval_points": (0.0, 0.5, 1.0), "eval_episodes": 8}
-# The fields that do not change results: where they go, how they are shown, how long a sitting lasts.
-_NOT_RESULTS = ("out", "append", "device", "progress", "bootstrap_reps", "max_hours")
+FULL = {
+    "model": "embedded", "seeds": 3, "budget_tokens": 200_000, "eval_points": (0.0, 0.25, 0.5, 0.75, 1.0),
+    "eval_episodes": 64,
+}  # fmt: skip
+QUICK = {"model": "tiny", "seeds": 1, "budget_tokens": 1, "eval_points": (0.0, 1.0), "eval_episodes": 8}
+# The fields that do not change results: where they go, how they are shown, how long a sitting lasts, how many
+# processes compute them.
+_NOT_RESULTS = ("out", "append", "device", "progress", "bootstrap_reps", "max_hours", "workers")
 
 
 @dataclass
@@ -49,11 +57,11 @@ class BenchConfig:
     """Task names (``textgym.tasks.task_names()``); ``None``: every registered task."""
     algorithms: list[str] = field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
     """Algorithm names (:data:`agents.bench.algorithms.ALGORITHMS`); ``oracle`` may be added to any run."""
-    seeds: int = 3
-    """Seeds per task × algorithm: ``0 .. seeds-1``."""
+    seeds: int | None = None
+    """Seeds per task × algorithm: ``0 .. seeds-1`` (3; quick: 1)."""
     budget_tokens: int | None = None
-    """Env tokens each training algorithm may use (200,000; quick: 1,024, room for an update on every task); see
-    :mod:`agents.bench.algorithms`."""
+    """Env tokens each training algorithm may use (200,000; quick: 1); see :mod:`agents.bench.algorithms`. 1 asks
+    for exactly one update of each, whatever its size on the task (the smoke run); any other budget must hold one."""
     out: str = "bench"
     """Output folder: ``runs.csv``, ``results.md``, the plots, and the finished cells for resuming."""
     levels: dict[str, int] = field(default_factory=dict)
@@ -62,13 +70,15 @@ class BenchConfig:
     """The starting model of every algorithm and the reference of KL and perplexity (embedded SmolLM2-135M;
     quick: ``"tiny"``), or a local Hugging Face model directory."""
     eval_points: tuple[float, ...] | None = None
-    """Fractions of the budget at which to evaluate (0, .25, .5, .75, 1; quick: 0, .5, 1)."""
+    """Fractions of the budget at which to evaluate (0, .25, .5, .75, 1; quick: 0, 1). The starting model is
+    evaluated in any case (``start_reward``, ``start_gold_score``: over-optimisation gains start there)."""
     eval_episodes: int | None = None
     """Test prompts per evaluation, the same for every algorithm and seed (64; quick: 8)."""
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per algorithm, settings laid over :mod:`agents.bench.hparams`' table, e.g. ``{"ppo": {"kl_coef": 0.1}}``."""
     quick: bool = False
-    """Tiny model, tiny budget, quick settings: the whole matrix in minutes on a CPU (a smoke test, not results)."""
+    """Tiny model, one seed, one update per cell, quick settings: the smallest run that exercises every task ×
+    algorithm (a smoke test, not results)."""
     append: bool = False
     """Add this configuration's cells to an output folder that holds another configuration."""
     device: str | None = None
@@ -79,6 +89,9 @@ class BenchConfig:
     """Show a progress bar over the cells."""
     max_hours: float | None = None
     """Start no new cell after this many hours (a sitting); the same call again continues where it stopped."""
+    workers: int = 1
+    """Cells computed at once, each in its own process with one torch thread (pinned to a core of its own when
+    there are enough); the rows are those of a serial run on one thread (more threads round floats differently)."""
 
     def __post_init__(self) -> None:
         defaults = QUICK if self.quick else FULL
@@ -96,10 +109,10 @@ class BenchConfig:
             raise ValueError(f"algorithms must name each algorithm once, got {self.algorithms}.")
         if self.max_hours is not None and self.max_hours <= 0:
             raise ValueError(f"max_hours must be positive, got {self.max_hours}.")
-        if self.seeds < 1 or self.budget_tokens < 1 or self.eval_episodes < 1:
+        if min(self.seeds, self.budget_tokens, self.eval_episodes, self.workers) < 1:
             raise ValueError(
-                f"seeds, budget_tokens and eval_episodes must be at least 1, got {self.seeds}, {self.budget_tokens} "
-                f"and {self.eval_episodes}."
+                f"seeds, budget_tokens, eval_episodes and workers must be at least 1, got {self.seeds}, "
+                f"{self.budget_tokens}, {self.eval_episodes} and {self.workers}."
             )
         points = self.eval_points
         if not points or list(points) != sorted(set(points)) or points[0] < 0 or points[-1] != 1:
@@ -134,16 +147,20 @@ def run_benchmark(config: BenchConfig) -> Path:
     weight_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load would bury the cells' bar
     start = time.monotonic()
+
+    def may_start(cell: Cell) -> bool:  # asked before each cell; after the first False, no more is started
+        if config.max_hours is not None and time.monotonic() - start > config.max_hours * 3600:
+            bar.write(f"max_hours={config.max_hours} reached; run the same configuration again to continue.")
+            return False
+        bar.set_description(f"{cell.task.name} {cell.algorithm} seed {cell.seed}")
+        return True
+
     try:
-        for cell in todo:
-            if config.max_hours is not None and time.monotonic() - start > config.max_hours * 3600:
-                bar.write(f"max_hours={config.max_hours} reached; run the same configuration again to continue.")
-                break
-            bar.set_description(f"{cell.task.name} {cell.algorithm} seed {cell.seed}")
-            rows = run_cell(cell, config)
-            _write_csv(out / CELLS_DIR / cell_file(cell, config), rows)
-            _write_csv(out / RUNS_CSV, read_runs(out))
-            bar.update()
+        with contextlib.closing(_computed(todo, config, may_start)) as computed:
+            for cell, rows in computed:  # written here only: one process writes the files
+                _write_csv(out / CELLS_DIR / cell_file(cell, config), rows)
+                _write_csv(out / RUNS_CSV, read_runs(out))
+                bar.update()
     finally:
         bar.close()
         if weight_bars:
@@ -152,6 +169,69 @@ def run_benchmark(config: BenchConfig) -> Path:
         _write_csv(out / RUNS_CSV, read_runs(out))
     write_reports(out, read_runs(out), bootstrap_reps=config.bootstrap_reps)
     return out
+
+
+def _computed(todo: list[Cell], config: BenchConfig, may_start: Callable[[Cell], bool]) -> Iterator[tuple]:
+    """``(cell, rows)`` for the cells of ``todo`` that ``may_start``, in the order they finish: computed here, or in
+    ``config.workers`` spawned processes (fork is unsafe once torch has started its threads)."""
+    if config.workers == 1:
+        for cell in todo:
+            if not may_start(cell):
+                return
+            yield cell, run_cell(cell, config)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import gymnasium as gym
+
+    context = multiprocessing.get_context("spawn")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    slots = context.Queue()  # each worker takes a core of its own, when there is one for each
+    for i in range(config.workers):
+        slots.put(cores[i] if len(cores) >= config.workers else None)
+    # Tasks (and their envs) registered in this process at run time, e.g. by a plugin, exist in the workers too.
+    tasks = list({cell.task.name: (cell.task, gym.spec(cell.task.env_id)) for cell in todo}.values())
+    pending, running = iter(todo), {}
+    with ProcessPoolExecutor(
+        config.workers, mp_context=context, initializer=_start_worker, initargs=(slots, tasks)
+    ) as pool:
+        try:
+            while True:
+                while len(running) < config.workers and (cell := next(pending, None)) is not None:
+                    if not may_start(cell):
+                        pending = iter(())  # the sitting is over: let the running cells finish
+                        break
+                    running[pool.submit(run_cell, cell, config)] = cell
+                if not running:
+                    return
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield running.pop(future), future.result()  # a worker's error is raised here
+        finally:
+            for future in running:  # interrupted: start nothing more; the with waits for the cells in progress
+                future.cancel()
+
+
+def _start_worker(slots: Any, tasks: list[tuple]) -> None:
+    """Set up a worker process: its core, one torch thread, and the parent's tasks and envs."""
+    import gymnasium as gym
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    import textgym  # noqa: F401  (registers the built-in envs and tasks)
+    from textgym.tasks import register_task, task_names
+
+    core = slots.get()
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)  # several threads per worker would fight over the cores the other workers use
+    hf_logging.disable_progress_bar()
+    for task, env_spec in tasks:
+        if task.name not in task_names():
+            register_task(task)
+        if env_spec.id not in gym.registry:
+            gym.registry[env_spec.id] = env_spec
 
 
 def plan(config: BenchConfig) -> list[Cell]:
@@ -185,7 +265,7 @@ def plan(config: BenchConfig) -> list[Cell]:
                     f"multi-turn task ({name!r} is {'multi-turn' if task.multi_turn else 'single-turn'})."
                 )
             needed = ALGORITHMS[algorithm].tokens_per_update(hparams, max_steps)
-            if needed > config.budget_tokens:
+            if 1 < config.budget_tokens < needed:
                 raise ValueError(
                     f"budget_tokens={config.budget_tokens} is smaller than one update of {algorithm} on {name} "
                     f"(up to {needed} env tokens with {_update_size(hparams)}). Raise the budget, or make the "
@@ -200,7 +280,11 @@ def plan(config: BenchConfig) -> list[Cell]:
 
 
 def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
-    """Train ``cell``'s algorithm through the budget, evaluating at each point; one row per point."""
+    """Train ``cell``'s algorithm through the budget, evaluating at each point; one row per point.
+
+    The cell is evaluated before any training in any case (at budget fraction 0, which for best-of-n is n = 1): its
+    ``start_reward`` and ``start_gold_score``, from which the over-optimisation plots measure gains.
+    """
     from agents.bench.evaluation import TestSet, completion_metrics
     from textgym.lm.models import resolve_device
 
@@ -210,9 +294,10 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
     test: TestSet | None = None
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] | None = None
+    start_scores: dict[str, float] = {}
     try:
         test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
-        for point, fraction in enumerate(config.eval_points):
+        for fraction in sorted({0.0, *config.eval_points}):
             target = round(fraction * config.budget_tokens)
             algorithm.train_until(target)
             if metrics is None or algorithm.varies_over_points:
@@ -222,6 +307,10 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
                 metrics.pop("completion_tokens")
                 metrics["samples_per_prompt"] = episodes.samples_per_prompt
                 metrics["eval_seconds"] = time.perf_counter() - eval_start
+            if fraction == 0:
+                start_scores = {"start_reward": metrics["reward"], "start_gold_score": metrics["gold_score"]}
+            if fraction not in config.eval_points:
+                continue
             rows.append(
                 {
                     "task": cell.task.name,
@@ -230,13 +319,14 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
                     "seed": cell.seed,
                     "setting": setting_id(cell, config),
                     "model": str(cell.model),
-                    "point": point,
+                    "point": config.eval_points.index(fraction),
                     "budget_fraction": fraction,
                     "budget_tokens": config.budget_tokens,
                     "target_tokens": target if algorithm.trains else 0,
                     "train_tokens": algorithm.train_tokens,
                     **metrics,
                     "normalized_score": cell.task.normalized(metrics["gold_score"], cell.level),
+                    **start_scores,
                     "train_seconds": algorithm.train_seconds,
                     "train_tokens_per_s": (
                         algorithm.train_tokens / algorithm.train_seconds if algorithm.train_seconds else float("nan")
@@ -277,6 +367,12 @@ def read_runs(out: str | os.PathLike) -> list[dict[str, Any]]:
     for path in sorted((Path(out) / CELLS_DIR).glob("*.csv")):
         with path.open(newline="") as f:
             rows += [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    # Cells written before the start_* columns existed: their start is their budget-fraction-0 row, if any.
+    starts = {(r["setting"], r["seed"]): r for r in rows if r["budget_fraction"] == 0}
+    for r in rows:
+        if r.get("start_reward") in (None, ""):
+            start = starts.get((r["setting"], r["seed"]), {})
+            r.update({f"start_{key}": start.get(key, float("nan")) for key in ("reward", "gold_score")})
     order = {name: i for i, name in enumerate(ALGORITHMS)}  # tables list algorithms in ALGORITHMS' order
     return sorted(
         rows, key=lambda r: (r["task"], r["level"], order.get(r["algorithm"], 99), r["setting"], r["seed"], r["point"])
