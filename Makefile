@@ -19,7 +19,7 @@ test: $(VENV)/.installed browser
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	# The docs site: a broken link, image or API reference fails the build.
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	$(VENV)/bin/mkdocs build --strict --site-dir site  # not --quiet: it also hides the warnings --strict fails on
 	$(PY) -m pytest
 
 # The documentation site (mkdocs.yml) into site/; open site/index.html.

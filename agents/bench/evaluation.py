@@ -36,7 +36,9 @@ class TestSet:
     """A task's test split at one level, and the fixed prompts every algorithm and evaluation point is scored on.
 
     Args:
-        env_id, level, model: the task env (``gym.make_vec(env_id, split="test", level=level, model=model)``).
+        env_id: the task env's id; the test set is ``gym.make_vec(env_id, split="test", level=level, model=model)``.
+        level: the task's level.
+        model: the starting model, which samples the completions and is the reference of KL and perplexity.
         episodes: test prompts per evaluation (drawn once from the test split with a fixed seed).
         seed: seeds the test env and the sampling of completions.
         device: where the reference (starting) model runs.
