@@ -1,4 +1,4 @@
-"""A multi-turn game: the scripted binary search plays GuessNumber-v0, then GRPO trains an LM on it.
+"""A multi-turn game: the scripted binary search plays GuessNumber-v1, then GRPO trains an LM on it.
 
 The agent writes each turn token by token; the env answers higher / lower / correct as the next user message of
 the chat template, so the observation is the chat template of the conversation, token for token. Run:
@@ -12,7 +12,7 @@ import argparse
 
 import gymnasium as gym
 
-import textgym  # noqa: F401  (registers GuessNumber-v0)
+import textgym  # noqa: F401  (registers GuessNumber-v1)
 from agents import GRPO
 from textgym.tasks import get_task
 
@@ -23,7 +23,7 @@ args = parser.parse_args()
 
 # 1. The plain Gymnasium loop, with the task's scripted solver choosing each turn's tokens.
 spec = get_task("guess-number")
-env = gym.make("GuessNumber-v0", model=args.model, split="test", level=2)
+env = gym.make("GuessNumber-v1", model=args.model, split="test", level=2)
 episodes, tokenizer = env.unwrapped.episodes, env.unwrapped.tokenizer
 obs, info = env.reset(seed=0)
 done = False
@@ -39,7 +39,7 @@ print(f"solved in {info['turns']} turns, gold score {info['gold_score']:.2f}, ag
 
 # 2. GRPO on the easiest level: numbers 1-4, one-token answers, a small reward for any number in range.
 settings = {"model": args.model, "level": 1, "max_turn_tokens": 1, "format_reward": 0.1}
-envs = gym.make_vec("GuessNumber-v0", num_envs=8, split="train", **settings)
+envs = gym.make_vec("GuessNumber-v1", num_envs=8, split="train", **settings)
 agent = GRPO(args.model, envs, batch_size=64, minibatch_size=32, learning_rate=3e-3, kl_coef=0.0)
 agent.learn(args.episodes, progress_bar=False)
 rewards = [h["rollout/reward_mean"] for h in agent.history]

@@ -27,9 +27,9 @@ def tiny_kwargs(env_id: str, model: str) -> dict:
         "VerifiableInstructions-v0": {**short, "reward": "partial"},
         "LengthFormat-v0": {**short, "reward_model_kwargs": fluency},
         "ProxyPositivity-v0": {**short, "gold_model_kwargs": fluency},
-        "GuessNumber-v0": {"model": model},
-        "TwentyQuestions-v0": {"model": model},
-        "WordGuess-v0": {"model": model},
+        "GuessNumber-v1": {"model": model},
+        "TwentyQuestions-v1": {"model": model},
+        "WordGuess-v1": {"model": model},
     }[env_id]
 
 
@@ -41,9 +41,9 @@ def test_every_registered_env_is_checked():
         "VerifiableInstructions-v0",
         "LengthFormat-v0",
         "ProxyPositivity-v0",
-        "GuessNumber-v0",
-        "TwentyQuestions-v0",
-        "WordGuess-v0",
+        "GuessNumber-v1",
+        "TwentyQuestions-v1",
+        "WordGuess-v1",
     }
 
 

@@ -70,26 +70,26 @@ if "ProxyPositivity-v0" not in registry:
         kwargs={"max_prompt_tokens": 64, "max_new_tokens": 32},
     )
 
-if "GuessNumber-v0" not in registry:
+if "GuessNumber-v1" not in registry:
     # Multi-turn: find a number from 1 to N, answered higher / lower / correct (textgym/envs/guess_number.py).
     register(
-        id="GuessNumber-v0",
+        id="GuessNumber-v1",
         entry_point="textgym.envs.guess_number:GuessNumberEnv",
         vector_entry_point="textgym.envs.guess_number:GuessNumberVectorEnv",
     )
 
-if "TwentyQuestions-v0" not in registry:
+if "TwentyQuestions-v1" not in registry:
     # Multi-turn: find an object by yes/no questions about its attributes (textgym/envs/twenty_questions.py).
     register(
-        id="TwentyQuestions-v0",
+        id="TwentyQuestions-v1",
         entry_point="textgym.envs.twenty_questions:TwentyQuestionsEnv",
         vector_entry_point="textgym.envs.twenty_questions:TwentyQuestionsVectorEnv",
     )
 
-if "WordGuess-v0" not in registry:
+if "WordGuess-v1" not in registry:
     # Multi-turn: find a secret word of a list from Wordle-style letter marks (textgym/envs/word_guess.py).
     register(
-        id="WordGuess-v0",
+        id="WordGuess-v1",
         entry_point="textgym.envs.word_guess:WordGuessEnv",
         vector_entry_point="textgym.envs.word_guess:WordGuessVectorEnv",
     )

@@ -50,7 +50,8 @@ class Reply:
     score: float = 0.0
     """This turn's part of the task score (the gold score is the episode's sum), also its reward."""
     outcome: str | None = None
-    """``"solved"`` or ``"lost"`` ends the episode (terminated); ``None`` lets it go on."""
+    """``"solved"`` or ``"lost"`` ends the episode (terminated); ``None`` lets it go on (until ``max_turns``, after
+    which the env scores the game lost)."""
     valid: bool = True
     """Whether the partner could read the turn (a well-formed guess or question); ``format_reward`` pays it."""
 
@@ -71,7 +72,8 @@ class ConversationEpisodes(TokenEpisodes):
         game: the partner ([Game][textgym.envs.conversation.Game]).
         instances: ``{opening text: hidden state}``; the openings are the prompt set (``split`` selects them by a
             stable hash, as for prompts), and ``reset(options={"prompt": opening})`` starts that instance.
-        max_turns: the episode is truncated after this many agent turns without an outcome.
+        max_turns: the game's limit: the episode terminates with outcome ``"lost"`` after this many agent turns
+            without an outcome (the token budget ``max_new_tokens`` is what truncates).
         max_turn_tokens: a turn ends on the chat template's end-of-turn token or after this many tokens; then the
             env writes the end-of-turn token itself.
         format_reward: added to the reward of every turn the partner could read (a shaping reward for training:
@@ -166,8 +168,11 @@ class ConversationEpisodes(TokenEpisodes):
     def step(self, rows: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         """Append one agent token to each of ``rows``; where a turn ends, the partner replies.
 
-        A reply that does not fit in the remaining ``max_new_tokens`` truncates the episode (it is in the final
-        info's ``transcript`` but not in the observation). Nothing changes if an error is raised.
+        The game's rules end an episode, which terminates: the partner's outcome (``"solved"``), or the
+        ``max_turns``-th turn answered without one (``"lost"``). Only the token budget truncates it (outcome
+        ``None``): a turn cut by ``max_new_tokens`` (unless it won), or a reply that does not fit in the rest of it
+        with a token of the next turn (the reply is in the final info's ``transcript`` but not in the observation).
+        Nothing changes if an error is raised.
 
         Returns:
             ``rewards``, ``terminated``, ``truncated`` and infos as
@@ -201,14 +206,18 @@ class ConversationEpisodes(TokenEpisodes):
             reply = self.game.respond(self.instances[self.prompt_texts[row]], turns)
             rewards[k] += reply.score + self.format_reward * reply.valid
             infos[k].update(turn=len(turns) - 1, reply=reply.text)
-            terminated[k] = reply.outcome is not None
-            if reply.outcome is None and not truncated[k]:
+            outcome = reply.outcome
+            cut = not closed and turn_length < self.max_turn_tokens  # the budget ended it mid-way
+            if outcome is None and len(turns) >= self.max_turns and not cut:
+                outcome = "lost"  # out of turns: the game's own rule ends it, as a loss
+            terminated[k] = outcome is not None
+            if outcome is None and not truncated[k]:
                 inserted = ([] if closed else [self.end_of_turn]) + self._partner_tokens(reply.text)
-                if len(turns) >= self.max_turns or self.num_generated[row] + 1 + len(inserted) >= budget:
-                    truncated[k] = True  # out of turns, or no room for the reply and a token of the next turn
+                if self.num_generated[row] + 1 + len(inserted) >= budget:
+                    truncated[k] = True  # no room for the reply and a token of the next turn
                 else:
                     appended[k] = inserted
-            updates.append((k, row, turns, reply))
+            updates.append((k, row, turns, reply, outcome))
         truncated &= ~terminated
 
         self.input_ids[rows, position] = actions
@@ -219,7 +228,7 @@ class ConversationEpisodes(TokenEpisodes):
             self.running[rows[k]] = False
         for k, info in enumerate(self.advance_reference(rows, actions, ref_logprobs)):
             infos[k].update(info)
-        for k, row, turns, reply in updates:
+        for k, row, turns, reply, outcome in updates:
             self.turns[row] = turns
             self.replies[row].append(reply.text)
             self.scores[row] += reply.score
@@ -232,7 +241,7 @@ class ConversationEpisodes(TokenEpisodes):
                 if self.reference is not None:
                     self.reference.restart(row)  # the reference re-reads the row, reply included, when next asked
             if terminated[k] or truncated[k]:
-                infos[k]["outcome"] = reply.outcome
+                infos[k]["outcome"] = outcome
         self.returns[rows] += rewards
         rewards = rewards + self.kl_coef * ref_logprobs
         for k in np.flatnonzero(terminated | truncated):

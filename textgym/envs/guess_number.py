@@ -12,7 +12,7 @@ from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_nex
 from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: 4, 2: 16, 3: 64, 4: 256}
-"""GuessNumber-v0's levels: the numbers go from 1 to ``LEVELS[level]``."""
+"""GuessNumber-v1's levels: the numbers go from 1 to ``LEVELS[level]``."""
 GAMES_PER_LEVEL = 500
 """Instances per level (before the train/test split): game ``k`` hides a number drawn for it."""
 NUMBER = re.compile(r"(?<![^\W\d_])\d+(?:[.,]\d+)*(?![^\W\d_])")
@@ -93,23 +93,25 @@ class GuessNumberEnv(ConversationEnv):
       exactly one number (it may repeat it), a whole number from 1 to N, is a guess, in prose or bare (``"I guess
       3."``, ``"3"``); a turn with no number, two different numbers (``"2 or 3"``), a decimal or a number out of
       range is answered with a reminder of the range and is no guess (uniform tokens almost never guess).
-    - Termination: a correct guess.
-    - Truncation: ``max_turns`` turns without finding the number, or the conversation reaching
-      ``max_new_tokens`` tokens (a reply that does not fit truncates the episode).
+    - Termination: the game ends by its rules, won or lost: a correct guess (``outcome`` ``"solved"``), or
+      ``max_turns`` turns without one, invalid turns included (``"lost"``: out of guesses).
+    - Truncation: the conversation reaching ``max_new_tokens`` tokens first, a time limit outside the game
+      (``outcome`` ``None``): a turn cut by it, or a reply that does not fit with a token of the next turn.
 
     Each turn-ending step's info holds ``turn`` and ``reply``; the final info also holds ``transcript`` (chat
-    messages), ``turns``, ``outcome`` (``"solved"`` or ``None``), ``prompt`` and ``completion``.
+    messages), ``turns``, ``outcome`` (``"solved"``, ``"lost"`` or ``None``, as above), ``prompt`` and
+    ``completion``.
 
     ## Arguments
 
     ```python
-    env = gym.make("GuessNumber-v0", split="train", level=2, format_reward=0.1)
+    env = gym.make("GuessNumber-v1", split="train", level=2, format_reward=0.1)
     ```
 
     | argument | type | default | meaning |
     |---|---|---|---|
     | `level` | int or None | `None` | `1` to `4`: numbers up to 4, 16, 64 or 256 (`LEVELS`); `None`: 1 |
-    | `max_turns` | int or None | `None` | guesses before truncation; `None`: `2·t*` |
+    | `max_turns` | int or None | `None` | guesses before the game is lost; `None`: `2·t*` |
     | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 8 |
     | `format_reward` | float | `0.0` | shaping reward for each valid guess (not in the gold score) |
     | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
@@ -133,9 +135,11 @@ class GuessNumberEnv(ConversationEnv):
     * v0: Initial version; before any trained result, the opening gained its example game, the partner came to
       read the one number of a turn written in prose and to ask for the next guess (the embedded model's
       zero-shot score was 0).
+    * v1: A game out of guesses (``max_turns``) terminates with ``outcome`` ``"lost"``; in v0 it was truncated
+      with ``outcome`` ``None``. Only ``max_new_tokens`` truncates now. Observations and rewards are unchanged.
     """
 
-    env_id = "GuessNumber-v0"
+    env_id = "GuessNumber-v1"
     levels = tuple(LEVELS)
 
     @classmethod
@@ -144,7 +148,7 @@ class GuessNumberEnv(ConversationEnv):
 
 
 class GuessNumberVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("GuessNumber-v0", num_envs=N)``: see
+    """``gym.make_vec("GuessNumber-v1", num_envs=N)``: see
     [GuessNumberEnv][textgym.envs.guess_number.GuessNumberEnv]."""
 
     env_class = GuessNumberEnv
@@ -181,7 +185,7 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
 
 TASK = conversation_task(
     "guess-number",
-    "GuessNumber-v0",
+    "GuessNumber-v1",
     "find a number from 1 to N by guesses answered higher / lower (multi-turn)",
     tuple(LEVELS),
     solve,

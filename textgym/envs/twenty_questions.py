@@ -14,7 +14,7 @@ from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_nex
 from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: 8, 2: 16, 3: 32, 4: 64}
-"""TwentyQuestions-v0's levels: how many candidate objects a game lists (drawn from the table's 64)."""
+"""TwentyQuestions-v1's levels: how many candidate objects a game lists (drawn from the table's 64)."""
 MAX_TURNS = {1: 8, 2: 9, 3: 11, 4: 12}
 """Each level's default ``max_turns``: two more than the scripted solver needs at worst on the shipped table."""
 GAMES_PER_LEVEL = 500
@@ -142,7 +142,7 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     ## Observation Space
 
-    As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
+    As in ``GuessNumber-v1``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
     int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
     chat template of the transcript ([textgym.envs.conversation][]).
 
@@ -162,24 +162,26 @@ class TwentyQuestionsEnv(ConversationEnv):
     ## Episode End
 
     - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens.
-    - Termination: naming the object.
-    - Truncation: ``max_turns`` turns (8, 9, 11, 12 by level: two more than the solver needs at worst), or the
-      conversation reaching ``max_new_tokens``.
+    - Termination: the game ends by its rules, won or lost: naming the object (``outcome`` ``"solved"``), or
+      ``max_turns`` questions without it (8, 9, 11, 12 by level: two more than the solver needs at worst;
+      ``"lost"``).
+    - Truncation: the conversation reaching ``max_new_tokens`` first, a time limit outside the game
+      (``outcome`` ``None``).
 
-    The infos are those of ``GuessNumber-v0`` (``turn``, ``reply``; finally ``transcript``, ``turns``,
-    ``outcome``, ``gold_score``, ``score``).
+    The infos are those of ``GuessNumber-v1`` (``turn``, ``reply``; finally ``transcript``, ``turns``,
+    ``outcome`` (``"solved"``, ``"lost"`` or ``None``), ``gold_score``, ``score``).
 
     ## Arguments
 
     ```python
-    env = gym.make("TwentyQuestions-v0", split="train", level=2)
+    env = gym.make("TwentyQuestions-v1", split="train", level=2)
     ```
 
     | argument | type | default | meaning |
     |---|---|---|---|
     | `level` | int or None | `None` | `1` to `4`: 8, 16, 32 or 64 candidates (`LEVELS`); `None`: 1 |
     | `table` | str, path or None | `None` | another table of objects (below); `None`: the shipped one |
-    | `max_turns` | int or None | `None` | questions before truncation; `None`: `MAX_TURNS[level]` |
+    | `max_turns` | int or None | `None` | questions before the game is lost; `None`: `MAX_TURNS[level]` |
     | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 16 |
     | `format_reward` | float | `0.0` | shaping reward for each turn the env could answer (not in the gold) |
     | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
@@ -197,9 +199,11 @@ class TwentyQuestionsEnv(ConversationEnv):
 
     * v0: Initial version; before any trained result, the opening gained its example game and the partner came
       to ask for the next question (the embedded model's zero-shot score was 0).
+    * v1: A game out of questions (``max_turns``) terminates with ``outcome`` ``"lost"``; in v0 it was truncated
+      with ``outcome`` ``None``. Only ``max_new_tokens`` truncates now. Observations and rewards are unchanged.
     """
 
-    env_id = "TwentyQuestions-v0"
+    env_id = "TwentyQuestions-v1"
     levels = tuple(LEVELS)
     turn_tokens = 16
     options = ("table",)
@@ -213,7 +217,7 @@ class TwentyQuestionsEnv(ConversationEnv):
 
 
 class TwentyQuestionsVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("TwentyQuestions-v0", num_envs=N)``: see
+    """``gym.make_vec("TwentyQuestions-v1", num_envs=N)``: see
     [TwentyQuestionsEnv][textgym.envs.twenty_questions.TwentyQuestionsEnv]."""
 
     env_class = TwentyQuestionsEnv
@@ -251,7 +255,7 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
 
 TASK = conversation_task(
     "twenty-questions",
-    "TwentyQuestions-v0",
+    "TwentyQuestions-v1",
     "find an object by yes/no questions about 12 attributes, then name it (multi-turn)",
     tuple(LEVELS),
     solve,

@@ -12,7 +12,7 @@ from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_nex
 from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: (3, 8), 2: (4, 16), 3: (5, 32)}
-"""WordGuess-v0's levels: ``(letters, listed)``, each game listing that many words of that length (drawn from the
+"""WordGuess-v1's levels: ``(letters, listed)``, each game listing that many words of that length (drawn from the
 32, 82 and 66 of ``textgym/data/concepts.txt``), the secret one of them."""
 GAMES_PER_LEVEL = 500
 """Instances per level (before the train/test split)."""
@@ -88,7 +88,7 @@ class WordGuessEnv(ConversationEnv):
 
     ## Observation Space
 
-    As in ``GuessNumber-v0``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
+    As in ``GuessNumber-v1``: ``input_ids``, ``attention_mask`` and ``agent_mask`` (1 on the agent's tokens),
     int64 arrays of shape ``(max_prompt_tokens + max_new_tokens,)``; after every turn the real tokens are the
     chat template of the transcript ([textgym.envs.conversation][]).
 
@@ -110,21 +110,23 @@ class WordGuessEnv(ConversationEnv):
 
     - A turn ends on the chat template's end-of-turn token or after ``max_turn_tokens`` tokens; the one listed
       word it writes (letters a-z, any case, in prose or alone) is the guess.
-    - Termination: the right word.
-    - Truncation: ``max_turns`` (8) turns, or the conversation reaching ``max_new_tokens``.
+    - Termination: the game ends by its rules, won or lost: the right word (``outcome`` ``"solved"``), or
+      ``max_turns`` (8) guesses without it, invalid ones included (``"lost"``).
+    - Truncation: the conversation reaching ``max_new_tokens`` first, a time limit outside the game
+      (``outcome`` ``None``).
 
-    The infos are those of ``GuessNumber-v0``.
+    The infos are those of ``GuessNumber-v1`` (``outcome``: ``"solved"``, ``"lost"`` or ``None``).
 
     ## Arguments
 
     ```python
-    env = gym.make("WordGuess-v0", split="train", level=2)
+    env = gym.make("WordGuess-v1", split="train", level=2)
     ```
 
     | argument | type | default | meaning |
     |---|---|---|---|
     | `level` | int or None | `None` | `1` to `3`: 8 words of 3 letters, 16 of 4, 32 of 5 (`LEVELS`); `None`: 1 |
-    | `max_turns` | int or None | `None` | guesses before truncation; `None`: 8 |
+    | `max_turns` | int or None | `None` | guesses before the game is lost; `None`: 8 |
     | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 8 |
     | `format_reward` | float | `0.0` | shaping reward for each valid guess (not in the gold score) |
     | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
@@ -140,9 +142,11 @@ class WordGuessEnv(ConversationEnv):
       to read the one listed word of a turn written in prose, not only a turn's first word, and to ask for the
       next guess (the embedded model's zero-shot score was 0); then a game came to list 8, 16 or 32 words drawn
       from those of its length (it had listed all 32, 82 or 66), the zero-shot score being 0 still.
+    * v1: A game out of guesses (``max_turns``) terminates with ``outcome`` ``"lost"``; in v0 it was truncated
+      with ``outcome`` ``None``. Only ``max_new_tokens`` truncates now. Observations and rewards are unchanged.
     """
 
-    env_id = "WordGuess-v0"
+    env_id = "WordGuess-v1"
     levels = tuple(LEVELS)
 
     @classmethod
@@ -151,7 +155,7 @@ class WordGuessEnv(ConversationEnv):
 
 
 class WordGuessVectorEnv(TextGenVectorEnv):
-    """``gym.make_vec("WordGuess-v0", num_envs=N)``: see [WordGuessEnv][textgym.envs.word_guess.WordGuessEnv]."""
+    """``gym.make_vec("WordGuess-v1", num_envs=N)``: see [WordGuessEnv][textgym.envs.word_guess.WordGuessEnv]."""
 
     env_class = WordGuessEnv
 
@@ -186,7 +190,7 @@ def solve(messages: list[dict[str, str]], level: int) -> str:
 
 TASK = conversation_task(
     "word-guess",
-    "WordGuess-v0",
+    "WordGuess-v1",
     "find a secret word of a list from Wordle-style letter marks (multi-turn)",
     tuple(LEVELS),
     solve,
