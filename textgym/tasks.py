@@ -37,6 +37,13 @@ class TaskSpec:
             For a multi-turn task, ``solver(messages, level) -> turn``: its next turn, given the conversation so
             far as chat messages (the opening, then its turns and the partner's replies).
         multi_turn: an episode is a conversation with the env ([textgym.envs.conversation][textgym.envs.conversation]).
+        tiny_judges: the env arguments that make every language-model judge of the task (in its training reward
+            and its gold score) the tiny test model, e.g. ``{"fluency_model": "tiny"}``; empty when the task has
+            no such judge. A task's judges are the embedded SmolLM2-135M whatever the policy's ``model`` (the gold
+            must not change with the policy); the benchmark runner passes these arguments to every env of a run
+            whose model is ``"tiny"`` (``textgym bench --quick``), where a 135M judge of a random tiny model's
+            text would measure nothing and take most of the time. The random and optimum scores are measured
+            with the embedded judges, so normalised scores under the tiny ones are not comparable.
     """
 
     name: str
@@ -48,6 +55,7 @@ class TaskSpec:
     optimum_score: Mapping[int, float]
     solver: Callable[[Any, int], str] | None = field(default=None, compare=False)
     multi_turn: bool = False
+    tiny_judges: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default_level not in self.levels:

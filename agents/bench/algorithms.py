@@ -25,6 +25,7 @@ import numpy as np
 
 from agents.bench.evaluation import TestSet, best_of_n_kl, scripted_episodes
 from agents.rollout import RolloutBatch
+from textgym.lm.models import TINY_MODEL
 from textgym.tasks import TaskSpec
 
 TRAIN_ENV_KEYS = ("format_reward",)
@@ -44,6 +45,30 @@ class Cell:
     device: str | None = None
     budget_tokens: int | None = None
     """The whole training budget in env tokens; textgym's agents span their learning-rate schedule over it."""
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """What every env of the cell, training and test, takes beside ``split``, ``level`` and ``model``."""
+        return judge_kwargs(self.task, self.model)
+
+    def test_set(self, episodes: int) -> TestSet:
+        """The cell's test set of ``episodes`` prompts, its envs with the training env's judges."""
+        from textgym.lm.models import resolve_device
+
+        return TestSet(
+            self.task.env_id, self.level, self.model, episodes, self.seed, resolve_device(self.device), self.env_kwargs
+        )
+
+
+def judge_kwargs(task: TaskSpec, model: str) -> dict[str, Any]:
+    """The env arguments that choose ``task``'s judges for a run of ``model``: the task's ``tiny_judges`` when the
+    model is ``"tiny"``, else none (the embedded judges).
+
+    Keyed on the model, not on ``--quick``: a 135M judge scoring a random tiny model's text measures nothing and
+    took most of a quick run's time, while a quick run of the embedded model keeps the real judges. The model is
+    part of each cell's setting, so the cells of one setting always have the same judges.
+    """
+    return dict(task.tiny_judges) if str(model) == TINY_MODEL else {}
 
 
 @dataclass
@@ -86,7 +111,7 @@ class Algorithm:
 
     def train_env_kwargs(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The training env's arguments, taking the env's own keys (:data:`TRAIN_ENV_KEYS`) out of ``settings``."""
-        kwargs = {"split": "train", "level": self.cell.level, "model": self.cell.model}
+        kwargs = {"split": "train", "level": self.cell.level, "model": self.cell.model, **self.cell.env_kwargs}
         kwargs.update({key: settings.pop(key) for key in TRAIN_ENV_KEYS if key in settings})
         return kwargs
 

@@ -72,15 +72,12 @@ def _estimates(cells: list[Cell], config: BenchConfig, out: Path) -> list[Estima
 
 def probe(cell: Cell, config: BenchConfig) -> tuple[float, str]:
     """Time ``cell``'s set-up, one evaluation and one update; the seconds the whole cell should take, and how."""
-    from agents.bench.evaluation import TestSet, completion_metrics
-    from textgym.lm.models import resolve_device
+    from agents.bench.evaluation import completion_metrics
 
     start = time.perf_counter()
     algorithm, test = ALGORITHMS[cell.algorithm](cell), None
     try:
-        test = TestSet(
-            cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, resolve_device(cell.device)
-        )
+        test = cell.test_set(config.eval_episodes)
         setup = time.perf_counter() - start
         start = time.perf_counter()
         episodes = algorithm.test_episodes(test, 0.0)

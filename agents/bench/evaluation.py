@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from math import gcd
 from typing import Any
 
@@ -36,18 +37,31 @@ class TestSet:
     """A task's test split at one level, and the fixed prompts every algorithm and evaluation point is scored on.
 
     Args:
-        env_id: the task env's id; the test set is ``gym.make_vec(env_id, split="test", level=level, model=model)``.
+        env_id: the task env's id; the test set is ``gym.make_vec(env_id, split="test", level=level, model=model,
+            **env_kwargs)``.
         level: the task's level.
         model: the starting model, which samples the completions and is the reference of KL and perplexity.
         episodes: test prompts per evaluation (drawn once from the test split with a fixed seed).
         seed: seeds the test env and the sampling of completions.
         device: where the reference (starting) model runs.
+        env_kwargs: more arguments of every test env, those of the training env's judges
+            ([Cell.env_kwargs][agents.bench.algorithms.Cell.env_kwargs]): test and training share their judges.
     """
 
-    def __init__(self, env_id: str, level: int, model: str, episodes: int, seed: int, device: str) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        level: int,
+        model: str,
+        episodes: int,
+        seed: int,
+        device: str,
+        env_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         from textgym.lm.models import load_causal_lm
 
         self.env_id, self.level, self.model, self.seed = env_id, level, model, seed
+        self.env_kwargs = dict(env_kwargs or {})
         # collect_prompts runs whole waves of sub-envs; a wide wave decodes many tokens for the price of few steps
         self.num_envs = gcd(episodes, 32)
         self._envs: dict[tuple, Any] = {}
@@ -63,7 +77,13 @@ class TestSet:
         key = tuple(sorted(env_kwargs.items()))
         if key not in self._envs:
             self._envs[key] = gym.make_vec(
-                self.env_id, num_envs=self.num_envs, split="test", level=self.level, model=self.model, **env_kwargs
+                self.env_id,
+                num_envs=self.num_envs,
+                split="test",
+                level=self.level,
+                model=self.model,
+                **self.env_kwargs,
+                **env_kwargs,
             )
         return self._envs[key]
 
@@ -87,7 +107,7 @@ def scripted_episodes(test: TestSet, task: TaskSpec) -> RolloutBatch:
     """
     import gymnasium as gym
 
-    env = gym.make(test.env_id, split="test", level=test.level, model=test.model)
+    env = gym.make(test.env_id, split="test", level=test.level, model=test.model, **test.env_kwargs)
     core, tokenizer = env.unwrapped.episodes, env.unwrapped.tokenizer
     stop = core.end_of_turn if task.multi_turn else tokenizer.eos_token_id
     width = core.max_prompt_tokens

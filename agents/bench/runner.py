@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.bench.algorithms import ALGORITHMS, DEFAULT_ALGORITHMS, Cell
+from agents.bench.algorithms import ALGORITHMS, DEFAULT_ALGORITHMS, Cell, judge_kwargs
 from agents.bench.hparams import hparams_for
 from agents.run_log import write_json_atomic
 
@@ -254,7 +254,7 @@ def plan(config: BenchConfig) -> list[Cell]:
         level = task.check_level(config.levels.get(name))
         if "oracle" in config.algorithms and task.solver is None:
             raise ValueError(f"Task {name!r} has no scripted solver, so 'oracle' cannot run on it; leave one out.")
-        env = gym.make(task.env_id, split="train", level=level, model=config.model)
+        env = gym.make(task.env_id, split="train", level=level, model=config.model, **judge_kwargs(task, config.model))
         max_steps = getattr(getattr(env.unwrapped, "episodes", None), "max_steps", None)
         env.close()
         for algorithm in config.algorithms:
@@ -286,17 +286,15 @@ def run_cell(cell: Cell, config: BenchConfig) -> list[dict[str, Any]]:
     ``start_reward`` and ``start_gold_score``, from which the over-optimisation plots measure gains.
     """
     from agents.bench.evaluation import TestSet, completion_metrics
-    from textgym.lm.models import resolve_device
 
     start = time.perf_counter()
-    device = resolve_device(cell.device)
     algorithm = ALGORITHMS[cell.algorithm](cell)
     test: TestSet | None = None
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] | None = None
     start_scores: dict[str, float] = {}
     try:
-        test = TestSet(cell.task.env_id, cell.level, cell.model, config.eval_episodes, cell.seed, device)
+        test = cell.test_set(config.eval_episodes)
         for fraction in sorted({0.0, *config.eval_points}):
             target = round(fraction * config.budget_tokens)
             algorithm.train_until(target)
@@ -354,6 +352,8 @@ def setting_id(cell: Cell, config: BenchConfig) -> str:
         "eval_points": list(config.eval_points),
         "eval_episodes": config.eval_episodes,
     }
+    if cell.env_kwargs:  # the tiny judges: not the cells of earlier versions, which judged with the embedded model
+        spec["env_kwargs"] = cell.env_kwargs
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

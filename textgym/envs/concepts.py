@@ -177,4 +177,5 @@ TASK = TaskSpec(
     random_score={2: 0.0, 3: 0.0, 4: 0.0},
     optimum_score={2: 0.989, 3: 0.943, 4: 0.923},
     solver=template_sentence,
+    tiny_judges={"fluency_model": "tiny"},  # the reward's fluency, which is the gold too
 )

@@ -234,4 +234,5 @@ TASK = TaskSpec(
     random_score={1: 0.0, 2: 0.0, 3: 0.0},
     optimum_score={1: 0.998, 2: 0.992, 3: 0.995},
     solver=write_to_constraints,
+    tiny_judges={"reward_model_kwargs": {"fluency_kwargs": {"model": "tiny"}}},  # the gate; the gold is the reward
 )

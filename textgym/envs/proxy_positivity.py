@@ -160,4 +160,6 @@ TASK = TaskSpec(
     random_score=dict.fromkeys(LEVELS, 0.0),
     optimum_score=dict.fromkeys(LEVELS, 0.964),
     solver=fluent_positive_reply,
+    # The gold's fluency; the proxy heads' MiniLM encoder is small and stays.
+    tiny_judges={"gold_model_kwargs": {"fluency_kwargs": {"model": "tiny"}}},
 )
