@@ -194,8 +194,9 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         return cache.outputs.clone()  # (B, H)
 
 
-class _LMPolicyMixin:
-    """What both LM policies add to SB3's actor-critic: the LM as extractor and actor head, a value head.
+class LMPolicyMixin:
+    """What both LM policies add to SB3's actor-critic: the LM as extractor and actor head, a value head; its
+    arguments are theirs (pass them in ``policy_kwargs``).
 
     Args:
         model: the policy LM, a name or local directory (see
@@ -289,18 +290,19 @@ def _check_plain_output_layer(lm: PreTrainedModel) -> None:
         )
 
 
-class LMActorCriticPolicy(_LMPolicyMixin, ActorCriticPolicy):
+class LMActorCriticPolicy(LMPolicyMixin, ActorCriticPolicy):
     """SB3 ``ActorCriticPolicy`` whose actor is a causal LM; for ``PPO`` and ``A2C``.
 
-    ``PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "path/or/name"})``; see `_LMPolicyMixin`.
+    ``PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "path/or/name"})``; see
+    [LMPolicyMixin][agents.sb3.LMPolicyMixin] for the arguments.
     """
 
 
-class MaskableLMActorCriticPolicy(_LMPolicyMixin, MaskableActorCriticPolicy):
+class MaskableLMActorCriticPolicy(LMPolicyMixin, MaskableActorCriticPolicy):
     """sb3-contrib ``MaskableActorCriticPolicy`` whose actor is a causal LM; for ``MaskablePPO``.
 
     Masked tokens get probability 0 in rollouts and updates; the env's ``action_masks()`` (e.g. a reference
-    model's top-p tokens) supplies the masks. See `_LMPolicyMixin` for the arguments.
+    model's top-p tokens) supplies the masks. See [LMPolicyMixin][agents.sb3.LMPolicyMixin] for the arguments.
     """
 
 
