@@ -22,9 +22,10 @@ from typing import Any
 ALGOS = ("ppo", "grpo", "rloo", "sft")
 
 
-def parse_overrides(pairs: list[str], config_class: type) -> dict[str, Any]:
-    """``["kl_coef=0.1", "lora_rank=8"]`` → config overrides, each value parsed as JSON when it is JSON."""
-    names = {f.name for f in dataclasses.fields(config_class)}
+def parse_overrides(pairs: list[str], config_class: type, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``["kl_coef=0.1", "lora_rank=8"]`` → config overrides, each value parsed as JSON when it is JSON; the keys
+    are ``config_class``'s fields and ``extra``."""
+    names = {f.name for f in dataclasses.fields(config_class)} | set(extra)
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

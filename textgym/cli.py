@@ -1,7 +1,8 @@
 """The ``textgym`` command: one entry point, each subcommand implemented next to the code it drives.
 
 ``textgym reward ...`` runs `reward_models.cli`, ``textgym label ...`` `reward_models.labelling.cli`,
-``textgym train ...`` `agents.cli` and ``textgym bench ...`` `agents.bench.cli`. The command line is
+``textgym train ...`` `agents.cli`, ``textgym bench ...`` `agents.bench.cli` and ``textgym rlhf ...``
+`agents.rlhf.cli`. The command line is
 the top layer, so it imports them, but only the one named, so ``textgym --help`` answers at once.
 """
 
@@ -32,6 +33,12 @@ def _bench() -> MainFn:
     return main
 
 
+def _rlhf() -> MainFn:
+    from agents.rlhf.cli import main
+
+    return main
+
+
 def _label() -> MainFn:
     from reward_models.labelling.cli import main
 
@@ -43,6 +50,7 @@ COMMANDS: dict[str, tuple[Callable[[], MainFn], str]] = {
     "train": (_train, "train an LM policy (SFT, PPO, GRPO, RLOO) on a textgym environment"),
     "bench": (_bench, "benchmark algorithms on the task suite (seeds, token budget, rliable)"),
     "label": (_label, "collect human preferences on a local web page, export them"),
+    "rlhf": (_rlhf, "the InstructGPT loop, iterated: sample, label, reward model, RL, round after round"),
 }
 
 

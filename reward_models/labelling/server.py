@@ -209,3 +209,41 @@ def serve(label_app: LabelApp, host: str = "127.0.0.1", port: int = 8765, log_le
     finally:
         sock.close()
         label_app.store.close()
+
+
+def serve_until(
+    label_app: LabelApp,
+    labels: int,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    poll_seconds: float = 1.0,
+    progress: bool = True,
+    log_level: str = "warning",
+) -> None:
+    """Serve in a background thread until the store holds ``labels`` labels, then stop (a program that waits for
+    people, such as ``textgym rlhf``). Ctrl-C stops the server and raises ``KeyboardInterrupt``; every acknowledged
+    label is on disk. The store stays open: its owner closes it."""
+    import threading
+    import time
+
+    import uvicorn
+    from tqdm.auto import tqdm
+
+    sock = bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(make_app(label_app), log_level=log_level))
+    # uvicorn handles signals only on the main thread, so Ctrl-C reaches the waiting loop below
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    bar = tqdm(total=labels, initial=min(len(label_app.store.labels()), labels), desc="labels", disable=not progress)
+    try:
+        while (count := len(label_app.store.labels())) < labels:
+            bar.update(min(count, labels) - bar.n)
+            if not thread.is_alive():
+                raise RuntimeError(f"the labelling server on {host}:{port} stopped before {labels} labels came in.")
+            time.sleep(poll_seconds)
+        bar.update(labels - bar.n)
+    finally:
+        bar.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
