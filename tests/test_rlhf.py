@@ -256,9 +256,18 @@ def test_human_round_waits_for_labels_then_continues(tmp_path):
     assert np.isfinite(result["rows"][1]["gold_score"])  # the task's gold still judges the test split
 
 
+def test_ceiling_trains_on_the_gold_without_labels(tmp_path):
+    rows = run_rlhf(tiny_config(tmp_path / "run", rounds=1, ceiling=True), progress=False)
+    assert [r["labels"] for r in rows] == [0, 0] and rows[1]["rl_tokens"] >= 60
+    assert rows[1]["proxy_reward"] == pytest.approx(rows[1]["gold_score"])  # the reward is the gold
+    assert not (tmp_path / "run" / "round-1" / "labels").exists()
+    with pytest.raises(ValueError, match="needs a gold"):
+        RLHFConfig(task=None, prompts="openings", raters="human", ceiling=True)
+
+
 # --- bad input -------------------------------------------------------------------------------------------------
 def test_bad_settings_are_refused_with_a_reason(tmp_path):
-    with pytest.raises(ValueError, match="no gold"):
+    with pytest.raises(ValueError, match="needs a gold"):
         RLHFConfig(task=None, prompts="openings", raters="sim:2")
     with pytest.raises(ValueError, match="more than the batch"):
         RLHFConfig(labels_per_round=50, prompts_per_round=10)

@@ -57,6 +57,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     models.add_argument(
         "--reward-set", action="append", default=[], metavar="KEY=VALUE", help="a reward-model TrainConfig field"
     )
+    models.add_argument("--ceiling", action="store_true", help="RL on the gold itself, no labels (the comparison)")
     models.add_argument("--algo", choices=ALGOS, default=d.algo)
     models.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an RL agent setting")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None, prog: str = "textgym rlhf") -> int:
             rater_bias=args.rater_bias,
             ensemble=args.ensemble,
             reward=parse_overrides(args.reward_set, TrainConfig),
+            ceiling=args.ceiling,
             algo=args.algo,
             agent=parse_overrides(args.set, getattr(agents, args.algo.upper()).config_class, extra=("num_envs",)),
             tokens_per_round=args.tokens_per_round,

@@ -91,6 +91,9 @@ class RLHFConfig:
     """Reward-model heads trained per round (seeds differ); the RL reward is their mean. ``disagreement`` needs 2+."""
     reward: dict[str, Any] = field(default_factory=dict)
     """[TrainConfig][reward_models.training.TrainConfig] fields for the reward model, e.g. ``{"epochs": 10}``."""
+    ceiling: bool = False
+    """Train on the gold itself, with no labels and no reward model: the ceiling that the loop's gold is compared
+    with at equal RL tokens (needs a gold)."""
     algo: str = "grpo"
     """``"ppo"``, ``"grpo"`` or ``"rloo"``."""
     agent: dict[str, Any] = field(default_factory=dict)
@@ -119,9 +122,9 @@ class RLHFConfig:
             raise ValueError("give a task (positivity, concepts) or prompts.")
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS} (or None with prompts), got {self.task!r}.")
-        if self.panel_size and self.gold_name is None:
+        if (self.panel_size or self.ceiling) and self.gold_name is None:
             raise ValueError(
-                f"raters={self.raters!r} simulates raters from a gold score, and no gold is known for these prompts: "
+                f"raters={self.raters!r} (or ceiling) needs a gold score, and no gold is known for these prompts: "
                 "give gold=<a registered reward model> (--gold), use a built-in task, or raters='human'."
             )
         for name in ("rounds", "labels_per_round", "tokens_per_round", "eval_prompts", "max_new_tokens", "ensemble"):

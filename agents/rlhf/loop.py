@@ -134,6 +134,8 @@ class RLHFLoop:
             ("evaluate", lambda: (rd / METRICS_FILE).exists(), self.evaluate),
         )
         for name, done, run in stages:
+            if self.config.ceiling and name in ("sample", "label", "reward_model"):
+                continue  # the gold is the reward: nothing to label
             if done():
                 continue
             start = time.perf_counter()
@@ -313,6 +315,10 @@ class RLHFLoop:
                     pairs.append(PreferencePair(item.prompt, item.completions[better], item.completions[worse]))
         return pairs
 
+    def round_reward(self, n: int) -> Any:
+        """What round ``n`` trains on: its reward model (the heads' mean), or the gold itself in a ceiling run."""
+        return self.gold if self.config.ceiling else _combine(self.reward_models(n))
+
     def reward_models(self, n: int) -> list[Any]:
         """The heads of round ``n``'s reward model."""
         folder = self.round_dir(n) / "reward_model"
@@ -329,7 +335,7 @@ class RLHFLoop:
 
         c, rd = self.config, self.round_dir(n)
         settings = hparams_for("rlhf", c.algo, extra=c.agent)
-        envs = self.envs("train", reward_model=_combine(self.reward_models(n)), num_envs=settings.pop("num_envs"))
+        envs = self.envs("train", reward_model=self.round_reward(n), num_envs=settings.pop("num_envs"))
         agent_class = getattr(agents, c.algo.upper())
         settings = {"seed": c.seed, "device": c.device, "tensorboard": False, **settings}
         agent = agent_class(self.model, envs, **settings)  # the starting model: the reference of the KL
@@ -360,7 +366,7 @@ class RLHFLoop:
         from textgym.lm.models import load_causal_lm
 
         c, rd = self.config, self.round_dir(n)
-        reward = _combine(self.reward_models(n)) if n > 0 else (self.gold or _zero_reward)
+        reward = self.round_reward(n) if n > 0 else (self.gold or _zero_reward)
         env_kwargs = {**self.task.env_kwargs, "reward_model": reward, "max_new_tokens": c.max_new_tokens}
         if self.gold is not None:
             env_kwargs["gold_model"] = self.gold
