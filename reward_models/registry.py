@@ -34,6 +34,7 @@ _REGISTRY: dict[str, str | Callable[..., RewardFn]] = {
     "concepts": "reward_models.concepts:Concepts",
     "concept-coverage": "reward_models.concepts:ConceptCoverage",
     "verifiable": "reward_models.verifiable:Verifiable",
+    "reasoning-gym": "reward_models.reasoning_gym:ReasoningGymScore",
     "fluency": "reward_models.fluency:Fluency",
     "constraints": "reward_models.constraints:ConstraintSatisfaction",
     "fluent-positivity": "reward_models.proxy:FluentPositivity",
