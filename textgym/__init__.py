@@ -52,6 +52,15 @@ if "VerifiableInstructions-v0" not in registry:
         kwargs={"max_prompt_tokens": 96, "max_new_tokens": 24},
     )
 
+if "ReasoningGym-v0" not in registry:
+    # Any reasoning-gym dataset (the optional extra textgym[reasoning]), scored by its own score_answer
+    # (textgym/envs/reasoning_gym.py); `textgym bench --tasks rg:DATASET` registers ReasoningGym/DATASET-v0.
+    register(
+        id="ReasoningGym-v0",
+        entry_point="textgym.envs.reasoning_gym:ReasoningGymEnv",
+        vector_entry_point="textgym.envs.reasoning_gym:ReasoningGymVectorEnv",
+    )
+
 if "LengthFormat-v0" not in registry:
     # The suite's "constraints" task: a word count and a format stated in the prompt, fluency-gated.
     register(
