@@ -94,6 +94,12 @@ BUILTIN_TASK_MODULES = (
 """The modules whose ``TASK`` is one of the suite's tasks, in the order tables list them. They are imported on
 the first question about the suite, so ``import textgym`` stays light."""
 
+TASK_PREFIXES = {"rg": "textgym.envs.reasoning_gym:resolve_task"}
+"""Families of tasks named ``PREFIX:NAME`` and built on demand, by ``"module:function"`` (imported on first use):
+``get_task("rg:leg_counting")`` is ``resolve_task("leg_counting")``, reasoning-gym's dataset as a task (the
+optional extra ``textgym[reasoning]``). The function returns a [TaskSpec][textgym.tasks.TaskSpec] or raises a
+``KeyError`` listing the valid names. [task_names][textgym.tasks.task_names] does not list these tasks."""
+
 _TASKS: dict[str, TaskSpec] = {}
 _builtins_loaded = False
 
@@ -111,11 +117,21 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str) -> TaskSpec:
-    """The task called ``name``, or a ``KeyError`` listing the valid names."""
+    """The task called ``name`` (a registered one, or ``PREFIX:NAME`` of [TASK_PREFIXES][textgym.tasks.TASK_PREFIXES]),
+    or a ``KeyError`` listing the valid names."""
     _load_builtin_tasks()
-    if name not in _TASKS:
-        raise KeyError(f"Unknown task {name!r}; the tasks are: {', '.join(task_names()) or '(none registered)'}.")
-    return _TASKS[name]
+    if name in _TASKS:
+        return _TASKS[name]
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in TASK_PREFIXES:
+        import importlib
+
+        module, _, function = TASK_PREFIXES[prefix].partition(":")
+        return getattr(importlib.import_module(module), function)(rest)
+    raise KeyError(
+        f"Unknown task {name!r}; the tasks are: {', '.join(task_names()) or '(none registered)'}; or rg:DATASET, "
+        "a reasoning-gym dataset."
+    )
 
 
 def _load_builtin_tasks() -> None:

@@ -31,6 +31,7 @@ def _epilog() -> str:
         lines.append(f"  {name:<18} {task.description} (levels {list(task.levels)}, default {task.default_level})")
     if not task_names():
         lines.append("  (none registered)")
+    lines.append(f"  {'rg:DATASET':<18} any reasoning-gym dataset, e.g. rg:leg_counting (the extra textgym[reasoning])")
     lines += ["", "algorithms:"]
     for name, algorithm in ALGORITHMS.items():
         extra = "" if name in DEFAULT_ALGORITHMS else " [not run unless named]"

@@ -54,7 +54,8 @@ class BenchConfig:
     """What to run, and where. Fields left ``None`` take the full (or, with ``quick``, the quick) defaults."""
 
     tasks: list[str] | None = None
-    """Task names (``textgym.tasks.task_names()``); ``None``: every registered task."""
+    """Task names (``textgym.tasks.task_names()``, or ``rg:DATASET``: ``textgym.tasks.get_task``); ``None``: every
+    registered task."""
     algorithms: list[str] = field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
     """Algorithm names (:data:`agents.bench.algorithms.ALGORITHMS`); ``oracle`` may be added to any run."""
     seeds: int | None = None
@@ -245,9 +246,14 @@ def plan(config: BenchConfig) -> list[Cell]:
     names = list(config.tasks) if config.tasks is not None else task_names()
     if not names:
         raise ValueError("No benchmark tasks are registered (textgym.tasks.register_task); nothing to run.")
-    unknown = [name for name in [*names, *config.levels] if name not in task_names()]
+    unknown = {}
+    for name in dict.fromkeys([*names, *config.levels]):
+        try:
+            get_task(name)  # a registered task, or one built on demand (rg:DATASET)
+        except KeyError as err:
+            unknown[name] = err.args[0]
     if unknown:
-        raise ValueError(f"Unknown task(s) {unknown}; the tasks are: {', '.join(task_names()) or '(none)'}.")
+        raise ValueError(" ".join(unknown.values()))
     cells: list[Cell] = []
     for name in names:
         task = get_task(name)
