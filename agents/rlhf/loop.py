@@ -39,8 +39,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.json"
 ROUNDS_CSV = "rounds.csv"
-RESUMABLE_CHANGES = {"host", "port", "device"}
-"""Settings a resumed run may change: where the page is served and where tensors go, not what is computed."""
+RESUMABLE_CHANGES = {"out", "host", "port", "device"}
+"""Settings a resumed run may change: where the folder is, the page is served and tensors go; not what is computed."""
 
 
 def run_rlhf(config: RLHFConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
