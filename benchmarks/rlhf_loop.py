@@ -26,7 +26,9 @@ ARMS = ("iterated", "one-shot", "active", "ceiling")
 
 
 def arm_config(arm: str, args: argparse.Namespace, seed: int):
+    from agents.cli import parse_overrides
     from agents.rlhf import RLHFConfig
+    from reward_models.training import TrainConfig
 
     common = dict(
         model=args.model,
@@ -37,6 +39,7 @@ def arm_config(arm: str, args: argparse.Namespace, seed: int):
         max_new_tokens=args.max_new_tokens,
         seed=seed,
         out=str(Path(args.out) / f"{arm}-s{seed}"),
+        reward=parse_overrides(args.reward_set, TrainConfig),
     )
     if arm == "one-shot":
         return RLHFConfig(
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192, help="RL env tokens per round")
     parser.add_argument("--raters", default="sim:3")
     parser.add_argument("--random-answers", type=float, default=0.0)
+    parser.add_argument("--reward-set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
     parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--report-only", action="store_true", help="print the table of the runs there, run nothing")
