@@ -171,3 +171,44 @@ def test_grpo_trainer_trains_on_a_task_through_the_bridge(name, env_kwargs, tiny
     assert any("textgym/gold_score" in log for log in trainer.state.log_history)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     task.close()
+
+
+# --- textgym bench --algos trl-grpo ---------------------------------------------------------------------------------
+def test_trl_grpo_trains_update_by_update_and_pauses_in_between(tiny_model_dir):
+    """The bench algorithm runs GRPOTrainer.train() once, in a thread that pauses after each update: each
+    train_until makes whole updates until the scored tokens reach the target, and close() ends the thread."""
+    from agents.bench.algorithms import ALGORITHMS, Cell
+    from agents.bench.hparams import hparams_for
+
+    hparams = hparams_for("positivity", "trl-grpo", quick=True)
+    cell = Cell(get_task("positivity"), 2, "trl-grpo", 0, tiny_model_dir, hparams, budget_tokens=10_000)
+    algorithm = ALGORITHMS["trl-grpo"](cell)
+    trainer, steps = algorithm.trainer, algorithm.steps_per_update
+    assert steps == 2 and trainer.args.beta == 0.05 and trainer.args.num_generations == 4  # 8 completions, 2 steps
+    assert trainer.args.loss_type == "grpo" and trainer.args.lr_scheduler_type == "constant"
+    algorithm.train_until(0)
+    assert algorithm.train_tokens == 0 and not algorithm.thread.is_alive()
+    algorithm.train_until(1)
+    first = algorithm.train_tokens
+    assert trainer.state.global_step == steps and 8 <= first <= 8 * 32  # one update of 8 completions
+    assert first == algorithm.task.completion_tokens
+    algorithm.train_until(first + 1)
+    assert trainer.state.global_step == 2 * steps and algorithm.train_tokens > first
+    assert algorithm.train_seconds > 0 and algorithm.thread.is_alive()
+    algorithm.close()
+    assert not algorithm.thread.is_alive()
+
+
+def test_bench_runs_trl_grpo_beside_grpo_with_one_update(tmp_path):
+    from agents.bench import BenchConfig, read_runs, run_benchmark
+
+    config = BenchConfig(
+        tasks=["positivity"], algorithms=["grpo", "trl-grpo"], quick=True, out=str(tmp_path), progress=False
+    )
+    rows = {(r["algorithm"], r["budget_fraction"]): r for r in read_runs(run_benchmark(config))}
+    assert set(rows) == {(a, f) for a in ("grpo", "trl-grpo") for f in (0.0, 1.0)}
+    start, end = rows["trl-grpo", 0.0], rows["trl-grpo", 1.0]
+    assert start["train_tokens"] == 0 and 8 <= end["train_tokens"] <= 8 * 32  # one update of 8 completions
+    assert start["kl"] == pytest.approx(0, abs=1e-3) and abs(end["kl"]) > 1e-3  # the trained model was evaluated
+    assert end["start_gold_score"] == rows["grpo", 1.0]["start_gold_score"]  # the same starting model and test set
+    assert np.isfinite(end["normalized_score"]) and end["train_seconds"] > 0
