@@ -285,7 +285,9 @@ class TRLGRPO(Algorithm):
         batch = settings["generation_batch_size"]
         self.task = trl_task(cell.task.name, "train", cell.level, cell.model, score_batch_size=batch, **cell.env_kwargs)
         self.steps_per_update = batch // settings["per_device_train_batch_size"] * settings.get("num_iterations", 1)
-        updates = math.ceil((cell.budget_tokens or 1) / batch)  # every completion takes at least one token
+        # Enough updates for the budget, every completion taking at least one token (the rate is constant, so this
+        # bound sets nothing else); without a budget, no bound.
+        updates = math.ceil(cell.budget_tokens / batch) if cell.budget_tokens else 10**9
         self.output_dir = tempfile.TemporaryDirectory(prefix="textgym-trl-grpo-")
         config = GRPOConfig(
             **{
@@ -316,8 +318,8 @@ class TRLGRPO(Algorithm):
             processing_class=load_tokenizer(cell.model),
             callbacks=[self.pause],
         )
-        self.thread = threading.Thread(target=self._train, name="trl-grpo", daemon=True)
         self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._train, name="trl-grpo", daemon=True)
 
     @classmethod
     def tokens_per_update(cls, hparams: dict[str, Any], max_steps: int | None) -> int:
@@ -326,10 +328,10 @@ class TRLGRPO(Algorithm):
         except ImportError as error:
             raise ImportError("trl-grpo needs TRL: pip install trl (or textgym[bench]).") from error
         batch, group, minibatch = (int(hparams[k]) for k in ("batch_size", "group_size", "minibatch_size"))
-        if group < 2 or batch % group or batch % minibatch or minibatch % group:
+        if group < 2 or batch % group or batch % minibatch:
             raise ValueError(
-                f"trl-grpo: group_size ({group}) must be at least 2 and divide minibatch_size ({minibatch}), which "
-                f"must divide batch_size ({batch}): TRL scores whole groups in each gradient step's minibatch."
+                f"trl-grpo: batch_size ({batch}) must be a multiple of group_size ({group}, at least 2: a generation "
+                f"batch holds whole groups) and of minibatch_size ({minibatch}, the completions of a gradient step)."
             )
         return batch * (max_steps or 1)
 
