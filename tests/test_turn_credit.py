@@ -7,8 +7,10 @@ normalisation over the group, the episode itself included, is not."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -306,6 +308,19 @@ def test_rloo_with_turn_credit_charges_each_turn_its_kl(tiny_model_dir):
         batch, batch.logprobs, ref
     )  # without turn_credit every token of an episode gets the episode's advantage
     torch.testing.assert_close(plain, plain[:, :1] * mask)
+
+
+def test_a_checkpoint_written_before_turn_credit_resumes_at_its_defaults(tiny_model_dir):
+    from agents import GRPO
+
+    envs = gym.make_vec("GuessNumber-v1", num_envs=4, model=tiny_model_dir, level=1)
+    agent = GRPO(tiny_model_dir, envs, batch_size=4, group_size=4, minibatch_size=4)
+    older = {k: v for k, v in dataclasses.asdict(agent.config).items() if k not in ("turn_credit", "turn_discount")}
+    state = {"algo": "grpo", "model": agent.model_name, "config": older}
+    agent._check_same_run(state, Path("older"))  # it ran with what are now the defaults
+    agent.config.turn_credit = True
+    with pytest.raises(ValueError, match="differing in turn_credit"):
+        agent._check_same_run(state, Path("older"))
 
 
 def test_bench_sends_turn_rewards_to_the_training_env_only(tiny_model_dir):
