@@ -31,7 +31,7 @@ from agents.rollout import RolloutBatch
 from textgym.lm.models import TINY_MODEL
 from textgym.tasks import TaskSpec
 
-TRAIN_ENV_KEYS = ("format_reward",)
+TRAIN_ENV_KEYS = ("format_reward", "turn_rewards")
 """Settings of a trained algorithm that go to its training env, not to the algorithm (see :mod:`.hparams`)."""
 
 

@@ -9,6 +9,8 @@ Each entry is a flat dict. Keys the runner reads itself:
 * ``top_p`` (``sb3-maskable-ppo``): the mass of the reference model's top-p action mask;
 * ``format_reward`` (trained algorithms on multi-turn tasks): the training env's reward per turn its partner can
   read (the env's ``format_reward``; the gold score and the test env leave it out);
+* ``turn_rewards`` (likewise): the weight of the training env's reward per turn for the progress its partner's
+  answer makes (the env's ``turn_rewards``; ``true`` is 1; the gold score and the test env leave it out);
 * ``n_max`` (``best-of-n``): the largest ``n``; evaluation point ``k`` at budget fraction ``f`` uses
   ``n = round(n_max ** f)`` samples per prompt (1, 2, 4, 8, 16 at 0, 25, 50, 75, 100 %).
 
