@@ -143,6 +143,9 @@ class Checkpointing:
     def _check_same_run(self, state: dict[str, Any], src: Path) -> None:
         ours = dataclasses.asdict(self.config)
         theirs = state.get("config", {})
+        # A setting added since the checkpoint was written (e.g. turn_credit) ran at its default then.
+        added = {f.name: f.default for f in dataclasses.fields(self.config) if f.default is not dataclasses.MISSING}
+        theirs = {**{k: v for k, v in added.items() if k not in theirs}, **theirs}
         differ = sorted(
             k for k in set(ours) | set(theirs) if k not in RESUMABLE_CHANGES and ours.get(k) != theirs.get(k)
         )

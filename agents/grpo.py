@@ -22,7 +22,8 @@ class GRPOConfig(GroupConfig):
     """Finished episodes per iteration: ``batch_size / group_size`` prompts."""
     scale_rewards: bool = True
     """Divide by the group's reward std (the original GRPO); ``False`` only subtracts the group mean, which
-    avoids over-weighting prompts whose completions all score nearly the same (Dr. GRPO)."""
+    avoids over-weighting prompts whose completions all score nearly the same (Dr. GRPO). Not applied with
+    ``turn_credit`` (a std that holds the episode's own reward would bias its turn baseline)."""
     kl_estimator: str = "k3"
     """GRPO's KL term in the loss uses k3 (non-negative, unbiased); see [AgentConfig][agents.config.AgentConfig]."""
     loss_type: str = "sequence"
@@ -42,7 +43,9 @@ class GRPOConfig(GroupConfig):
 
 class GRPO(GroupAgent):
     """Group Relative Policy Optimization: ``A_i = (r_i − mean(r_group)) / std(r_group)`` for every token of
-    completion ``i``, a clipped surrogate, and ``β·KL(π‖π_ref)`` added to the loss."""
+    completion ``i``, a clipped surrogate, and ``β·KL(π‖π_ref)`` added to the loss. With ``turn_credit`` the
+    advantages are per turn instead ([turn_advantages][agents.group.turn_advantages]), neither centred on a mean
+    that holds the episode's own reward nor scaled by a std that does."""
 
     config_class = GRPOConfig
     algo = "grpo"
@@ -65,7 +68,7 @@ class GRPO(GroupAgent):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
         per_token, clipped, approx_kl = clipped_surrogate(
-            logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), c.clip_range, c.clip_range_high
+            logprobs, old_logprobs, advantages, c.clip_range, c.clip_range_high
         )  # (B, T)
         if ref_logprobs is not None:
             per_token = per_token + self.kl_coef * self.kl_penalty(logprobs, ref_logprobs)

@@ -18,11 +18,14 @@ class RLOOConfig(GroupConfig):
 class RLOO(GroupAgent):
     """REINFORCE Leave-One-Out: the reward is the task score minus ``β·KL(π‖π_ref)`` of the completion, and
     ``A_i = R_i − mean_{j≠i} R_j`` over the other completions of the same prompt; the loss is the clipped
-    surrogate (plain REINFORCE when ``epochs=1`` and one minibatch, where the ratio is 1)."""
+    surrogate (plain REINFORCE when ``epochs=1`` and one minibatch, where the ratio is 1). With ``turn_credit``
+    each turn's reward is its task reward less ``β·KL`` of its tokens, and the baseline is per turn
+    ([turn_advantages][agents.group.turn_advantages])."""
 
     config_class = RLOOConfig
     algo = "rloo"
     config: RLOOConfig
+    kl_in_reward = True
 
     def advantages(self, scores: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         g = self.config.group_size
@@ -39,6 +42,6 @@ class RLOO(GroupAgent):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         per_token, clipped, approx_kl = clipped_surrogate(
-            logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), self.config.clip_range
+            logprobs, old_logprobs, advantages, self.config.clip_range
         )  # (B, T); the KL is already in the reward
         return completion_mean_share(per_token, mask), clipped, approx_kl  # this process's share

@@ -60,7 +60,8 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     shipped = json.loads((SHIPPED_DIR / "positivity-minilm" / "training_report.json").read_text())["config"]
-    config = TrainConfig(**{**shipped, "progress": False, "device": "cpu"})
+    # The shipped head predates early stopping (no such key in its config): it kept its last epoch.
+    config = TrainConfig(**{"early_stopping": False, **shipped, "progress": False, "device": "cpu"})
     result = train_reward_model(args.data, config)
     report = result.report
     print(f"(1) MiniLM head, trained on {report['train']['pairs']} pairs ({args.data}):")

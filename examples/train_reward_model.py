@@ -4,7 +4,8 @@
 2. Label them pairwise with a gold reward model (VADER positivity), flipping 10% of the labels like a careless
    annotator.
 3. Train a small head on the frozen MiniLM encoder with the Bradley–Terry loss; held-out pairwise accuracy is
-   measured against the noisy labels during training and against the gold afterwards.
+   measured against the noisy labels after every epoch, the weights of the best epoch are kept (early stopping,
+   the default), and that model's held-out accuracy is measured against the gold afterwards.
 4. Load the saved model by its path as the reward of an env.
 
 Run: `python examples/train_reward_model.py` (about 2 minutes on 2 CPU cores; `--model tiny` for a smoke run).
@@ -45,7 +46,11 @@ pairs = [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in noisy]
 # 3. Bradley–Terry training on the noisy labels, with a held-out split by prompt.
 config = TrainConfig(backbone="minilm", epochs=args.epochs, eval_fraction=0.2, seed=0)
 result = train_reward_model(pairs, config, out_dir=args.out)
-print(f"held-out accuracy vs the noisy labels: {result.report['eval']['accuracy']:.3f}")
+history, best = result.report["history"], result.report["best_epoch"]
+print(
+    f"held-out accuracy vs the noisy labels: {result.report['eval']['accuracy']:.3f} (epoch {best} of "
+    f"{len(history)}, the best, kept; {history[-1]['eval_accuracy']:.3f} after the last)"
+)
 _, held_out = split_by_prompt(pairs, config.eval_fraction, config.seed)  # the split train_reward_model made
 truth = [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in clean]
 truth = [pair for pair in truth if pair.prompt in {p.prompt for p in held_out}]

@@ -81,6 +81,8 @@ def _train(args: argparse.Namespace) -> int:
         print(
             f"  held out ({held['prompts']} prompts, {held['pairs']} pairs): pairwise accuracy {held['accuracy']:.3f}"
         )
+        kept = "kept" if report["kept_epoch"] == report["best_epoch"] else f"epoch {report['kept_epoch']} kept"
+        print(f"  best held-out epoch {report['best_epoch']} of {len(report['history'])} run ({kept})")
     print(f"saved to {args.out} (report: {args.out}/training_report.json)")
     print(f'use it: gym.make("TextGen-v0", reward_model="{args.out}")')
     return 0
@@ -150,7 +152,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_text = docs.get(f.name, "") + ("" if f.default is None else f" (default: {f.default})")
-        if f.type == "bool":
+        if f.type in ("bool", "bool | None"):  # --flag / --no-flag; neither leaves the default (None: automatic)
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             kind = int if "int" in f.type else float if "float" in f.type else str

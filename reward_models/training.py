@@ -5,9 +5,12 @@ For a pair where ``y_w`` was preferred over ``y_l`` as a completion of ``x``, th
 Batches hold whole prompts, so every pair of one ranking lands in the same batch and each completion is scored
 once per batch however many pairs it appears in (InstructGPT's trick that makes rankings cheap).
 
-The held-out split is by prompt; its pairwise accuracy is reported after every epoch and at the end. After
-training, the raw scores of the training completions give the mean and std stored with the model, so its
-rewards come out standardised.
+The held-out split is by prompt; its pairwise accuracy and loss are reported after every epoch and at the end.
+Early stopping, on by default whenever prompts are held out, keeps the weights of the epoch with the best held-out
+accuracy rather than the last epoch's (a small head on a few hundred noisy pairs overfits within a few epochs), and
+with ``patience`` stops once that many epochs in a row have not beaten it. After training, the raw scores of the
+training completions under the kept weights give the mean and std stored with the model, so its rewards come out
+standardised.
 
     from reward_models.training import TrainConfig, train_reward_model
 
@@ -17,7 +20,9 @@ rewards come out standardised.
 Under ``torchrun`` training is data-parallel: every process draws the same batches and scores the prompts of
 each batch that fall to it (whole prompts, round robin); the loss is normalised by the batch's pair count and
 the gradients summed over the processes, so each step is the single-process step (with ``dropout=0``: dropout
-masks are drawn per process). Only rank 0 saves.
+masks are drawn per process). Every process scores the whole held-out split with the same weights, and the
+epoch's held-out figures are then taken from rank 0 on all of them, so that every process keeps and stops at the
+same epoch. Only rank 0 saves.
 """
 
 from __future__ import annotations
@@ -68,7 +73,16 @@ class TrainConfig:
     margin: float = 0.0
     """Margin added to every pair's own (the loss asks ``r_w - r_l`` to exceed it)."""
     eval_fraction: float = 0.1
-    """Share of prompts held out to measure pairwise accuracy; 0 trains on everything."""
+    """Share of prompts held out to measure pairwise accuracy (and to pick the epoch to keep); 0 trains on
+    everything."""
+    early_stopping: bool | None = None
+    """Keep the weights of the epoch with the best held-out pairwise accuracy (ties: the lower held-out loss, then
+    the earlier epoch) instead of the last epoch's. ``None`` (default): on when ``eval_fraction > 0``; with
+    ``eval_fraction`` 0 there is nothing to choose on, so every epoch runs and the last is kept. ``True``: on, and
+    an error without a held-out split. ``False``: keep the last epoch."""
+    patience: int | None = None
+    """With early stopping: stop after this many epochs in a row without a new best epoch; ``None`` runs every
+    epoch (and still keeps the best)."""
     hidden_size: int = 256
     """``minilm``: the head's hidden width; 0 for a linear head."""
     dropout: float = 0.1
@@ -95,6 +109,22 @@ class TrainConfig:
             self.lr = 1e-3 if self.backbone == "minilm" else 1e-5
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0; got {self}.")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epoch, or None to run every epoch; got {self.patience}.")
+        asked = self.early_stopping or self.patience is not None  # explicitly, rather than by the default
+        if asked and self.eval_fraction == 0:
+            raise ValueError(
+                "Early stopping (early_stopping=True or a patience) picks the epoch on held-out prompts, but "
+                "eval_fraction is 0: hold some out (e.g. eval_fraction=0.1, --eval-fraction 0.1) or leave "
+                "early_stopping and patience unset to train every epoch on all the data."
+            )
+        if self.early_stopping is False and self.patience is not None:
+            raise ValueError(f"patience={self.patience} needs early stopping; drop it or set early_stopping=True.")
+
+    @property
+    def keeps_best_epoch(self) -> bool:
+        """Whether training keeps the best held-out epoch (early stopping on), ``early_stopping`` resolved."""
+        return self.early_stopping if self.early_stopping is not None else self.eval_fraction > 0
 
 
 @dataclass
@@ -120,19 +150,30 @@ class TrainResult:
 
     model: EncoderHeadReward | HFClassifierReward
     report: dict[str, Any] = field(default_factory=dict)
-    """``config``, ``train``/``eval`` [PairwiseReport][reward_models.training.PairwiseReport] dicts, ``history`` (per
-    epoch), ``seconds``."""
+    """``config``, ``train``/``eval`` [PairwiseReport][reward_models.training.PairwiseReport] dicts of the kept
+    weights, ``history`` (every epoch run: ``loss``, and with a held-out split ``eval_accuracy`` and ``eval_loss``),
+    ``best_epoch`` (the best held-out epoch; ``None`` without a held-out split), ``kept_epoch`` (the epoch whose
+    weights the model holds: ``best_epoch`` with early stopping, else the last), ``seconds``."""
 
 
 def pairwise_accuracy(reward_fn: RewardFn, pairs: Sequence[PreferencePair]) -> PairwiseReport:
     """Score each distinct ``(prompt, completion)`` of ``pairs`` once, with any reward model, and compare."""
     if not pairs:
         raise ValueError("pairwise_accuracy needs at least one pair.")
+    gaps = _score_gaps(reward_fn, pairs)
+    return PairwiseReport(_accuracy(gaps), float(gaps.mean()), len(pairs), len({p.prompt for p in pairs}))
+
+
+def _score_gaps(reward_fn: RewardFn, pairs: Sequence[PreferencePair]) -> np.ndarray:
+    """``r(chosen) - r(rejected)`` of each pair, each distinct ``(prompt, completion)`` scored once."""
     prompts, completions, index = distinct_items(pairs)
     scores = np.asarray(reward_fn(prompts, completions), dtype=np.float64)
-    gaps = np.array([scores[index[(p.prompt, p.chosen)]] - scores[index[(p.prompt, p.rejected)]] for p in pairs])
-    accuracy = float(np.mean((gaps > 0) + 0.5 * (gaps == 0)))
-    return PairwiseReport(accuracy, float(gaps.mean()), len(pairs), len({p.prompt for p in pairs}))
+    return np.array([scores[index[(p.prompt, p.chosen)]] - scores[index[(p.prompt, p.rejected)]] for p in pairs])
+
+
+def _accuracy(gaps: np.ndarray) -> float:
+    """Share of positive gaps, a zero gap (a tie) counting one half."""
+    return float(np.mean((gaps > 0) + 0.5 * (gaps == 0)))
 
 
 def pair_items(pairs: Sequence[PreferencePair]) -> list[tuple[str, str]]:
@@ -185,7 +226,9 @@ def train_reward_model(
         model.cache_embeddings([text for item in pair_items(pairs) for text in item])
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    history = []
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None  # the history entry of the best held-out epoch so far
+    best_weights: list[torch.Tensor] | None = None  # its trainable weights, unless the model holds them
     show = config.progress and dist.is_main()
     bar = tqdm(total=config.epochs * len(train), disable=not show, desc="reward model", unit="pair")
     for epoch in range(1, config.epochs + 1):
@@ -201,12 +244,27 @@ def train_reward_model(
         model.model.eval()
         entry = {"epoch": epoch, "loss": float(np.mean(losses))}
         if held_out:
-            entry["eval_accuracy"] = pairwise_accuracy(model.raw_scores, held_out).accuracy
+            # Rank 0's figures on every rank: all score the same pairs with the same weights, but a last-bit
+            # difference between devices must not make the processes keep or stop at different epochs.
+            entry |= dist.broadcast_object(_held_out_metrics(model, held_out, config.margin))
             bar.set_postfix(epoch=epoch, loss=f"{entry['loss']:.3f}", eval_acc=f"{entry['eval_accuracy']:.3f}")
         history.append(entry)
+        if held_out and (best is None or _better(entry, best)):
+            best = entry
+            if config.keeps_best_epoch and epoch < config.epochs:  # after the last epoch the model holds them
+                best_weights = [p.detach().to("cpu", copy=True) for p in model.trainable_parameters()]
+        if config.keeps_best_epoch and config.patience is not None and epoch - best["epoch"] >= config.patience:
+            break  # keeps_best_epoch implies a held-out split, so there is a best epoch
     bar.close()
+    best_epoch = best["epoch"] if best is not None else None
+    kept_epoch = history[-1]["epoch"]
+    if config.keeps_best_epoch and best_epoch != kept_epoch:
+        with torch.no_grad():  # back to the best epoch's weights (the optimiser changed nothing else)
+            for param, saved in zip(list(model.trainable_parameters()), best_weights, strict=True):
+                param.copy_(saved)
+        kept_epoch = best_epoch
 
-    train_prompts, train_completions, _ = distinct_items(train)
+    train_prompts, train_completions, _ = distinct_items(train)  # normalised on the kept weights
     model.normalization = Normalization.of(model.raw_scores(train_prompts, train_completions))
     report = {
         "config": asdict(config),
@@ -214,6 +272,8 @@ def train_reward_model(
         "eval": asdict(pairwise_accuracy(model, held_out)) if held_out else None,
         "normalization": model.normalization.to_dict(),
         "history": history,
+        "best_epoch": best_epoch,
+        "kept_epoch": kept_epoch,
         "seconds": time.perf_counter() - start,
     }
     if isinstance(model, EncoderHeadReward):
@@ -222,6 +282,23 @@ def train_reward_model(
         model.save(out_dir)
         (Path(out_dir) / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return TrainResult(model, report)
+
+
+def _held_out_metrics(
+    model: EncoderHeadReward | HFClassifierReward, held_out: Sequence[PreferencePair], margin: float
+) -> dict[str, float]:
+    """Pairwise accuracy and Bradley–Terry loss of the raw scores on the held-out pairs, from one scoring pass."""
+    gaps = _score_gaps(model.raw_scores, held_out)
+    margins = np.array([p.margin + margin for p in held_out])
+    return {"eval_accuracy": _accuracy(gaps), "eval_loss": float(np.mean(np.logaddexp(0.0, margins - gaps)))}
+
+
+def _better(entry: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Whether an epoch beats the best so far: higher held-out accuracy, or equal with a lower held-out loss (an
+    exact tie keeps the earlier epoch)."""
+    if entry["eval_accuracy"] != best["eval_accuracy"]:
+        return entry["eval_accuracy"] > best["eval_accuracy"]
+    return entry["eval_loss"] < best["eval_loss"]
 
 
 def _new_model(config: TrainConfig) -> EncoderHeadReward | HFClassifierReward:

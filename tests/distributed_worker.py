@@ -123,6 +123,26 @@ def reward_model(model_dir: str, out: Path) -> dict:
     return {"losses": [h["loss"] for h in result.report["history"]]}
 
 
+def reward_model_early_stopping(model_dir: str, out: Path) -> dict:
+    """The LM-backbone reward model with early stopping (patience 2, 5 epochs) and held-out accuracies scripted to
+    differ by rank: rank 0's best epoch is 2 (stop after 4), rank 1's would be 1 (stop after 3)."""
+    from reward_models import training
+    from reward_models.preferences import PreferencePair
+
+    dist.init_distributed()  # before dist.rank(), which is 0 until the process group is joined
+    accuracies = iter([[0.5, 1.0, 0.5, 0.5, 0.5], [1.0, 0.5, 0.5, 0.5, 0.5]][dist.rank()])
+    training._held_out_metrics = lambda *_: {"eval_accuracy": next(accuracies), "eval_loss": 0.5}
+    pairs = [PreferencePair(w, f"{w} yes", f"{w} no") for w in WORDS[:8]]
+    config = training.TrainConfig(
+        backbone="lm", model=model_dir, epochs=5, batch_size=4, lr=1e-2, eval_fraction=0.25, patience=2, progress=False
+    )
+    result = training.train_reward_model(pairs, config)
+    model = result.model.model
+    torch.save({k: v.detach().clone() for k, v in model.named_parameters()}, out / f"rank{dist.rank()}.pt")
+    report = result.report
+    return {"epochs_run": len(report["history"]), "best_epoch": report["best_epoch"], "kept": report["kept_epoch"]}
+
+
 def collected_prompts(agent) -> list[str]:
     """The prompts this rank rolls out in the next collect (drawn from a copy of the agent's generator)."""
     import copy
@@ -178,6 +198,8 @@ def main() -> int:
             result = sft(model_dir, out)
         elif scenario == "reward_model":
             result = reward_model(model_dir, out)
+        elif scenario == "reward_model_early_stopping":
+            result = reward_model_early_stopping(model_dir, out)
         elif scenario == "bad_world":  # 2 processes of 2 envs cannot share a batch of 6
             make_agent(algo, model_dir, num_envs=2, batch_size=6, minibatch_size=2)
         elif scenario == "bad_config":  # rank 1 was started with another learning rate

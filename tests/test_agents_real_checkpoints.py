@@ -439,7 +439,7 @@ def test_grpo_loss_types_and_asymmetric_clipping(words_model_dir):
     per_token = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     zeros = torch.zeros(2, 4)
-    advantages = -per_token[:, 0]  # with ratio 1 the surrogate is −A per token: [1, 4]
+    advantages = -per_token[:, :1].expand(2, 4)  # with ratio 1 the surrogate is −A per token: [1, 4]
     seq, _, _ = agent.policy_loss(zeros, zeros, None, advantages, mask)
     assert seq.item() == pytest.approx((1 + 4) / 2)  # each completion weighs the same
     agent.config.loss_type = "token"

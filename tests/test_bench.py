@@ -322,8 +322,9 @@ def test_a_non_empty_folder_without_a_benchmark_is_refused(tmp_path):
         ({"levels": {TASK: 7}}, ValueError, r"has levels \[1, 2\], got 7"),
         ({"eval_points": (0.5, 0.25, 1)}, ValueError, "eval_points must be increasing"),
         ({"hparams": {"ppo": {"format_reward": 0.1}}}, ValueError, "format reward.*'fake-repeat' is single-turn"),
+        ({"hparams": {"grpo": {"turn_rewards": True}}}, ValueError, "turn rewards.*'fake-repeat' is single-turn"),
     ],
-    ids=["task", "algorithm", "budget", "level", "eval-points", "format-reward"],
+    ids=["task", "algorithm", "budget", "level", "eval-points", "format-reward", "turn-rewards"],
 )
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, kwargs, error, match):
     out = tmp_path / "out"

@@ -110,6 +110,15 @@ def test_two_processes_train_sft_and_reward_models_as_one(words_model_dir, tmp_p
     assert rank_result(double, 1)["losses"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_reward_model_early_stopping_keeps_and_stops_at_rank_0s_epoch_on_every_rank(words_model_dir, tmp_path):
+    """The held-out figures pick the epoch to keep and when to stop; scripted to differ by rank, rank 0's decide on
+    both (a rank stopping alone would leave the other waiting in a collective until the timeout)."""
+    assert_ok(launch(tmp_path, "reward_model_early_stopping", words_model_dir, str(tmp_path)))
+    for rank in (0, 1):
+        assert rank_result(tmp_path, rank) == {"epochs_run": 4, "best_epoch": 2, "kept": 2}
+    assert_same_weights(weights(tmp_path, 0), weights(tmp_path, 1), atol=0)
+
+
 def test_distributed_run_writes_on_rank_0_only_and_resumes_exactly(words_model_dir, tmp_path):
     resumed, straight, single = tmp_path / "resumed", tmp_path / "straight", tmp_path / "single"
     assert_ok(launch(resumed, "learn", words_model_dir, str(resumed), "grpo", "16"))

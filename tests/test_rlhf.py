@@ -142,6 +142,8 @@ def test_loop_end_to_end_two_rounds(reference_run):
         raters = {r["rater"] for r in standing_labels(out / f"round-{n}" / "labels" / "labels.jsonl")}
         assert raters == {"sim-0", "sim-1"}
     assert (out / "rounds.png").stat().st_size > 0
+    samples = [json.loads(line) for line in (out / "round-2" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and all(isinstance(s["completion"], str) and s["gold"] is not None for s in samples)
     state = json.loads((out / "round-2" / "policy" / "trainer_state.json").read_text())
     assert (
         state["episodes_seen"]

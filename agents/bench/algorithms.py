@@ -5,6 +5,8 @@ Budgets are counted in env tokens (env steps that generate a token), the one uni
 * textgym's ``ppo``, ``grpo``, ``rloo`` train whole updates of ``batch_size`` episodes until the rollout
   engine has generated at least the target number of tokens (GRPO/RLOO's tokens include the episodes a
   wave drops); their learning-rate schedule spans the whole budget (:meth:`LMAgentAlgorithm.budget_episodes`);
+* TRL's GRPOTrainer (``trl-grpo``, :class:`TRLGRPO`) counts the env tokens of the completions it scores, and
+  trains whole updates (a generation batch and its gradient steps) until they reach the target;
 * SB3's ``sb3-ppo``, ``sb3-a2c``, ``sb3-maskable-ppo`` count one timestep per token; they train until
   ``num_timesteps`` reaches the target, in whole rollouts of ``n_steps × num_envs`` timesteps;
 * ``random``, ``zero-shot``, ``best-of-n`` and ``oracle`` train nothing (0 tokens). ``best-of-n`` spends its
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +31,7 @@ from agents.rollout import RolloutBatch
 from textgym.lm.models import TINY_MODEL
 from textgym.tasks import TaskSpec
 
-TRAIN_ENV_KEYS = ("format_reward",)
+TRAIN_ENV_KEYS = ("format_reward", "turn_rewards")
 """Settings of a trained algorithm that go to its training env, not to the algorithm (see :mod:`.hparams`)."""
 
 
@@ -234,6 +237,168 @@ class RLOO(LMAgentAlgorithm):
     agent_name = "RLOO"
 
 
+class TRLGRPO(Algorithm):
+    """TRL's ``GRPOTrainer`` on the task's train split through [textgym.trl][textgym.trl] (``pip install trl``).
+
+    Settings under textgym GRPO's names, mapped onto ``GRPOConfig``: ``batch_size`` completions per update
+    (``generation_batch_size``), ``group_size`` per prompt (``num_generations``), ``minibatch_size`` per gradient step
+    (``per_device_train_batch_size``), ``epochs`` (``num_iterations``), ``kl_coef`` (``beta``), ``clip_range``
+    (``epsilon``), ``learning_rate``, ``precision`` (``bf16``); any other key is a ``GRPOConfig`` field. textgym's
+    GRPO defaults are fixed where TRL's differ: ``loss_type="grpo"`` (each completion's token mean, then the mean:
+    textgym's ``loss_type="sequence"``), a constant learning rate, no gradient checkpointing. Both use group-std
+    scaled advantages, the k3 KL estimator in the loss and temperature 1 over the whole vocabulary.
+
+    The budget counts the env tokens of the completions the reward function scored (each stop token included), as
+    textgym's rollout engine counts them. ``GRPOTrainer.train()`` runs once, in a thread of its own, and pauses after
+    every update (a generation batch and its gradient steps) until :meth:`train_until` asks for more; the test
+    episodes are sampled from the trained model, paused, by the rollout engine like every other algorithm's.
+    """
+
+    description = "TRL's GRPOTrainer through textgym.trl (pip install trl), textgym grpo's batch, groups and β"
+    trains = True
+    varies_over_points = True
+    NAMES: ClassVar[dict[str, str]] = {
+        "batch_size": "generation_batch_size",
+        "group_size": "num_generations",
+        "minibatch_size": "per_device_train_batch_size",
+        "epochs": "num_iterations",
+        "kl_coef": "beta",
+        "clip_range": "epsilon",
+    }
+    """textgym's setting names and the ``GRPOConfig`` fields they become."""
+
+    def __init__(self, cell: Cell) -> None:
+        super().__init__(cell)
+        import tempfile
+        import threading
+
+        import torch
+        from trl import GRPOConfig, GRPOTrainer
+
+        from agents.precision import resolve_precision
+        from textgym.lm.models import load_causal_lm, load_tokenizer, resolve_device
+        from textgym.trl import trl_task
+
+        settings = {self.NAMES.get(k, k): v for k, v in cell.hparams.items() if k != "num_envs"}
+        device = resolve_device(cell.device)
+        bf16 = resolve_precision(settings.pop("precision", "auto"), torch.device(device)) == "bf16"
+        batch = settings["generation_batch_size"]
+        self.task = trl_task(cell.task.name, "train", cell.level, cell.model, score_batch_size=batch, **cell.env_kwargs)
+        self.steps_per_update = batch // settings["per_device_train_batch_size"] * settings.get("num_iterations", 1)
+        # Enough updates for the budget, every completion taking at least one token (the rate is constant, so this
+        # bound sets nothing else); without a budget, no bound.
+        updates = math.ceil(cell.budget_tokens / batch) if cell.budget_tokens else 10**9
+        self.output_dir = tempfile.TemporaryDirectory(prefix="textgym-trl-grpo-")
+        config = GRPOConfig(
+            **{
+                "output_dir": self.output_dir.name,
+                "max_steps": self.steps_per_update * updates,
+                "max_completion_length": self.task.max_new_tokens,
+                "loss_type": "grpo",
+                "scale_rewards": "group",
+                "lr_scheduler_type": "constant",
+                "gradient_checkpointing": False,
+                "bf16": bf16,
+                "seed": cell.seed,
+                "use_cpu": device == "cpu",
+                "report_to": [],
+                "save_strategy": "no",
+                "logging_steps": self.steps_per_update,
+                "disable_tqdm": True,
+                **settings,
+            }
+        )
+        self.model = self.task.prepare_model(load_causal_lm(cell.model))
+        self.pause = _pause_after_updates(self.steps_per_update, lambda: self.task.completion_tokens)
+        self.trainer = GRPOTrainer(
+            model=self.model,
+            reward_funcs=self.task.reward_func,
+            args=config,
+            train_dataset=self.task.dataset,
+            processing_class=load_tokenizer(cell.model),
+            callbacks=[self.pause],
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._train, name="trl-grpo", daemon=True)
+
+    @classmethod
+    def tokens_per_update(cls, hparams: dict[str, Any], max_steps: int | None) -> int:
+        try:
+            import trl  # noqa: F401
+        except ImportError as error:
+            raise ImportError("trl-grpo needs TRL: pip install trl (or textgym[bench]).") from error
+        batch, group, minibatch = (int(hparams[k]) for k in ("batch_size", "group_size", "minibatch_size"))
+        if group < 2 or batch % group or batch % minibatch:
+            raise ValueError(
+                f"trl-grpo: batch_size ({batch}) must be a multiple of group_size ({group}, at least 2: a generation "
+                f"batch holds whole groups) and of minibatch_size ({minibatch}, the completions of a gradient step)."
+            )
+        return batch * (max_steps or 1)
+
+    def train_until(self, tokens: int) -> None:
+        if tokens <= self.train_tokens:
+            return
+        start = time.perf_counter()
+        self.pause.target = tokens
+        self.pause.paused.clear()
+        if self.thread.ident is None:
+            self.thread.start()
+        else:
+            self.pause.resume.set()
+        while not self.pause.paused.wait(0.05) and self.thread.is_alive():
+            pass
+        if self.error is not None:
+            raise RuntimeError("TRL's GRPOTrainer failed; see the error above.") from self.error
+        self.train_seconds += time.perf_counter() - start
+        self.train_tokens = self.task.completion_tokens
+        if self.train_tokens < tokens:
+            raise RuntimeError(f"TRL's GRPOTrainer stopped at max_steps with {self.train_tokens} of {tokens} tokens.")
+
+    def _train(self) -> None:
+        try:
+            self.trainer.train()
+        except BaseException as error:  # handed to the caller of train_until
+            self.error = error
+        finally:
+            self.pause.paused.set()
+
+    def test_episodes(self, test: TestSet, fraction: float) -> TestEpisodes:
+        return TestEpisodes(test.sample(self.model.eval()))  # the trainer sets train mode again at its next step
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.pause.stop = True
+            self.pause.resume.set()
+            self.thread.join()
+        self.task.close()
+        self.output_dir.cleanup()
+
+
+def _pause_after_updates(steps_per_update: int, tokens_used: Callable[[], int]) -> Any:
+    """A ``TrainerCallback`` that, after every update (``steps_per_update`` steps), waits while the tokens used are at
+    least its ``target``: it sets ``paused`` and waits for ``resume``; with ``stop`` set, it ends the training."""
+    import threading
+
+    from transformers import TrainerCallback  # here: importing transformers' trainer takes about a second
+
+    class PauseAfterUpdates(TrainerCallback):
+        def __init__(self) -> None:
+            self.target, self.stop = 0, False
+            self.paused, self.resume = threading.Event(), threading.Event()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step % steps_per_update:
+                return control
+            while tokens_used() >= self.target and not self.stop:
+                self.paused.set()
+                self.resume.wait()
+                self.resume.clear()
+            control.should_training_stop = self.stop
+            return control
+
+    return PauseAfterUpdates()
+
+
 class SB3Algorithm(Algorithm):
     """Stable-Baselines3 / sb3-contrib with the LM policy (:mod:`agents.sb3`) on the batched SB3 vec env."""
 
@@ -345,6 +510,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "best-of-n": BestOfN,
     "ppo": PPO,
     "grpo": GRPO,
+    "trl-grpo": TRLGRPO,
     "rloo": RLOO,
     "sb3-ppo": SB3PPO,
     "sb3-a2c": SB3A2C,
@@ -353,5 +519,6 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 """Every algorithm the runner knows, by the name ``--algos`` takes."""
 
-DEFAULT_ALGORITHMS = tuple(name for name in ALGORITHMS if name != "oracle")
-"""What a run compares unless told otherwise; ``oracle`` (the scripted solver) is allowed in any run."""
+DEFAULT_ALGORITHMS = tuple(name for name in ALGORITHMS if name not in ("oracle", "trl-grpo"))
+"""What a run compares unless told otherwise; ``oracle`` (the scripted solver) and ``trl-grpo`` (an optional
+dependency) are allowed in any run."""

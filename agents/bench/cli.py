@@ -51,7 +51,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--tasks", type=_names, default=None, help="comma-separated task names (default: all)")
     parser.add_argument(
-        "--algos", type=_names, default=None, help="comma-separated algorithm names (default: all but oracle)"
+        "--algos",
+        type=_names,
+        default=None,
+        help="comma-separated algorithm names (default: all but oracle and trl-grpo)",
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per task × algorithm (default 3; quick 1)")
     parser.add_argument(

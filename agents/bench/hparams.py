@@ -9,11 +9,14 @@ Each entry is a flat dict. Keys the runner reads itself:
 * ``top_p`` (``sb3-maskable-ppo``): the mass of the reference model's top-p action mask;
 * ``format_reward`` (trained algorithms on multi-turn tasks): the training env's reward per turn its partner can
   read (the env's ``format_reward``; the gold score and the test env leave it out);
+* ``turn_rewards`` (likewise): the weight of the training env's reward per turn for the progress its partner's
+  answer makes (the env's ``turn_rewards``; ``true`` is 1; the gold score and the test env leave it out);
 * ``n_max`` (``best-of-n``): the largest ``n``; evaluation point ``k`` at budget fraction ``f`` uses
   ``n = round(n_max ** f)`` samples per prompt (1, 2, 4, 8, 16 at 0, 25, 50, 75, 100 %).
 
 Every other key goes to the algorithm: the config fields of :class:`agents.PPOConfig`, :class:`agents.GRPOConfig`
-and :class:`agents.RLOOConfig`, or the constructor arguments of SB3's ``PPO``, ``A2C`` and sb3-contrib's
+and :class:`agents.RLOOConfig`, ``trl-grpo``'s textgym-named settings or ``trl.GRPOConfig`` fields
+(:class:`agents.bench.algorithms.TRLGRPO`), or the constructor arguments of SB3's ``PPO``, ``A2C`` and sb3-contrib's
 ``MaskablePPO``. ``--quick`` lays :data:`QUICK` over :data:`DEFAULTS`; :data:`TASK_OVERRIDES` comes last.
 """
 
@@ -27,6 +30,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 16, "batch_size": 16, "minibatch_size": 8, "epochs": 4, "learning_rate": 1e-5, "kl_coef": 0.05},
     "grpo": {"num_envs": 32, "batch_size": 32, "group_size": 8, "minibatch_size": 8, "learning_rate": 1e-5},
     "rloo": {"num_envs": 32, "batch_size": 32, "group_size": 4, "minibatch_size": 8, "learning_rate": 1e-5},
+    # TRL's GRPOTrainer under textgym grpo's settings and names (agents.bench.algorithms.TRLGRPO maps them onto
+    # GRPOConfig); kl_coef is the one grpo takes from AgentConfig's defaults.
+    "trl-grpo": {"batch_size": 32, "group_size": 8, "minibatch_size": 8, "learning_rate": 1e-5, "kl_coef": 0.05},
     # SB3 with the LM policy: n_steps × num_envs tokens (timesteps) per update.
     "sb3-ppo": {
         "num_envs": 8,
@@ -55,6 +61,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 4, "batch_size": 8, "minibatch_size": 4, "epochs": 1, "learning_rate": 1e-3},
     "grpo": {"num_envs": 4, "batch_size": 8, "group_size": 4, "minibatch_size": 4, "learning_rate": 1e-3},
     "rloo": {"num_envs": 4, "batch_size": 8, "group_size": 4, "minibatch_size": 4, "learning_rate": 1e-3},
+    "trl-grpo": {"batch_size": 8, "group_size": 4, "minibatch_size": 4, "learning_rate": 1e-3},
     "sb3-ppo": {"num_envs": 4, "n_steps": 16, "batch_size": 32, "n_epochs": 1, "learning_rate": 1e-3},
     "sb3-a2c": {"num_envs": 4, "n_steps": 8, "learning_rate": 1e-3},
     "sb3-maskable-ppo": {"num_envs": 4, "n_steps": 16, "batch_size": 32, "n_epochs": 1, "learning_rate": 1e-3},

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.bench.algorithms import ALGORITHMS, DEFAULT_ALGORITHMS, Cell, judge_kwargs
+from agents.bench.algorithms import ALGORITHMS, DEFAULT_ALGORITHMS, TRAIN_ENV_KEYS, Cell, judge_kwargs
 from agents.bench.hparams import hparams_for
 from agents.run_log import write_json_atomic
 
@@ -265,11 +265,12 @@ def plan(config: BenchConfig) -> list[Cell]:
         env.close()
         for algorithm in config.algorithms:
             hparams = hparams_for(name, algorithm, config.quick, config.hparams.get(algorithm))
-            if "format_reward" in hparams and not (task.multi_turn and ALGORITHMS[algorithm].trains):
-                raise ValueError(
-                    f"{algorithm}.format_reward: only an algorithm that trains takes a format reward, and only on a "
-                    f"multi-turn task ({name!r} is {'multi-turn' if task.multi_turn else 'single-turn'})."
-                )
+            for key in TRAIN_ENV_KEYS:  # the training env's shaping rewards, which only multi-turn tasks pay
+                if key in hparams and not (task.multi_turn and ALGORITHMS[algorithm].trains):
+                    raise ValueError(
+                        f"{algorithm}.{key}: only an algorithm that trains takes a {key.replace('_', ' ')}, and only "
+                        f"on a multi-turn task ({name!r} is {'multi-turn' if task.multi_turn else 'single-turn'})."
+                    )
             needed = ALGORITHMS[algorithm].tokens_per_update(hparams, max_steps)
             if 1 < config.budget_tokens < needed:
                 raise ValueError(

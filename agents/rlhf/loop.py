@@ -10,7 +10,7 @@ A run folder holds::
     round-N/reward_model/ pairs.jsonl (every label so far, as pairs), member-0/ ..., report.json
     round-N/policy/       the policy after the round's RL: an agent checkpoint, loadable as a model directory
     round-N/rl.csv        the round's RL updates
-    round-N/metrics.json  the round's evaluation on the test split
+    round-N/metrics.json  the round's evaluation on the test split (samples.jsonl: its completions)
     rounds.csv, rounds.png  one row per round; gold and proxy against labels used
 
 A stage is done when its last file is in place (each written whole, then renamed), so a run killed at any point
@@ -34,13 +34,14 @@ import numpy as np
 
 from agents.rlhf.config import FeedbackTask, RLHFConfig
 from agents.run_log import write_json_atomic
+from textgym.lm.jsonl import write_jsonl
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.json"
 ROUNDS_CSV = "rounds.csv"
-RESUMABLE_CHANGES = {"host", "port", "device"}
-"""Settings a resumed run may change: where the page is served and where tensors go, not what is computed."""
+RESUMABLE_CHANGES = {"out", "host", "port", "device"}
+"""Settings a resumed run may change: where the folder is, the page is served and tensors go; not what is computed."""
 
 
 def run_rlhf(config: RLHFConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
@@ -258,7 +259,6 @@ class RLHFLoop:
         from reward_models.preferences import load_preferences
         from reward_models.training import TrainConfig, pairwise_accuracy
         from reward_models.training import train_reward_model as train
-        from textgym.lm.jsonl import write_jsonl
 
         c, rd = self.config, self.round_dir(n)
         tmp = rd / "reward_model.tmp"
@@ -373,8 +373,16 @@ class RLHFLoop:
         level = env_kwargs.pop("level", None)
         test = TestSet("TextGen-v0", level, self.model, c.eval_prompts, c.seed, self.device, env_kwargs)
         policy = load_causal_lm(self.policy_dir(n), device=self.device) if n > 0 else test.reference
-        metrics = completion_metrics(test.sample(policy), test.reference)
+        batch = test.sample(policy)
+        metrics = completion_metrics(batch, test.reference)
         test.close()
+        rd.mkdir(parents=True, exist_ok=True)
+        gold = [info["gold_score"] if self.gold is not None else None for info in batch.infos]
+        samples = [
+            {"prompt": p, "completion": c, "reward": info["score"], "gold": g}
+            for p, c, info, g in zip(batch.prompts, batch.completions, batch.infos, gold)
+        ]
+        write_jsonl(rd / "samples.jsonl", samples)  # the test completions, to read what the policy writes
         previous = _read_json(self.round_dir(n - 1) / METRICS_FILE) if n > 0 else {}
         report = _read_json(rd / "reward_model" / REPORT_FILE) if n > 0 else {}
         rl = _read_json(rd / "policy" / "round.json") if n > 0 else {}
@@ -392,7 +400,6 @@ class RLHFLoop:
             "rm_gold_accuracy": report.get("gold_accuracy", math.nan),
             **_read_json(rd / "timings.json"),
         }
-        rd.mkdir(parents=True, exist_ok=True)
         write_json_atomic(rd / METRICS_FILE, row)
 
 

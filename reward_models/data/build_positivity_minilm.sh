@@ -14,6 +14,7 @@ OMP_NUM_THREADS=1 textgym reward synth --prompts openings --num-completions 8 --
     --save-completions $DATA/openings_smollm2_completions.jsonl --out $DATA/positivity_pairs.jsonl
 
 # 2. Train a head on the frozen MiniLM encoder with the Bradley–Terry loss, 10% of the prompts held out. The head
-#    sees the completion only, as the gold does.
+#    sees the completion only, as the gold does. The shipped head keeps its 20th epoch: it was trained before
+#    early stopping became the default.
 textgym reward train --data $DATA/positivity_pairs.jsonl --out $DATA/positivity-minilm \
-    --backbone minilm --no-use-prompt --epochs 20 --device cpu --seed 0
+    --backbone minilm --no-use-prompt --epochs 20 --device cpu --seed 0 --no-early-stopping

@@ -107,11 +107,11 @@ class SimulatedPanel:
                 if self.names[rater] not in store.raters_of[task.item.id]:
                     plan.append((rater, task))
         plan = plan[:needed]
-        texts = [(task.item.prompt, task.item.completions[i]) for _, task in plan for i in task.shown]
+        shown = ((task.item.prompt, task.item.completions[i]) for _, task in plan for i in task.shown)
+        texts = list(dict.fromkeys(shown))
         scores = np.asarray(self.gold([p for p, _ in texts], [c for _, c in texts]), dtype=np.float64)
-        start = 0
+        score_of = dict(zip(texts, scores))  # each text scored once, however many raters see it
         for rater, task in plan:
-            gold = scores[start : start + len(task.shown)]
-            start += len(task.shown)
+            gold = [score_of[(task.item.prompt, task.item.completions[i])] for i in task.shown]
             store.submit(self.names[rater], task, self.rank(rater, task, gold))
         return len(plan)

@@ -25,6 +25,7 @@ after the opening, the agent's tokens and the partner's together)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -54,6 +55,9 @@ class Reply:
     which the env scores the game lost)."""
     valid: bool = True
     """Whether the partner could read the turn (a well-formed guess or question); ``format_reward`` pays it."""
+    progress: float = 0.0
+    """The share of the game's uncertainty this answer resolved, in [0, 1] (see
+    [progress][textgym.envs.conversation.progress]); ``turn_rewards`` pays it. Not part of the task score."""
 
 
 class Game(Protocol):
@@ -78,6 +82,9 @@ class ConversationEpisodes(TokenEpisodes):
             env writes the end-of-turn token itself.
         format_reward: added to the reward of every turn the partner could read (a shaping reward for training:
             the gold score leaves it out).
+        turn_rewards: the weight of each turn's ``progress`` (the share of the game's uncertainty its answer
+            resolved), added to the turn's reward: a reward per turn from the partner's feedback (``True`` is 1;
+            0, the default, pays none). A shaping reward for training: the gold score leaves it out.
         max_prompt_tokens: ``P``; ``None``: the longest opening (of every instance, so that a task's train and test
             envs have the same spaces).
         **kwargs: [TokenEpisodes][textgym.envs.core.TokenEpisodes]'s other arguments (``model``, ``split``,
@@ -93,6 +100,7 @@ class ConversationEpisodes(TokenEpisodes):
         max_turns: int = 8,
         max_turn_tokens: int = 16,
         format_reward: float = 0.0,
+        turn_rewards: float = 0.0,
         max_prompt_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -123,6 +131,7 @@ class ConversationEpisodes(TokenEpisodes):
             raise ValueError(f"The chat template of {self.model_dir} closes no turn with a special token.")
         self.stop_token_ids = np.array([self.end_of_turn], dtype=np.int64)
         self.max_turns, self.max_turn_tokens, self.format_reward = max_turns, max_turn_tokens, float(format_reward)
+        self.turn_rewards = float(turn_rewards)
         width = self.input_ids.shape[1]
         self.observation_space = spaces.Dict(
             {**self.observation_space.spaces, "agent_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64)}
@@ -180,8 +189,8 @@ class ConversationEpisodes(TokenEpisodes):
             index) and ``reply`` in its info, and the final info also holds ``transcript`` (chat messages), ``turns``,
             ``outcome`` (``"solved"``, ``"lost"`` or ``None``), ``prompt``, ``completion`` (the agent's turns, one per
             line), ``score`` (the return without the KL part) and ``gold_score`` (the task score, without
-            ``format_reward``). With a reference model every step's info holds ``ref_logprob`` and ``kl_reward``, as in
-            TextGen-v0.
+            ``format_reward`` and ``turn_rewards``). With a reference model every step's info holds ``ref_logprob``
+            and ``kl_reward``, as in TextGen-v0.
         """
         if not self.running[rows].all():
             raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
@@ -204,7 +213,7 @@ class ConversationEpisodes(TokenEpisodes):
             text = self.tokenizer.decode(tokens[:-1] if closed else tokens, skip_special_tokens=False)
             turns = [*self.turns[row], text]
             reply = self.game.respond(self.instances[self.prompt_texts[row]], turns)
-            rewards[k] += reply.score + self.format_reward * reply.valid
+            rewards[k] += reply.score + self.format_reward * reply.valid + self.turn_rewards * reply.progress
             infos[k].update(turn=len(turns) - 1, reply=reply.text)
             outcome = reply.outcome
             cut = not closed and turn_length < self.max_turn_tokens  # the budget ended it mid-way
@@ -343,6 +352,17 @@ def ask_next(answer: str, move: str) -> str:
 def answer_of(reply: str) -> str:
     """The answer in a partner's reply, without `ask_next`'s request (what the scripted solvers read)."""
     return reply.split(". Your next ")[0]
+
+
+def progress(before: int, after: int, total: int) -> float:
+    """The share of a game's uncertainty one answer resolved: ``log(before / after) / log(total)``, the
+    candidates (numbers, objects, words) consistent with every answer having gone from ``before`` to ``after``,
+    of ``total`` at the start. In [0, 1] per turn, and over a game it sums to ``log(total / left) / log(total)``:
+    1 once one candidate is left (every solved game), less in a lost one. A turn that rules nothing out (no valid
+    move, a candidate already ruled out, a question already answered) earns 0."""
+    if total < 2 or after < 1:
+        return 0.0
+    return math.log(before / after) / math.log(total)
 
 
 def the_one(found: Iterable[T]) -> T | None:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import math
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
-from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
+from textgym.envs.conversation import (
+    ConversationEnv,
+    Reply,
+    answer_of,
+    ask_next,
+    conversation_task,
+    progress,
+    the_one,
+)
 from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: 4, 2: 16, 3: 64, 4: 256}
@@ -26,6 +34,29 @@ def optimal_turns(n: int) -> int:
     return math.ceil(math.log2(n + 1))
 
 
+def read_guess(turn: str, n: int) -> int | None:
+    """The number a turn guesses: its one number, if a whole number from 1 to ``n``; else ``None`` (no guess)."""
+    number = the_one(NUMBER.findall(turn))
+    guess = int(number) if number is not None and number.isdigit() else None
+    return guess if guess is not None and 1 <= guess <= n else None
+
+
+@lru_cache(maxsize=1 << 14)
+def interval_left(n: int, secret: int, turns: tuple[str, ...]) -> tuple[int, int]:
+    """The numbers ``(low, high)`` the answers to ``turns`` leave possible: the interval the highers and lowers
+    leave, ``(secret, secret)`` once a guess is correct. Memoised on the turns so that each turn of a game costs
+    one step from the interval before it."""
+    if not turns:
+        return 1, n
+    low, high = interval_left(n, secret, turns[:-1])
+    guess = read_guess(turns[-1], n)
+    if guess == secret:
+        return secret, secret
+    if guess is None:
+        return low, high
+    return (max(low, guess + 1), high) if guess < secret else (low, min(high, guess - 1))
+
+
 class GuessNumberGame:
     """The partner: a turn that writes one number, a whole one from 1 to N, is a guess (``"My guess is 3."`` guesses
     3, as a bare ``"3"`` does), answered higher, lower or correct; a turn with no number, two different ones or a
@@ -35,15 +66,21 @@ class GuessNumberGame:
     def __init__(self, n: int) -> None:
         self.n = n
 
+    def candidates_left(self, secret: int, turns: list[str]) -> int:
+        """How many numbers the answers to ``turns`` leave possible (see `interval_left`)."""
+        low, high = interval_left(self.n, secret, tuple(turns))
+        return high - low + 1
+
     def respond(self, secret: int, turns: list[str]) -> Reply:
-        number = the_one(NUMBER.findall(turns[-1]))
-        guess = int(number) if number is not None and number.isdigit() else None
-        if guess is None or not 1 <= guess <= self.n:
+        guess = read_guess(turns[-1], self.n)
+        if guess is None:
             return Reply(f"a number from 1 to {self.n}, please", valid=False)
+        resolved = progress(self.candidates_left(secret, turns[:-1]), self.candidates_left(secret, turns), self.n)
         if guess == secret:
             # Solving in turn t scores min(1, t*/t): binary search, never slower than t*, scores 1 on every game.
-            return Reply("correct", score=min(1.0, optimal_turns(self.n) / len(turns)), outcome="solved")
-        return Reply(ask_next("higher" if guess < secret else "lower", "guess"))
+            score = min(1.0, optimal_turns(self.n) / len(turns))
+            return Reply("correct", score=score, outcome="solved", progress=resolved)
+        return Reply(ask_next("higher" if guess < secret else "lower", "guess"), progress=resolved)
 
 
 class GuessNumberEnv(ConversationEnv):
@@ -81,6 +118,14 @@ class GuessNumberEnv(ConversationEnv):
     The final ``info`` holds ``gold_score`` (the ``min(1, t*/t)``, 0 if unsolved, what benchmarks report: task
     ``guess-number``, 0 is the uniform-random policy, 100 binary search) and ``score`` (the return).
 
+    Rewards per turn (``turn_rewards``, a weight: ``True`` is 1, the default 0 pays none): each guess also earns
+    ``turn_rewards`` times its progress, the share of the game's uncertainty its answer resolved:
+    ``log(before / after) / log(N)``, where ``before`` and ``after`` count the numbers the answers allow before and
+    after it (a higher or lower cuts the interval, a correct guess leaves one number). A guess of binary search
+    earns about ``1 / log₂(N)``; a guess outside the interval left, or a turn with no guess, earns 0; a game's
+    progress sums to 1 when solved, less when lost. It is paid on the step that ends the turn, with the turn's
+    other rewards; ``gold_score`` leaves it out.
+
     ## Starting State
 
     A game drawn uniformly from the level's games of the ``split``; its opening names the range and the rules, and
@@ -105,7 +150,7 @@ class GuessNumberEnv(ConversationEnv):
     ## Arguments
 
     ```python
-    env = gym.make("GuessNumber-v1", split="train", level=2, format_reward=0.1)
+    env = gym.make("GuessNumber-v1", split="train", level=2, format_reward=0.1, turn_rewards=1.0)
     ```
 
     | argument | type | default | meaning |
@@ -114,6 +159,7 @@ class GuessNumberEnv(ConversationEnv):
     | `max_turns` | int or None | `None` | guesses before the game is lost; `None`: `2·t*` |
     | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 8 |
     | `format_reward` | float | `0.0` | shaping reward for each valid guess (not in the gold score) |
+    | `turn_rewards` | float | `0.0` | weight of each guess's progress reward (Rewards; not in the gold score) |
     | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
     | `max_prompt_tokens` | int or None | `None` | the opening's width; `None`: the longest opening of the level |
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import os
 import re
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task
+from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, progress
 from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: 8, 2: 16, 3: 32, 4: 64}
@@ -105,22 +105,53 @@ def solver_turns(target: str, candidates: tuple[str, ...], path: str | os.PathLi
             return len(history)
 
 
+@lru_cache(maxsize=1 << 14)
+def parse_turn(turn: str, path: str | os.PathLike = TABLE_FILE) -> tuple[str, str] | None:
+    """`parse` with the table at ``path``, memoised: a turn is read once, and the questions models ask repeat."""
+    return parse(turn, load_table(path))
+
+
+@lru_cache(maxsize=1 << 14)
+def objects_left(
+    target: str, candidates: tuple[str, ...], turns: tuple[str, ...], path: str | os.PathLike = TABLE_FILE
+) -> frozenset[str]:
+    """The candidates the answers to ``turns`` leave possible: those that share each attribute asked about with
+    ``target`` and are not a wrongly named object; ``{target}`` once it is named. Memoised on the turns so that
+    each turn of a game costs one step from the set before it."""
+    if not turns:
+        return frozenset(candidates)
+    left, table = objects_left(target, candidates, turns[:-1], path), load_table(path)
+    parsed = parse_turn(turns[-1], path)
+    if parsed is None:
+        return left
+    kind, name = parsed
+    if kind == "object":
+        return frozenset({target}) if name == target else left - {name}
+    return frozenset(c for c in left if table[c][name] == table[target][name])
+
+
 class TwentyQuestionsGame:
     """The partner: answers yes / no by the table, ``correct`` to a right guess, ``unknown`` to anything else."""
 
     def __init__(self, table_path: str | os.PathLike = TABLE_FILE) -> None:
         self.table_path, self.table = table_path, load_table(table_path)
 
+    def candidates_left(self, secret: tuple[str, tuple[str, ...]], turns: list[str]) -> int:
+        """How many of the game's candidates the answers to ``turns`` leave possible (see `objects_left`)."""
+        return len(objects_left(*secret, tuple(turns), self.table_path))
+
     def respond(self, secret: tuple[str, tuple[str, ...]], turns: list[str]) -> Reply:
         target, candidates = secret
-        parsed = parse(turns[-1], self.table)
+        parsed = parse_turn(turns[-1], self.table_path)
         if parsed is None:
             return Reply(ask_next("unknown", "question"), valid=False)
         reply = answer(self.table, target, parsed)
+        before, after = self.candidates_left(secret, turns[:-1]), self.candidates_left(secret, turns)
+        resolved = progress(before, after, len(candidates))
         if reply == "correct":
             score = min(1.0, solver_turns(target, candidates, self.table_path) / len(turns))
-            return Reply(reply, score=score, outcome="solved")
-        return Reply(ask_next(reply, "question"))
+            return Reply(reply, score=score, outcome="solved", progress=resolved)
+        return Reply(ask_next(reply, "question"), progress=resolved)
 
 
 class TwentyQuestionsEnv(ConversationEnv):
@@ -154,6 +185,15 @@ class TwentyQuestionsEnv(ConversationEnv):
     every turn the env could answer. ``gold_score`` (what benchmarks report, task ``twenty-questions``: 0 is the
     uniform-random policy, 100 the solver) is the ``min(1, t*/t)``, 0 if unsolved; ``score`` is the return.
 
+    Rewards per turn (``turn_rewards``, a weight: ``True`` is 1, the default 0 pays none): each answered turn also
+    earns ``turn_rewards`` times its progress, the share of the game's uncertainty its answer resolved:
+    ``log(before / after) / log(n)`` for ``n`` candidates listed, where ``before`` and ``after`` count the
+    candidates the answers allow before and after it (a yes or no keeps those that share the object's attribute,
+    a wrong name rules that one out, the right one leaves one). A question that splits the candidates left in
+    half earns about ``1 / log₂(n)``; one that rules nothing out, or an unanswerable turn, earns 0; a game's
+    progress sums to 1 when solved, less when lost. It is paid on the step that ends the turn; ``gold_score``
+    leaves it out.
+
     ## Starting State
 
     A game drawn uniformly from the level's games of the ``split``: an object and the candidates listed; the
@@ -184,6 +224,7 @@ class TwentyQuestionsEnv(ConversationEnv):
     | `max_turns` | int or None | `None` | questions before the game is lost; `None`: `MAX_TURNS[level]` |
     | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 16 |
     | `format_reward` | float | `0.0` | shaping reward for each turn the env could answer (not in the gold) |
+    | `turn_rewards` | float | `0.0` | weight of each turn's progress reward (Rewards; not in the gold score) |
     | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
     | `max_prompt_tokens` | int or None | `None` | the opening's width; `None`: the longest opening of the level |
 

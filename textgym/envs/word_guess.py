@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
 from textgym.envs.concepts import load_concept_words
-from textgym.envs.conversation import ConversationEnv, Reply, answer_of, ask_next, conversation_task, the_one
+from textgym.envs.conversation import (
+    ConversationEnv,
+    Reply,
+    answer_of,
+    ask_next,
+    conversation_task,
+    progress,
+    the_one,
+)
 from textgym.envs.vector import TextGenVectorEnv
 
 LEVELS = {1: (3, 8), 2: (4, 16), 3: (5, 32)}
@@ -53,6 +61,24 @@ def solver_turns(secret: str, listed: tuple[str, ...]) -> int:
     return len(history)
 
 
+def listed_words(turn: str, listed: tuple[str, ...]) -> list[str]:
+    """The listed words a turn writes (letters a-z, any case): its guess if there is exactly one distinct."""
+    return [w for w in WORD.findall(turn.lower()) if w in listed]
+
+
+@lru_cache(maxsize=1 << 14)
+def words_left(word: str, listed: tuple[str, ...], turns: tuple[str, ...]) -> tuple[str, ...]:
+    """The listed words the marks of ``turns``' guesses leave possible: those every guess would have got the same
+    marks from (only ``word`` once it is guessed: only it marks a guess all ``G``). Memoised on the turns so that
+    each turn of a game costs one step from the words before it."""
+    if not turns:
+        return listed
+    left, guess = words_left(word, listed, turns[:-1]), the_one(listed_words(turns[-1], listed))
+    if guess is None:
+        return left
+    return tuple(w for w in left if marks(guess, w) == marks(guess, word))
+
+
 class WordGuessGame:
     """The partner: the one word of the game's list a turn writes is its guess (``"My guess: cat"`` guesses cat),
     and gets its marks; a turn with no listed word is answered ``not in the list``, one with two different ones
@@ -60,15 +86,21 @@ class WordGuessGame:
     the one listed word in it lets them play without ever choosing between two words for them. The secret state
     of a game is ``(secret word, listed words)``."""
 
+    def candidates_left(self, secret: tuple[str, tuple[str, ...]], turns: list[str]) -> int:
+        """How many listed words the marks of ``turns``' guesses leave possible (see `words_left`)."""
+        return len(words_left(*secret, tuple(turns)))
+
     def respond(self, secret: tuple[str, tuple[str, ...]], turns: list[str]) -> Reply:
         word, listed = secret
-        named = [w for w in WORD.findall(turns[-1].lower()) if w in listed]
+        named = listed_words(turns[-1], listed)
         guess = the_one(named)
         if guess is None:
             return Reply(ask_next("one word a turn" if named else "not in the list", "guess"), valid=False)
+        resolved = progress(self.candidates_left(secret, turns[:-1]), self.candidates_left(secret, turns), len(listed))
         if guess == word:
-            return Reply("correct", score=min(1.0, solver_turns(word, listed) / len(turns)), outcome="solved")
-        return Reply(ask_next(marks(guess, word), "guess"))
+            score = min(1.0, solver_turns(word, listed) / len(turns))
+            return Reply("correct", score=score, outcome="solved", progress=resolved)
+        return Reply(ask_next(marks(guess, word), "guess"), progress=resolved)
 
 
 class WordGuessEnv(ConversationEnv):
@@ -100,6 +132,15 @@ class WordGuessEnv(ConversationEnv):
     ``gold_score`` (what benchmarks report, task ``word-guess``: 0 is the uniform-random policy, 100 the solver)
     is the ``min(1, t*/t)``, 0 if unsolved; ``score`` is the return.
 
+    Rewards per turn (``turn_rewards``, a weight: ``True`` is 1, the default 0 pays none): each valid guess also
+    earns ``turn_rewards`` times its progress, the share of the game's uncertainty its marks resolved:
+    ``log(before / after) / log(n)`` for ``n`` words listed, where ``before`` and ``after`` count the listed words
+    the marks so far allow before and after it (those that would have given every guess the same marks; the
+    right word leaves one). Marks that confirm letters in place (``G``), in the word (``Y``) or out of it (``-``)
+    all count, as far as they rule listed words out; a guess the earlier marks already ruled out still earns what
+    its own marks rule out, an invalid guess 0; a game's progress sums to 1 when solved, less when lost. It is
+    paid on the step that ends the turn; ``gold_score`` leaves it out.
+
     ## Starting State
 
     A game drawn uniformly from the level's games of the ``split``: its listed words and the secret among them;
@@ -129,6 +170,7 @@ class WordGuessEnv(ConversationEnv):
     | `max_turns` | int or None | `None` | guesses before the game is lost; `None`: 8 |
     | `max_turn_tokens` | int or None | `None` | the longest turn, in tokens; `None`: 8 |
     | `format_reward` | float | `0.0` | shaping reward for each valid guess (not in the gold score) |
+    | `turn_rewards` | float | `0.0` | weight of each guess's progress reward (Rewards; not in the gold score) |
     | `max_new_tokens` | int or None | `None` | the conversation's token budget (below); `None`: see below |
     | `max_prompt_tokens` | int or None | `None` | the opening's width; `None`: the longest opening of the level |
 
