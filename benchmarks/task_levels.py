@@ -2,6 +2,7 @@
 solver on the test split: the numbers a task's ``TaskSpec`` (random / optimum) and its default level rest on.
 
     python benchmarks/task_levels.py --task instructions --episodes 160
+    python benchmarks/task_levels.py --task rg:leg_counting,rg:count_bits --levels 1,2 --episodes 32
 
 The random policy draws uniform tokens until a stop token or ``max_new_tokens``; the zero-shot policy samples
 the model at temperature 1 (as ``textgym bench``'s ``zero-shot``), batched with ``generate`` for speed; both
@@ -79,26 +80,28 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--levels", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--task", required=True, help="comma-separated task names")
+    parser.add_argument("--levels", default=None, help="comma-separated (default: all); a task's others are skipped")
     parser.add_argument("--episodes", type=int, default=160, help="test prompts per level")
     parser.add_argument("--model", default=None, help="default: the embedded model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--env-kwargs", default="{}", help="JSON: more arguments for gym.make")
     args = parser.parse_args()
-    spec = get_task(args.task)
-    levels = [int(x) for x in args.levels.split(",")] if args.levels else list(spec.levels)
-    print("| level | n | random | zero-shot | solver | zero-shot normalised (spec) |")
-    for level in levels:
-        start = time.time()
-        r = measure(args.task, level, args.episodes, args.model, args.seed, args.batch, **json.loads(args.env_kwargs))
-        norm = spec.normalized(r["zero-shot"], level)
-        print(
-            f"| {level} | {r['n']} | {r['random']:.4f} | {r['zero-shot']:.4f} | {r['solver']:.4f} | {norm:.1f} |"
-            f"  ({time.time() - start:.0f} s)",
-            flush=True,
-        )
+    print("| task | level | n | random | zero-shot | solver | zero-shot normalised (spec) |")
+    for task in args.task.split(","):
+        spec = get_task(task)
+        listed = [int(x) for x in args.levels.split(",")] if args.levels else list(spec.levels)
+        for level in [level for level in listed if level in spec.levels]:
+            start = time.time()
+            env_kwargs = json.loads(args.env_kwargs)
+            r = measure(task, level, args.episodes, args.model, args.seed, args.batch, **env_kwargs)
+            norm = spec.normalized(r["zero-shot"], level)
+            print(
+                f"| {task} | {level} | {r['n']} | {r['random']:.4f} | {r['zero-shot']:.4f} | {r['solver']:.4f} | "
+                f"{norm:.1f} |  ({time.time() - start:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

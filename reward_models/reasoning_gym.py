@@ -25,9 +25,9 @@ still split about 80% / 20%.
 
 **Prompts.** ``shots`` worked examples, each the question of another item of the same level (seeds from
 2,000,000 on, never a test question) followed by ``Answer: `` and its answer and a blank line, then the question and
-``Answer:``. The form is VerifiableInstructions-v0's: with one example, the embedded SmolLM2-135M-Instruct answered
-leg_counting, basic_arithmetic and letter_counting questions right 9-23% of the time; bare, or in its chat template,
-0-13%.
+``Answer:``. The form is VerifiableInstructions-v0's: on 16 level-1 questions each of four datasets (leg_counting,
+basic_arithmetic, spell_backward, letter_counting), the embedded SmolLM2-135M-Instruct scored 0.09-0.23 with one
+example, 0-0.13 with the bare question and 0-0.10 with the question in its chat template.
 
 **Scores.** The answer is read from the completion as the first non-blank line, or, when the item's own answer
 spans ``k`` lines (a grid, a board), the first ``k`` lines from there; the dataset's ``score_answer(answer, entry)``
