@@ -108,10 +108,9 @@ class TextGenVectorEnv(VectorEnv):
         stepping each sub-env through its turn token by token would: what
         [textgym.envs.turns.TurnStepsVector][textgym.envs.turns.TurnStepsVector] calls (see it for the rules).
 
-        Autoreset works as for [step][textgym.envs.vector.TextGenVectorEnv.step]: with next-step autoreset a
-        sub-env that ended is reset and its turn ignored (it may be empty). The per-token arrays of the infos
-        (``token_rewards``, ``ref_logprobs``) differ in length between sub-envs, so they come as object arrays
-        of arrays.
+        Autoreset works as for ``step``: with next-step autoreset a sub-env that ended is reset and its turn
+        ignored (it may be empty). The per-token arrays of the infos (``token_rewards``, ``ref_logprobs``) differ
+        in length between sub-envs, so they come as object arrays of arrays.
         """
         self._check_started()
         turns = list(turns)
