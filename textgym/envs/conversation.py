@@ -165,6 +165,20 @@ class ConversationEpisodes(TokenEpisodes):
     def observation(self, row: int | slice = slice(None)) -> dict[str, np.ndarray]:
         return {**super().observation(row), "agent_mask": self.agent_mask[row].copy()}
 
+    def turn_room(self, row: int) -> int:
+        """The most tokens the agent's current turn can still take: to ``max_turn_tokens`` or the budget's end."""
+        written = self.num_generated[row] - self.turn_start[row]
+        return int(min(self.max_turn_tokens - written, self.max_new_tokens - self.num_generated[row]))
+
+    def extend(self, row: int, tokens: np.ndarray) -> None:
+        super().extend(row, tokens)
+        end = self.max_prompt_tokens + self.num_generated[row]
+        self.agent_mask[row, end - len(tokens) : end] = 1
+
+    def retract(self, row: int, num_generated: int) -> None:
+        super().retract(row, num_generated)
+        self.agent_mask[row, self.max_prompt_tokens + num_generated :] = 0
+
     def transcript(self, row: int) -> list[dict[str, str]]:
         """The conversation as chat messages: the opening, then each agent turn and partner reply."""
         messages = [{"role": "user", "content": self.prompt_texts[row]}]

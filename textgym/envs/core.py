@@ -262,6 +262,112 @@ class TokenEpisodes:
             infos[k].update(gold_score=float(gold_scores[i]), **{key: float(v[i]) for key, v in extra.items()})
         return rewards, terminated, truncated, infos
 
+    # --- whole turns -----------------------------------------------------------------------------------------
+    def check_turn(self, tokens: Any, where: str = "The turn") -> np.ndarray:
+        """Validate a turn as a non-empty 1-D sequence of token ids in the vocabulary; return it as int64."""
+        array = np.asarray(tokens)
+        if array.size == 0:
+            raise ValueError(f"{where} is empty: a turn is at least one token id.")
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"{where} must be a 1-D sequence of integer token ids, got {array.dtype} {array.shape}.")
+        bad = (array < 0) | (array >= self.vocab_size)
+        if bad.any():
+            raise ValueError(
+                f"{where} has token(s) {array[bad].tolist()} outside the vocabulary: token ids go from 0 to "
+                f"{self.vocab_size - 1}."
+            )
+        return array.astype(np.int64)
+
+    def turn_room(self, row: int) -> int:
+        """The most tokens the current turn of ``row`` can still take (the last of them reaches
+        ``max_new_tokens``): what a generation server's ``max_tokens`` should be."""
+        return int(self.max_new_tokens - self.num_generated[row])
+
+    def turn_length(self, row: int, tokens: np.ndarray) -> int:
+        """How many of ``tokens`` the current turn of ``row`` takes: up to its first stop token, at most
+        [turn_room][textgym.envs.core.TokenEpisodes.turn_room]. Token by token, the env ends the turn there."""
+        stops = np.flatnonzero((tokens[:, None] == self.stop_token_ids).any(axis=1))  # (np.isin is slower for few)
+        end = int(stops[0]) + 1 if len(stops) else len(tokens)
+        return min(end, self.turn_room(row))
+
+    def extend(self, row: int, tokens: np.ndarray) -> None:
+        """Append tokens that end nothing to ``row``: the bookkeeping of as many steps, which without a reference
+        model is all those steps do (no stop token, within the turn's room, so no reward and no info)."""
+        position = self.max_prompt_tokens + self.num_generated[row]
+        self.input_ids[row, position : position + len(tokens)] = tokens
+        self.attention_mask[row, position : position + len(tokens)] = 1
+        self.num_generated[row] += len(tokens)
+
+    def retract(self, row: int, num_generated: int) -> None:
+        """Take ``row`` back to its first ``num_generated`` generated tokens, undoing
+        [extend][textgym.envs.core.TokenEpisodes.extend] and steps that ended nothing (a turn that failed)."""
+        start = self.max_prompt_tokens + num_generated
+        self.input_ids[row, start:] = self.pad_token_id
+        self.attention_mask[row, start:] = 0
+        self.num_generated[row] = num_generated
+        if self.reference is not None:
+            self.reference.restart(row)  # re-reads the row when next asked
+
+    def step_turns(
+        self, rows: np.ndarray, turns: Sequence[np.ndarray], strict: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Append one turn to each of ``rows`` (checked token ids, lengths may differ): exactly what stepping its
+        tokens one at a time with [step][textgym.envs.core.TokenEpisodes.step] does, in one call.
+
+        Each turn is taken up to where the env ends it token by token
+        ([turn_length][textgym.envs.core.TokenEpisodes.turn_length]: its first stop token, the length limit); the
+        tokens after that are dropped, or with ``strict`` refused. A turn may also stop short of its end (no stop
+        token, room left): the next call goes on with the same turn.
+
+        Without a reference model, every token but each turn's last ends nothing and earns nothing, so those are
+        appended with [extend][textgym.envs.core.TokenEpisodes.extend] (array writes) and only the last tokens
+        go through [step][textgym.envs.core.TokenEpisodes.step], together: the rows that end are scored in one
+        reward-model call, as in one per-token step. With a reference model, its log-prob of each token needs
+        the forward pass that token would get, so the tokens before the last are stepped in lockstep (token
+        ``j`` of every turn that has one), then the last ones together. Nothing changes if an error is raised.
+
+        Returns:
+            ``rewards`` (each turn's sum of its per-token rewards), ``terminated``, ``truncated`` and one info
+            per row: the info of the turn's last token, plus ``token_rewards`` (the per-token rewards, float64,
+            one per token taken: its length says how many were) and, with a reference model, ``ref_logprobs``
+            (each token's ``ref_logprob``).
+        """
+        if not self.running[rows].all():
+            raise RuntimeError("step() called on an episode that is over or was never started: call reset() first.")
+        lengths = np.array([self.turn_length(row, turn) for row, turn in zip(rows, turns)], dtype=np.int64)
+        for row, turn, length in zip(rows, turns, lengths):
+            if strict and length < len(turn):
+                raise ValueError(
+                    f"The turn of row {row} ends after {length} of its {len(turn)} tokens (at a stop token or its "
+                    f"length limit, {self.turn_room(row)} tokens from here): submit only the turn's own tokens."
+                )
+        token_rewards = [np.zeros(length) for length in lengths]
+        ref_logprobs = [np.zeros(length) for length in lengths]
+        before = self.num_generated[rows].copy()
+        try:
+            if self.reference is None:
+                for row, turn, length in zip(rows, turns, lengths):
+                    self.extend(row, turn[: length - 1])
+            else:
+                for j in range(int(lengths.max()) - 1):
+                    going = np.flatnonzero(lengths - 1 > j)  # the turns with a token j before their last
+                    step = self.step(rows[going], np.array([turns[k][j] for k in going], dtype=np.int64))
+                    for k, reward, info in zip(going, step[0], step[3]):
+                        token_rewards[k][j], ref_logprobs[k][j] = reward, info["ref_logprob"]
+            last = np.array([turn[length - 1] for turn, length in zip(turns, lengths)], dtype=np.int64)
+            rewards, terminated, truncated, infos = self.step(rows, last)
+        except Exception:
+            for row, generated in zip(rows, before):
+                self.retract(row, int(generated))
+            raise
+        for k, info in enumerate(infos):
+            token_rewards[k][-1] = rewards[k]
+            info["token_rewards"] = token_rewards[k]
+            if self.reference is not None:
+                ref_logprobs[k][-1] = info["ref_logprob"]
+                info["ref_logprobs"] = ref_logprobs[k]
+        return np.array([r.sum() for r in token_rewards]), terminated, truncated, infos
+
     def reference_logprobs(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """``log π_ref`` of each row's action (zeros without a reference model); a ``ValueError`` if an action is
         outside the action mask. Called before the step changes anything."""

@@ -191,7 +191,21 @@ class TextGenEnv(gym.Env):
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         actions = self.episodes.check_actions(action, expected=1)
-        rewards, terminated, truncated, infos = self.episodes.step(np.zeros(1, dtype=np.int64), actions)
+        return self._result(self.episodes.step(np.zeros(1, dtype=np.int64), actions))
+
+    def step_turn(
+        self, tokens: Any, strict: bool = False
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Take a whole turn (a sequence of token ids) in one call, exactly as stepping its tokens one at a time
+        would: what [textgym.envs.turns.TurnSteps][textgym.envs.turns.TurnSteps] calls (see it for the rules);
+        see [TokenEpisodes.step_turns][textgym.envs.core.TokenEpisodes.step_turns] for the info."""
+        turn = self.episodes.check_turn(tokens)
+        return self._result(self.episodes.step_turns(np.zeros(1, dtype=np.int64), [turn], strict))
+
+    def _result(
+        self, step: tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        rewards, terminated, truncated, infos = step
         if self.render_mode == "human":
             self.render()
         return self.episodes.observation(0), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textgym.envs.text_gen import TextGenEnv
+
+PER_TOKEN_INFO = ("token_rewards", "ref_logprobs")
+"""The info keys of a turn step that hold one value per token taken."""
 
 
 class TextGenVectorEnv(VectorEnv):
@@ -93,19 +97,56 @@ class TextGenVectorEnv(VectorEnv):
         return self.episodes.observation(), infos
 
     def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self._check_started()
+        actions = self.episodes.check_actions(actions, expected=self.num_envs)
+        return self._step(lambda rows: self.episodes.step(rows, actions[rows]))
+
+    def step_turns(
+        self, turns: Sequence[Any], strict: bool = False
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Take a whole turn per sub-env (sequences of token ids, lengths may differ) in one call, exactly as
+        stepping each sub-env through its turn token by token would: what
+        [textgym.envs.turns.TurnStepsVector][textgym.envs.turns.TurnStepsVector] calls (see it for the rules).
+
+        Autoreset works as for ``step``: with next-step autoreset a sub-env that ended is reset and its turn
+        ignored (it may be empty). The per-token arrays of the infos (``token_rewards``, ``ref_logprobs``) differ
+        in length between sub-envs, so they come as object arrays of arrays.
+        """
+        self._check_started()
+        turns = list(turns)
+        if len(turns) != self.num_envs:
+            raise ValueError(f"Expected {self.num_envs} turns, one per sub-env, got {len(turns)}.")
+        ignored = self._autoresetting()
+        checked = [
+            None
+            if ignored[row] and np.size(turn) == 0
+            else self.episodes.check_turn(turn, f"The turn of sub-env {row}")
+            for row, turn in enumerate(turns)
+        ]
+        return self._step(lambda rows: self.episodes.step_turns(rows, [checked[row] for row in rows], strict))
+
+    def _check_started(self) -> None:
         if self._rngs is None:
             raise RuntimeError("step() called before reset(): call reset() first.")
-        actions = self.episodes.check_actions(actions, expected=self.num_envs)
-        autoreset = (
-            self._needs_reset if self.autoreset_mode == AutoresetMode.NEXT_STEP else np.zeros_like(self._needs_reset)
-        )
+
+    def _autoresetting(self) -> np.ndarray:
+        """The sub-envs the next step resets instead of stepping (next-step autoreset), bool ``(num_envs,)``."""
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            return self._needs_reset.copy()
+        return np.zeros_like(self._needs_reset)
+
+    def _step(
+        self, step_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """A vector step, ``step_rows(rows)`` stepping the episodes of the sub-envs not being autoreset."""
+        autoreset = self._autoresetting()
         stepped = np.flatnonzero(~autoreset)
         rewards = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         row_infos: list[dict] = [{} for _ in range(self.num_envs)]
         if len(stepped):
-            step_rewards, step_term, step_trunc, step_infos = self.episodes.step(stepped, actions[stepped])
+            step_rewards, step_term, step_trunc, step_infos = step_rows(stepped)
             rewards[stepped], terminated[stepped], truncated[stepped] = step_rewards, step_term, step_trunc
             for row, info in zip(stepped, step_infos):
                 row_infos[row] = info
@@ -123,6 +164,14 @@ class TextGenVectorEnv(VectorEnv):
         self._needs_reset = done
         self._render_if_human()
         return self.episodes.observation(), rewards, terminated, truncated, infos
+
+    def _add_info(self, vector_infos: dict[str, Any], env_info: dict[str, Any], env_num: int) -> dict[str, Any]:
+        # A turn's per-token arrays differ in length between sub-envs: batch them as an object array of arrays
+        # (Gymnasium would stack arrays into one of the first one's shape).
+        for key in PER_TOKEN_INFO:
+            if key in env_info and key not in vector_infos:
+                vector_infos[key] = np.full(self.num_envs, None, dtype=object)
+        return super()._add_info(vector_infos, env_info, env_num)
 
     def action_masks(self) -> np.ndarray:
         """The actions allowed now in each sub-env, bool ``(num_envs, vocab_size)``, from one batched reference
