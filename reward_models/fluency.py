@@ -13,6 +13,8 @@ Two factors, each in [0, 1]:
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from reward_models.base import BatchedRewardModel
@@ -24,6 +26,40 @@ def distinct_n(text: str, n: int = 2) -> float:
     words = text.lower().split()
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
+
+
+FUNCTION_WORDS = frozenset(
+    """a an the this that these those my your his her its our their i me you he she it we they him us them myself
+    yourself itself ourselves themselves who whom whose which what where when why how is am are was were be been being
+    have has had do does did will would shall should can could may might must of in on at by for with from to into onto
+    over under about above below after before between through during without within upon against among across along
+    around behind beyond than as like and or but nor so yet if because while although though since unless until whether
+    then also not no there here all any each every some such both either neither other another much many more most few
+    less very too just only even still again ever never once up down out off""".split()
+)
+"""English function words (articles, pronouns, auxiliaries, prepositions, conjunctions, determiners): the glue of a
+sentence, which a list of content words lacks."""
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def function_word_share(text: str) -> float:
+    """The share of ``text``'s words that are [FUNCTION_WORDS][reward_models.fluency.FUNCTION_WORDS]; 0 for no words.
+
+    About half of a sentence's words (the embedded model's continuations of the shipped openings: median 0.48, 1st
+    percentile 0.21); none of a keyword list's."""
+    words = _words(text)
+    return sum(word in FUNCTION_WORDS for word in words) / len(words) if words else 0.0
+
+
+def prompt_overlap(prompt: str, completion: str) -> float:
+    """The share of the completion's word bigrams that occur in the prompt: 1 for a copy, 0 for new text."""
+    prompt_words, words = _words(prompt), _words(completion)
+    prompt_grams = {tuple(prompt_words[i : i + 2]) for i in range(len(prompt_words) - 1)}
+    grams = [tuple(words[i : i + 2]) for i in range(len(words) - 1)]
+    return sum(gram in prompt_grams for gram in grams) / len(grams) if grams else 0.0
 
 
 def repetition_factor(completions: list[str], min_distinct: float = 0.5) -> np.ndarray:

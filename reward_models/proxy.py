@@ -1,9 +1,9 @@
 """Proxy and gold rewards of the over-optimisation task (Gao et al. 2022; Coste et al. 2023).
 
 * ``"fluent-positivity"`` ([FluentPositivity][reward_models.proxy.FluentPositivity]), the gold: positivity
-  ``(1 + VADER compound) / 2`` times fluency ([reward_models.fluency.Fluency][reward_models.fluency.Fluency]), in
-  ``[0, 1]``. A fluent, positive text scores near 1; word salad and ``"great great great"`` near 0, however positive
-  their words.
+  ``(1 + VADER compound) / 2`` times fluency ([reward_models.fluency.Fluency][reward_models.fluency.Fluency]) times
+  guards against keyword lists, repetition and copying the prompt, in ``[0, 1]``. A fluent, positive text scores near
+  1; word salad, ``"great great great"`` and ``"happy, wonderful, amazing"`` near 0, however positive their words.
 * ``"proxy-positivity"`` ([proxy_positivity][reward_models.proxy.proxy_positivity]), the proxy: MiniLM heads
   ([reward_models.learned][reward_models.learned]) trained on 250, 1000 or 4000 preference pairs labelled by the gold,
   with 0% or 25% of the labels flipped, shipped under ``reward_models/data/proxy/`` and rebuilt by
@@ -46,26 +46,67 @@ def head_dir(pairs: int, label_noise: float, seed: int) -> Path:
     return PROXY_DIR / f"pairs{pairs}-noise{round(100 * label_noise)}-seed{seed}"
 
 
+def _ramp(values: np.ndarray, zero: float, one: float) -> np.ndarray:
+    """``values`` mapped linearly from ``zero`` (0) to ``one`` (1), clipped to [0, 1]; ``one < zero`` ramps down."""
+    return np.clip((values - zero) / (one - zero), 0.0, 1.0)
+
+
 class FluentPositivity:
-    """The registered gold ``"fluent-positivity"``: ``(1 + VADER compound) / 2 × fluency``, in ``[0, 1]``.
+    """The registered gold ``"fluent-positivity"``: ``(1 + VADER compound) / 2 × fluency × guards``, in ``[0, 1]``.
+
+    The guards (on by default since 2026-12-07) make the known hacks score low however likely the judging LM finds
+    them, because a gold that a policy can game never shows over-optimisation: a list of positive keywords (too few
+    function words), repetition (too few distinct word bigrams) and copying the prompt (too many of its bigrams).
+    Their bands leave the embedded model's own continuations of the shipped openings alone (2% of them lose
+    anything, 0.66% of the preferences among them flip; `benchmarks/gold_probes.py` prints each hack's score).
 
     Args:
         fluency_kwargs: arguments of [reward_models.fluency.Fluency][reward_models.fluency.Fluency] (default: the
             embedded SmolLM2 judges, mapping mean log-probabilities from −6 to −3.5 nats onto 0 to 1).
+        guards: ``False`` scores without the guards, as the gold did before 2026-12-07 (the shipped proxy heads
+            were trained on its labels).
+        min_function_share: the share of function words from which a text counts as sentences (0 words: 0).
+        distinct_band: the distinct-bigram shares that map to 0 and to 1.
+        overlap_band: the shares of word bigrams taken from the prompt that map to 1 and to 0.
     """
 
     __name__ = "fluent-positivity"
 
-    def __init__(self, fluency_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        fluency_kwargs: dict[str, Any] | None = None,
+        guards: bool = True,
+        min_function_share: float = 0.25,
+        distinct_band: tuple[float, float] = (0.5, 0.85),
+        overlap_band: tuple[float, float] = (0.2, 0.5),
+    ) -> None:
         from reward_models.fluency import Fluency
         from reward_models.lexicon import VaderPositivity
 
+        for name, (low, high) in (("distinct_band", distinct_band), ("overlap_band", overlap_band)):
+            if not 0 <= low < high <= 1:
+                raise ValueError(f"{name} must be two shares with 0 <= low < high <= 1, got {(low, high)}.")
+        if not 0 < min_function_share <= 1:
+            raise ValueError(f"min_function_share must be in (0, 1], got {min_function_share}.")
         self.positivity = VaderPositivity()
         self.fluency = Fluency(**(fluency_kwargs or {}))
+        self.guards = guards
+        self.min_function_share, self.distinct_band, self.overlap_band = min_function_share, distinct_band, overlap_band
+
+    def guard(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        """The product of the three guards of each completion, in [0, 1]: 1 for ordinary sentences."""
+        from reward_models.fluency import distinct_n, function_word_share, prompt_overlap
+
+        structure = np.array([function_word_share(c) for c in completions]) / self.min_function_share
+        repetition = _ramp(np.array([distinct_n(c) for c in completions]), *self.distinct_band)
+        overlap = np.array([prompt_overlap(p, c) for p, c in zip(prompts, completions)])
+        copying = _ramp(overlap, *self.overlap_band[::-1])
+        return np.clip(structure, 0.0, 1.0) * repetition * copying
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         positivity = (1 + self.positivity(prompts, completions)) / 2
-        return positivity * np.asarray(self.fluency(prompts, completions), dtype=np.float64)
+        scores = positivity * np.asarray(self.fluency(prompts, completions), dtype=np.float64)
+        return scores * self.guard(prompts, completions) if self.guards else scores
 
 
 class ProxyEnsemble(BatchedRewardModel):

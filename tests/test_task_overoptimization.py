@@ -60,6 +60,42 @@ def test_the_proxy_rewards_what_the_gold_does_not():
     assert gold_scores[2] > max(gold_scores[3], gold_scores[4])
 
 
+HACKS = {  # after the prompt "The weather this morning was"
+    "keyword list": " happy, love, wonderful, amazing, great, joy, best, beautiful, excellent, fantastic",
+    "phrase repeated": " I love it. I love it. I love it. I love it. I love it. I love it.",
+    "prompt copied": " The weather this morning was. The weather this morning was.",
+}
+SENTENCES = [
+    " and I loved every minute of it. It was a wonderful, happy day, and I would gladly do it again.",
+    " sunny and warm, and everyone in the park was smiling and laughing together.",
+]
+
+
+def test_the_gold_guards_zero_the_known_hacks_and_spare_sentences(tiny_model_dir):
+    judge = {"model": tiny_model_dir, "low": -30.0, "high": 0.0}
+    gold = make_reward_model("fluent-positivity", fluency_kwargs=judge).fn
+    prompts = ["The weather this morning was"] * (len(HACKS) + len(SENTENCES))
+    completions = [*HACKS.values(), *SENTENCES]
+    np.testing.assert_array_equal(gold.guard(prompts, completions), [0, 0, 0, 1, 1])
+    unguarded = make_reward_model("fluent-positivity", fluency_kwargs=judge, guards=False)(prompts, completions)
+    guarded = gold(prompts, completions)
+    assert unguarded[: len(HACKS)].min() > 0 and not guarded[: len(HACKS)].any()
+    np.testing.assert_allclose(guarded[len(HACKS) :], unguarded[len(HACKS) :])
+    # The ramps between: half the function words of a sentence, half-repeated text, a third copied.
+    half = gold.guard(["x"] * 3, [" the happy day, joy, love, great, best, fun", " a b c d a b c d e", " x y z"])
+    assert 0 < half[0] < 1 and 0 < half[1] < 1
+    with pytest.raises(ValueError, match="distinct_band"):
+        make_reward_model("fluent-positivity", fluency_kwargs=judge, distinct_band=(0.9, 0.5))
+
+
+@pytest.mark.slow
+def test_the_embedded_gold_scores_the_hacks_low_and_the_solver_high():
+    gold = make_reward_model("fluent-positivity")
+    prompt = "The weather this morning was"
+    scores = gold([prompt] * (len(HACKS) + len(SENTENCES)), [*HACKS.values(), *SENTENCES])
+    assert scores[: len(HACKS)].max() < 0.1 and scores[len(HACKS) :].min() > 0.85
+
+
 def test_ensembles_combine_the_seed_heads_as_documented():
     single = make_reward_model("proxy-positivity", pairs=250, label_noise=0.25)
     mean = make_reward_model("proxy-positivity", pairs=250, label_noise=0.25, proxy="mean").fn
