@@ -55,3 +55,16 @@ def test_the_tiny_judges_go_with_the_tiny_model_only():
     assert judge_kwargs(task, "tiny") == {"reward_model_kwargs": {"fluency_kwargs": {"model": "tiny"}}}
     assert judge_kwargs(task, "embedded") == {}  # a run of the embedded model keeps the embedded judges
     assert judge_kwargs(importlib.import_module("textgym.envs.text_gen").TASK, "tiny") == {}  # VADER: no LM judge
+
+
+def test_a_new_gold_makes_new_cells():
+    from dataclasses import replace
+
+    from agents.bench.runner import setting_id
+
+    task = importlib.import_module("textgym.envs.proxy_positivity").TASK
+    config = BenchConfig(tasks=[task.name], algorithms=["zero-shot"], budget_tokens=64, progress=False)
+    cell = plan(config)[0]
+    assert task.revision == 1  # the gold's guards (2026-12-07)
+    ids = {setting_id(replace(cell, task=replace(task, revision=r)), config) for r in (0, 1, 2)}
+    assert len(ids) == 3  # the cells judged by an older gold are not resumed as this one's

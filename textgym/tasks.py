@@ -44,6 +44,8 @@ class TaskSpec:
             whose model is ``"tiny"`` (``textgym bench --quick``), where a 135M judge of a random tiny model's
             text would measure nothing and take most of the time. The random and optimum scores are measured
             with the embedded judges, so normalised scores under the tiny ones are not comparable.
+        revision: raised whenever the task's gold changes, so that the benchmark runner never mixes cells judged
+            by different golds (it is part of a cell's setting hash when above 0).
     """
 
     name: str
@@ -56,6 +58,7 @@ class TaskSpec:
     solver: Callable[[Any, int], str] | None = field(default=None, compare=False)
     multi_turn: bool = False
     tiny_judges: Mapping[str, Any] = field(default_factory=dict)
+    revision: int = 0
 
     def __post_init__(self) -> None:
         if self.default_level not in self.levels:

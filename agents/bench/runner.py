@@ -361,6 +361,8 @@ def setting_id(cell: Cell, config: BenchConfig) -> str:
     }
     if cell.env_kwargs:  # the tiny judges: not the cells of earlier versions, which judged with the embedded model
         spec["env_kwargs"] = cell.env_kwargs
+    if cell.task.revision:  # a new gold: not the cells judged by the old one
+        spec["revision"] = cell.task.revision
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

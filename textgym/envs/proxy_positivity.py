@@ -162,4 +162,5 @@ TASK = TaskSpec(
     solver=fluent_positive_reply,
     # The gold's fluency; the proxy heads' MiniLM encoder is small and stays.
     tiny_judges={"gold_model_kwargs": {"fluency_kwargs": {"model": "tiny"}}},
+    revision=1,  # 2026-12-07: the gold's guards against keyword lists, repetition and copying
 )
