@@ -18,7 +18,7 @@ from agents.bench import ALGORITHMS, DEFAULT_ALGORITHMS, BenchConfig, read_runs,
 from agents.bench.cli import main as bench_main
 from agents.bench.estimate import estimate
 from agents.bench.evaluation import best_of_n_kl, distinct_n
-from agents.bench.report import _bon_form, _rl_form, fit_gao, plot_overoptimization
+from agents.bench.report import _bon_form, _rl_form, fit_gao, gao_peak, gao_peak_table, plot_overoptimization
 from textgym import tasks
 from textgym.cli import main as textgym_main
 
@@ -373,6 +373,52 @@ def test_gao_fits_recover_their_coefficients(form):
     d = np.linspace(0, 3, 20)
     alpha, beta = fit_gao(d, form(d, 0.7, 0.2), form)
     assert (alpha, beta) == (pytest.approx(0.7), pytest.approx(0.2))
+
+
+def test_gao_peaks_are_where_the_forms_turn():
+    for alpha, beta, best_of_n, form in ((0.6, 0.2, True, _bon_form), (0.3, 0.1, False, _rl_form)):
+        peak, gain = gao_peak(alpha, beta, best_of_n)
+        d = np.linspace(0.01, 3 * peak, 30_001)
+        assert d[np.argmax(form(d, alpha, beta))] == pytest.approx(peak, rel=1e-3)
+        assert form(np.array([peak]), alpha, beta)[0] == pytest.approx(gain)
+    assert gao_peak(0.5, -0.1, False) == gao_peak(0.5, 0.0, True) == gao_peak(-0.5, 0.1, True) == (np.inf, np.inf)
+
+
+def test_the_peak_table_recovers_a_peak_from_noisy_seeds_and_says_when_there_is_none():
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in range(4):
+        for point, d in enumerate(np.linspace(0, 3, 9)):
+            rows.append(
+                {
+                    "task": "overopt",
+                    "algorithm": "grpo",
+                    "seed": seed,
+                    "point": point,
+                    "kl": d**2,
+                    "gold_score": 0.5 + float(_rl_form(np.array([d]), 0.3, 0.2)[0]) + rng.normal(0, 0.01),
+                    "start_gold_score": 0.5,
+                }
+            )
+            rows.append(
+                {
+                    "task": "overopt",
+                    "algorithm": "best-of-n",
+                    "seed": seed,
+                    "point": point,
+                    "kl": d**2 / 9,
+                    "gold_score": 0.5 + 0.1 * d / 3 + 0.05 * (d / 3) ** 2,
+                    "start_gold_score": 0.5,
+                }
+            )
+    table = gao_peak_table(rows, lambda r: r["algorithm"], reps=500)
+    grpo = next(line for line in table if line.startswith("| grpo |")).split(" | ")
+    assert grpo[1:3] == ["4", "3.00"]  # seeds, the largest √KL
+    peak, low, high = (float(x) for x in grpo[5].replace("[", "").replace("]", "").replace(",", "").split())
+    assert peak == pytest.approx(np.exp(0.3 / 0.2 - 1), rel=0.05) and low < np.exp(0.5) < high
+    assert grpo[-1] == "yes |"
+    best_of_n = next(line for line in table if line.startswith("| best-of-n |"))
+    assert best_of_n.endswith("| no peak |")  # still rising faster: β < 0, no peak
 
 
 def brute_force_best_of_n_kl(pool: list[float], n: int) -> float:

@@ -10,7 +10,9 @@ Agg backend and are written next to ``results.md``:
 * ``overoptimization_<task>.png``, for each task whose proxy ``score`` and ``gold_score`` differ: the change in
   both from the starting model (each cell's evaluation before training, made whatever the evaluation points) vs
   √KL for best-of-n and each RL algorithm, with Gao et al. (2022)'s functional forms fitted by least squares:
-  best-of-n ``d(α − βd)``, RL ``d(α − β log d)``, ``d = √KL``.
+  best-of-n ``d(α − βd)``, RL ``d(α − β log d)``, ``d = √KL``. The same fits of the gold, with the peak they
+  imply and 95% intervals from resampling seeds, are a table in ``results.md``
+  ([gao_peak_table][agents.bench.report.gao_peak_table]).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def write_reports(out: str | os.PathLike, rows: Rows, bootstrap_reps: int = 10_0
     plot_frontier(rows, label, out / "reward_kl_frontier.png")
     for task in sorted({r["task"] for r in rows}):
         task_rows = [r for r in rows if r["task"] == task]
-        if any(abs(r["reward"] - r["gold_score"]) > 1e-9 for r in task_rows):
+        if _has_proxy(task_rows):
             plot_overoptimization(task_rows, label, out / f"overoptimization_{task}.png")
 
 
@@ -120,6 +122,10 @@ def results_markdown(rows: Rows, label: Callable[[dict], str], reps: int) -> str
                 values = [r[key] for r in cell]
                 entries.append(_fmt(*iqm_ci(values, reps)) if with_ci else _fmt(iqm(values)))
             lines.append(f"| {algo} | " + " | ".join(entries) + " |")
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        if _has_proxy(task_rows):
+            lines += ["", *gao_peak_table(task_rows, label, reps)]
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +175,84 @@ def plot_frontier(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _has_proxy(rows: Rows) -> bool:
+    """Whether the training reward (the proxy) differs from the gold: an over-optimisation task."""
+    return any(abs(r["reward"] - r["gold_score"]) > 1e-9 for r in rows)
+
+
+def gao_peak(alpha: float, beta: float, best_of_n: bool) -> tuple[float, float]:
+    """The peak ``(d*, gain*)`` of Gao et al.'s form with coefficients ``α, β``; ``(inf, inf)`` when it has none.
+
+    Best-of-n ``d(α − βd)`` peaks at ``d* = α / 2β`` with ``α² / 4β``; RL ``d(α − β log d)`` at
+    ``d* = exp(α/β − 1)`` with ``β d*``. Without ``β > 0`` (and, for best-of-n, ``α > 0``) the form rises for ever.
+    """
+    if beta <= 0 or (best_of_n and alpha <= 0):
+        return math.inf, math.inf
+    if best_of_n:
+        return alpha / (2 * beta), alpha**2 / (4 * beta)
+    peak = math.exp(min(alpha / beta - 1, 700.0))  # beyond e^700 the float overflows: no peak within reach
+    return peak, beta * peak
+
+
+def gao_peak_table(rows: Rows, label: Callable[[dict], str], reps: int) -> list[str]:
+    """Markdown lines: per algorithm, Gao et al.'s fit of the gold's gain against √KL and the peak it implies.
+
+    Every evaluation point of every seed enters one least-squares fit (as in the plot); the 95% intervals come from
+    refitting on seeds drawn with replacement (``min(reps, 2000)`` times), so they need at least two seeds. A peak
+    beyond the largest √KL measured is an extrapolation of the fitted form, and the table says so.
+    """
+    lines = [
+        f"## {rows[0]['task']}: where the gold peaks (Gao et al.'s forms)",
+        "",
+        "Gold gain from the starting model fitted against d = √KL (best-of-n: d(α − βd); RL: d(α − β log d)) over all",
+        "seeds' points; brackets: 95% interval from resampling seeds. d*: the peak's √KL; ∞: the fit has no peak.",
+        "",
+        "| algorithm | seeds | largest d measured | α | β | peak d* | gold gain at the peak | peak measured? |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    rng = np.random.default_rng(0)
+    for algo in dict.fromkeys(label(r) for r in rows):
+        if _base(algo) not in ("best-of-n", *TRAINED):
+            continue
+        best_of_n = _base(algo) == "best-of-n"
+        seeds = [
+            (
+                np.sqrt(np.clip([r["kl"] for r in cell], 0, None)),
+                np.array([r["gold_score"] - r["start_gold_score"] for r in cell]),
+            )
+            for cell in _group([r for r in rows if label(r) == algo], lambda r: r["seed"]).values()
+        ]
+        estimate = _fit_peak(seeds, best_of_n)
+        if len(seeds) > 1:
+            draws = [
+                _fit_peak([seeds[i] for i in rng.integers(len(seeds), size=len(seeds))], best_of_n)
+                for _ in range(min(reps, 2000))
+            ]
+            bounds = np.percentile(np.array(draws), [2.5, 97.5], axis=0, method="nearest")  # nearest: ∞ stays ∞
+        else:
+            bounds = np.full((2, 4), math.nan)
+        largest = max(float(d.max()) for d, _ in seeds)
+        entries = [_fmt_peak(estimate[i], *bounds[:, i]) for i in range(4)]
+        measured = "yes" if estimate[2] <= largest else ("no peak" if math.isinf(estimate[2]) else "no: extrapolated")
+        lines.append(f"| {algo} | {len(seeds)} | {largest:.2f} | " + " | ".join(entries) + f" | {measured} |")
+    return lines
+
+
+def _fit_peak(seeds: list[tuple[np.ndarray, np.ndarray]], best_of_n: bool) -> tuple[float, float, float, float]:
+    """``(α, β, d*, gain*)`` fitted on the ``(d, gain)`` points of the given seeds together."""
+    d = np.concatenate([points[0] for points in seeds])
+    gain = np.concatenate([points[1] for points in seeds])
+    alpha, beta = fit_gao(d, gain, _bon_form if best_of_n else _rl_form)
+    return (alpha, beta, *gao_peak(alpha, beta, best_of_n))
+
+
+def _fmt_peak(value: float, low: float, high: float) -> str:
+    text = "∞" if math.isinf(value) else f"{value:.3g}"
+    if math.isnan(low):
+        return text
+    return f"{text} [{'∞' if math.isinf(low) else f'{low:.3g}'}, {'∞' if math.isinf(high) else f'{high:.3g}'}]"
 
 
 def plot_overoptimization(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
