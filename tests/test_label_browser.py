@@ -161,3 +161,30 @@ def test_incomplete_ranking_and_unknown_token_are_explained(browser, server):
     assert browser.find_element(By.ID, "login").is_displayed()
     time.sleep(0.1)
     assert log_lines(out) == []
+
+
+def test_an_rlhf_round_waits_for_people_on_the_page_then_continues(browser, tmp_path):
+    """`textgym rlhf --raters human`: the round serves its batch, a rater ranks it in the browser, the loop goes on."""
+    from test_rlhf import start_human_round
+
+    out = tmp_path / "run"
+    url, thread, result = start_human_round(out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the round samples before it serves the page
+        try:
+            browser.get(url + "/?rater=alice")
+            wait_for(browser, lambda d: text(d, "progress") == "0 of 3")
+            break
+        except Exception:  # the page is not up yet (connection refused) or not rendered
+            time.sleep(0.5)
+    else:
+        pytest.fail("the labelling page never came up")
+    assert not (out / "round-1" / "reward_model").exists()  # the loop waits for the labels
+    for done in range(1, 4):
+        press(browser, "".join(str(rank) for rank in range(1, len(cards(browser)) + 1)) + "\ue007")  # ranks, Enter
+        if done < 3:
+            wait_for(browser, lambda d, done=done: text(d, "progress") == f"{done} of 3")
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert [r["labels"] for r in result["rows"]] == [0, 3]
+    assert (out / "round-1" / "reward_model").is_dir()  # trained on the three rankings from the page

@@ -222,21 +222,27 @@ def test_resume_after_a_kill_at_every_stage_gives_the_same_run(reference_run, tm
     assert not list(out.rglob("*.tmp"))  # no half-written stage is left behind
 
 
-def test_human_round_waits_for_labels_then_continues(tmp_path):
-    """The loop serves the round's batch and waits; labels posted through the page's API let it go on."""
-    import httpx
-
+def start_human_round(out: Path) -> tuple[str, threading.Thread, dict]:
+    """One round in human mode in a thread, its page on a free loopback port: the URL, the thread, its result."""
     from reward_models.labelling.server import bind
 
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
-    out = tmp_path / "run"
     config = tiny_config(out, raters="human", rounds=1, labels_per_round=3, ensemble=1, port=port)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(rows=run_rlhf(config, progress=False)), daemon=True)
     thread.start()
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    return f"http://127.0.0.1:{port}", thread, result
+
+
+def test_human_round_waits_for_labels_then_continues(tmp_path):
+    """The loop serves the round's batch and waits; labels posted through the page's API let it go on."""
+    import httpx
+
+    out = tmp_path / "run"
+    url, thread, result = start_human_round(out)
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             task = httpx.get(f"{url}/api/next", headers={"X-Rater": "alice"}, timeout=5).json()["task"]
