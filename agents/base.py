@@ -347,7 +347,12 @@ class LMAgent(Checkpointing):
         width = batch.completion_ids.shape[1]
         with self.autocast():
             return self.policy.reference_logprobs(
-                batch.input_ids, batch.attention_mask, width, self.config.temperature, chunk_size=self.eval_batch_size
+                batch.input_ids,
+                batch.attention_mask,
+                width,
+                self.config.temperature,
+                chunk_size=self.eval_batch_size,
+                keep=batch.completion_mask.bool(),
             )
 
     def kl_penalty(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

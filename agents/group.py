@@ -124,6 +124,7 @@ class GroupAgent(LMAgent):
         ids, attn = batch.input_ids, batch.attention_mask
         width = batch.completion_ids.shape[1]
         mask = batch.completion_mask.float()  # (E, T) the episodes' steps
+        actions = batch.completion_mask.bool()  # the positions whose log-probs are computed
         loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
         ref_logprobs = self.reference_logprobs(batch)
         old_logprobs = advantages = None  # from the update's own pass (own_pass), else before it
@@ -139,7 +140,7 @@ class GroupAgent(LMAgent):
                 m = loss_mask[index] * weight
                 with self.autocast():
                     new = self.policy.evaluate(
-                        ids[index], attn[index], width, c.temperature, entropy_grad=c.ent_coef > 0
+                        ids[index], attn[index], width, c.temperature, entropy_grad=c.ent_coef > 0, keep=actions[index]
                     )
                 if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
                     old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
@@ -177,7 +178,12 @@ class GroupAgent(LMAgent):
         width = batch.completion_ids.shape[1]
         with self.autocast():
             return self.policy.evaluate_in_chunks(
-                batch.input_ids, batch.attention_mask, width, c.temperature, chunk_size=self.eval_batch_size
+                batch.input_ids,
+                batch.attention_mask,
+                width,
+                c.temperature,
+                chunk_size=self.eval_batch_size,
+                keep=batch.completion_mask.bool(),
             ).logprobs
 
     def _batch_advantages(

@@ -2,8 +2,8 @@
 
 Training never runs the model token by token: [ActorCritic.evaluate][agents.policy.ActorCritic.evaluate] scores every
 completion token of a [RolloutBatch][agents.rollout.RolloutBatch] in one forward pass over the whole sequences (prompt
-left-padded to ``P``, completion right-padded to ``T``), computing the output layer only on the ``T`` positions that
-chose a completion token. Rows that share a prompt (a GRPO group) run it once: one pass over the distinct prompts, then
+left-padded to ``P``, completion right-padded to ``T``), computing the output layer only on the positions that chose
+one of the agent's tokens (in a conversation, not on the tokens the env wrote between its turns). Rows that share a prompt (a GRPO group) run it once: one pass over the distinct prompts, then
 one over the completions on their copied KV cache.
 
 Dropout is off for good (the modules stay in eval mode, gradients flow all the same): the rollout engine samples
@@ -21,6 +21,7 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,25 +108,28 @@ class ActorCritic(nn.Module):
         temperature: float = 1.0,
         with_values: bool = False,
         entropy_grad: bool = True,
+        keep: torch.Tensor | None = None,
     ) -> SequenceEval:
         """Log-probs, entropies and (optionally) values of the last ``completion_width`` tokens of each row.
 
         ``values[:, t]`` estimates the return from the state before completion token ``t``. With
-        ``entropy_grad=False`` the entropy is a metric only: computed without a graph, row by row.
+        ``entropy_grad=False`` the entropy is a metric only: computed without a graph, row by row. ``keep``
+        ``(E, T)``: the positions whose log-probs and entropies are needed (the agent's actions); the others are 0,
+        and the output layer runs on the kept positions only ([completion_logits][agents.policy.completion_logits]).
         """
-        logits, hidden = _completion_logits(
-            self.lm, input_ids, attention_mask, completion_width, need_hidden=with_values and not self.critic_trunk
+        logits, hidden = completion_logits(
+            self.lm, input_ids, attention_mask, completion_width, with_values and not self.critic_trunk, keep
         )
-        tokens = input_ids[:, -completion_width:]
-        logprobs, entropy = _logprobs_and_entropy(_tempered(logits, temperature), tokens, entropy_grad)
+        logprobs, entropy = _logprobs_and_entropy(
+            _tempered(logits, temperature), _kept(input_ids[:, -completion_width:], keep, logits), entropy_grad
+        )
+        logprobs, entropy = _unkept(logprobs, keep), _unkept(entropy, keep)
         values = None
         if with_values:
             if self.value_head is None:
                 raise RuntimeError("This policy has no value head (built with value_head=False).")
             if self.critic_trunk is not None:
-                _, hidden = _completion_logits(
-                    self.critic_trunk, input_ids, attention_mask, completion_width, need_hidden=True
-                )
+                _, hidden = completion_logits(self.critic_trunk, input_ids, attention_mask, completion_width, True)
             values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (E, T)
         return SequenceEval(logprobs, entropy, values)
 
@@ -138,12 +142,14 @@ class ActorCritic(nn.Module):
         temperature: float = 1.0,
         with_values: bool = False,
         chunk_size: int = 8,
+        keep: torch.Tensor | None = None,
     ) -> SequenceEval:
         """[evaluate][agents.policy.ActorCritic.evaluate] without gradients, ``chunk_size`` rows at a time: the
         full-vocabulary logits of only one chunk exist at once."""
         parts = [
             self.evaluate(input_ids[i : i + chunk_size], attention_mask[i : i + chunk_size], completion_width,
-                          temperature, with_values, entropy_grad=False)
+                          temperature, with_values, entropy_grad=False,
+                          keep=None if keep is None else keep[i : i + chunk_size])
             for i in range(0, len(input_ids), chunk_size)
         ]  # fmt: skip
         values = torch.cat([p.values for p in parts]) if with_values else None
@@ -157,9 +163,10 @@ class ActorCritic(nn.Module):
         completion_width: int,
         temperature: float = 1.0,
         chunk_size: int = 8,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Log-probs ``(E, T)`` of the completion tokens under the frozen reference model, ``chunk_size`` rows
-        at a time."""
+        at a time (``keep``: as in [evaluate][agents.policy.ActorCritic.evaluate])."""
         if self.reference is None:  # LoRA: the base weights are the reference
             context = self.lm.disable_adapter()
             model = self.lm
@@ -167,9 +174,10 @@ class ActorCritic(nn.Module):
             context = nullcontext()
             model = self.reference
         with context:
-            return completion_logprobs(model, input_ids, attention_mask, completion_width, temperature, chunk_size).to(
-                self.device
+            logprobs = completion_logprobs(
+                model, input_ids, attention_mask, completion_width, temperature, chunk_size, keep
             )
+            return logprobs.to(self.device)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -230,36 +238,59 @@ def completion_logprobs(
     completion_width: int,
     temperature: float = 1.0,
     chunk_size: int = 8,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-probs ``(E, T)`` of the last ``completion_width`` tokens of each row under ``model`` (on its device),
-    by passes over whole sequences of ``chunk_size`` rows, without gradients."""
+    by passes over whole sequences of ``chunk_size`` rows, without gradients; with ``keep`` ``(E, T)``, of the kept
+    positions only (0 elsewhere)."""
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    keep = None if keep is None else keep.to(device=device, dtype=torch.bool)
     tokens = input_ids[:, -completion_width:]
     parts = []
     for i in range(0, len(input_ids), chunk_size):
         rows = slice(i, i + chunk_size)
-        logits, _ = _completion_logits(
-            model, input_ids[rows], attention_mask[rows], completion_width, need_hidden=False
-        )
-        parts.append(_token_logprobs(_tempered(logits, temperature), tokens[rows]))
+        kept = None if keep is None else keep[rows]
+        logits, _ = completion_logits(model, input_ids[rows], attention_mask[rows], completion_width, False, kept)
+        parts.append(_unkept(_token_logprobs(_tempered(logits, temperature), _kept(tokens[rows], kept, logits)), kept))
     return torch.cat(parts)
 
 
-def _completion_logits(
+def completion_logits(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_width: int,
     need_hidden: bool,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there.
+    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there ``(E, T, H)``.
 
     Rows with the same prompt (a GRPO group) share one pass over it: the prompts run once each, their KV cache
     is copied to every row of theirs, and the completions run on it. The trunk then runs on ``U · P + E · T``
     positions instead of ``E · (P + T)``, and gradients reach the shared prompt through every row's copy. Not
     under FSDP: each pass gathers the weights with the other processes, so all must make the same passes.
+
+    With ``keep`` ``(E, T)``, the logits of the kept positions only, ``(N, V)`` in ``keep``'s row-major order (and
+    the hidden states always): the trunk runs as before, the output layer on the kept positions. In a multi-turn
+    episode most completion positions are tokens the env wrote (a 6-turn game of ``GuessNumber-v1``'s level 1: 6
+    actions among 97 tokens), so the full-vocabulary logits, the pass's largest tensors by far, shrink as much.
+    Where the model's output is not simply its output layer on its decoder's hidden states (a logit soft-cap, a
+    scale; [selects_logits][agents.policy.selects_logits]), or under FSDP, ``keep`` is ignored and all ``T``
+    positions' logits come back.
     """
+    select = keep is not None and not is_sharded(model) and selects_logits(model)
+    trunk = model.get_decoder() if select else model
+    need_hidden = need_hidden and not select  # selecting: the trunk's output is the hidden states
+
+    def run(columns: int, **inputs: Any) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+        """The pass, its last ``columns`` outputs (logits; hidden states when selecting) and hidden states."""
+        if select:
+            out = trunk(**inputs)
+            return out, out.last_hidden_state[:, -columns:], None
+        out = trunk(**inputs, logits_to_keep=columns, output_hidden_states=need_hidden)
+        return out, out.logits, out.hidden_states[-1][:, -columns:] if need_hidden else None
+
     positions = position_ids(attention_mask)  # (E, P + T)
     prompt_width = input_ids.shape[1] - completion_width
     prompts, copies = torch.unique(  # (U, 2P) the distinct prompts (tokens and mask), (E,) each row's
@@ -267,40 +298,73 @@ def _completion_logits(
     )
     with whole_sequence_attention(input_ids.device):
         if len(prompts) == len(input_ids) or completion_width < 2 or is_sharded(model):
-            out = model(
+            # The output layer runs on T + 1 columns, not P + T; column P + t - 1 predicts token t.
+            _, outputs, hidden = run(
+                completion_width + 1,
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=positions,
-                logits_to_keep=completion_width + 1,  # the output layer runs on T + 1 columns, not P + T
-                output_hidden_states=need_hidden,
                 use_cache=False,
             )
-            logits = out.logits[:, :-1]  # (E, T, V), the pass's dtype: column P + t - 1 predicts token t
-            hidden = out.hidden_states[-1][:, -completion_width - 1 : -1] if need_hidden else None  # (E, T, H)
-            return logits, hidden
-        prompt_mask = prompts[:, prompt_width:]
-        head = model(
-            input_ids=prompts[:, :prompt_width],
-            attention_mask=prompt_mask,
-            position_ids=position_ids(prompt_mask),
-            **{CACHE_ARG: DynamicCache()},
-            logits_to_keep=1,  # the last prompt column predicts completion token 0
-            output_hidden_states=need_hidden,
-            use_cache=True,
-        )
-        tail = model(  # completion tokens 0 .. T - 2 predict tokens 1 .. T - 1
-            input_ids=input_ids[:, prompt_width:-1],
-            attention_mask=attention_mask[:, :-1],
-            position_ids=positions[:, prompt_width:-1],
-            **{CACHE_ARG: select_cache_rows(head[CACHE_ARG], copies)},
-            output_hidden_states=need_hidden,
-            use_cache=True,
-        )
-    logits = torch.cat([head.logits[copies], tail.logits], dim=1)  # (E, T, V)
-    hidden = None
-    if need_hidden:
-        hidden = torch.cat([head.hidden_states[-1][copies, -1:], tail.hidden_states[-1]], dim=1)  # (E, T, H)
-    return logits, hidden
+            outputs, hidden = outputs[:, :-1], None if hidden is None else hidden[:, :-1]  # (E, T, ·)
+        else:
+            prompt_mask = prompts[:, prompt_width:]
+            head, head_outputs, head_hidden = run(
+                1,  # the last prompt column predicts completion token 0
+                input_ids=prompts[:, :prompt_width],
+                attention_mask=prompt_mask,
+                position_ids=position_ids(prompt_mask),
+                **{CACHE_ARG: DynamicCache()},
+                use_cache=True,
+            )
+            _, tail_outputs, tail_hidden = run(  # completion tokens 0 .. T - 2 predict tokens 1 .. T - 1
+                completion_width - 1,
+                input_ids=input_ids[:, prompt_width:-1],
+                attention_mask=attention_mask[:, :-1],
+                position_ids=positions[:, prompt_width:-1],
+                **{CACHE_ARG: select_cache_rows(head[CACHE_ARG], copies)},
+                use_cache=True,
+            )
+            outputs = torch.cat([head_outputs[copies], tail_outputs], dim=1)  # (E, T, ·)
+            hidden = None if head_hidden is None else torch.cat([head_hidden[copies], tail_hidden], dim=1)
+    if not select:
+        return outputs, hidden
+    return model.get_output_embeddings()(outputs[keep]), outputs  # (N, V) and the hidden states (E, T, H)
+
+
+_SELECTS_LOGITS: dict[type, bool] = {}
+
+
+@torch.no_grad()
+def selects_logits(model: PreTrainedModel) -> bool:
+    """Whether ``model``'s logits are its output layer applied to its decoder's last hidden states, so that
+    [completion_logits][agents.policy.completion_logits] may run the output layer on chosen positions only.
+
+    Checked once per model class on a four-token input (Llama, Qwen, GPT-2 and their kin pass; a logit soft-cap or
+    scale would fail it, and those models keep computing every position's logits)."""
+    kind = type(model)
+    if kind not in _SELECTS_LOGITS:
+        try:
+            vocab = model.get_output_embeddings().weight.shape[0]
+            ids = (torch.arange(1, 5, device=next(model.parameters()).device) % vocab)[None]  # not padding
+            whole = model(input_ids=ids, use_cache=False).logits
+            hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+            _SELECTS_LOGITS[kind] = torch.allclose(model.get_output_embeddings()(hidden), whole, atol=1e-4, rtol=1e-4)
+        except (AttributeError, NotImplementedError, TypeError):  # no get_decoder / get_output_embeddings
+            _SELECTS_LOGITS[kind] = False
+    return _SELECTS_LOGITS[kind]
+
+
+def _kept(tokens: torch.Tensor, keep: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The tokens whose logits ``logits`` holds: ``tokens[keep]`` when the logits were selected (two dimensions)."""
+    return tokens[keep] if logits.dim() == 2 else tokens
+
+
+def _unkept(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Per-token ``values`` back to ``(E, T)``, 0 where not kept, if they are of the kept positions only."""
+    if keep is None or values.dim() == 2:
+        return values
+    return torch.zeros(keep.shape, dtype=values.dtype, device=values.device).masked_scatter(keep, values)
 
 
 def whole_sequence_attention(device: torch.device) -> AbstractContextManager:
@@ -329,21 +393,22 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[token]``, ``(E, T)``."""
-    return _log_softmax(logits).gather(2, tokens[..., None]).squeeze(-1)
+    """``log softmax(logits)[token]``, ``(E, T)`` (or ``(N,)`` for logits ``(N, V)``)."""
+    return _log_softmax(logits).gather(-1, tokens[..., None]).squeeze(-1)
 
 
 def _logprobs_and_entropy(
     logits: torch.Tensor, tokens: torch.Tensor, entropy_grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token log-probs and entropies ``(E, T)`` from one log-softmax; without ``entropy_grad`` the entropy is
-    computed row by row without a graph, so it costs one row's ``(T, V)`` temporaries instead of the batch's."""
+    computed row by row without a graph, so it costs one row's ``(T, V)`` temporaries instead of the batch's.
+    Logits ``(N, V)`` of selected positions give ``(N,)``."""
     logp = _log_softmax(logits)
-    logprobs = logp.gather(2, tokens[..., None]).squeeze(-1)
+    logprobs = logp.gather(-1, tokens[..., None]).squeeze(-1)
     if entropy_grad:
         return logprobs, _entropy(logp)
-    with torch.no_grad():
-        return logprobs, torch.stack([_entropy(row) for row in logp.detach()])
+    with torch.no_grad():  # a row (T, V) at a time, or 256 of the kept positions' (N, V)
+        return logprobs, torch.cat([_entropy(part) for part in logp.detach().split(1 if logp.dim() == 3 else 256)])
 
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:

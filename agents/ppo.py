@@ -119,6 +119,7 @@ class PPO(LMAgent):
         ids, attn = batch.input_ids, batch.attention_mask
         width = batch.completion_ids.shape[1]
         mask = batch.completion_mask.float()  # (E, T) the episodes' steps
+        actions = batch.completion_mask.bool()  # the positions whose log-probs are computed
         loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
         ref_logprobs = self.reference_logprobs(batch)
         # π_old's log-probs and values in the precision of the update, so the first ratio is 1 in every mode: with
@@ -129,7 +130,7 @@ class PPO(LMAgent):
         if not own_pass:
             with self.autocast():
                 old = self.policy.evaluate_in_chunks(
-                    ids, attn, width, c.temperature, with_values=True, chunk_size=self.eval_batch_size
+                    ids, attn, width, c.temperature, with_values=True, chunk_size=self.eval_batch_size, keep=actions
                 )
             old_logprobs, old_values = old.logprobs * mask, old.values.float() * mask
             advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
@@ -141,7 +142,13 @@ class PPO(LMAgent):
                 m = loss_mask[index] * weight
                 with self.autocast():
                     new = self.policy.evaluate(
-                        ids[index], attn[index], width, c.temperature, with_values=True, entropy_grad=c.ent_coef > 0
+                        ids[index],
+                        attn[index],
+                        width,
+                        c.temperature,
+                        with_values=True,
+                        entropy_grad=c.ent_coef > 0,
+                        keep=actions[index],
                     )
                 if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
                     old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask

@@ -16,7 +16,7 @@ from agents import GRPO, PPO, RLOO
 from agents.grpo import GRPOConfig
 from agents.losses import clipped_surrogate, kl_estimate
 from agents.optim import lr_factor
-from agents.policy import _logprobs_and_entropy
+from agents.policy import _logprobs_and_entropy, completion_logits, selects_logits
 from agents.precision import keep_freed_host_memory
 from agents.sampling_copy import GROUPED_DECODE_ATTENTION, PackedLinear, can_pack, grouped_decode_attention
 
@@ -297,6 +297,59 @@ def test_chunked_passes_equal_one_pass(words_model_dir):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=1e-5, rtol=0)
     ref = agent.policy.reference_logprobs(ids, mask, width, 0.7, chunk_size=3)
     torch.testing.assert_close(ref, whole.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_output_layer_on_kept_positions_equals_the_whole_pass_there(words_model_dir, precision):
+    """A multi-turn batch's env-written tokens need no logits: computed only where ``keep`` says, the log-probs,
+    entropies, values and gradients equal the whole pass's there, and are 0 elsewhere."""
+    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=8)
+    batch = agent.collect()
+    ids, mask, width = batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1]
+    ids = torch.cat([ids, ids[:3]])  # rows sharing a prompt: the pass over shared prompts too
+    mask = torch.cat([mask, mask[:3]])
+    keep = torch.rand(len(ids), width, generator=torch.Generator().manual_seed(0)) < 0.3
+    assert selects_logits(agent.policy.lm)
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+    results = []
+    for kept in (None, keep):
+        agent.policy.zero_grad()
+        with autocast:
+            out = agent.policy.evaluate(ids, mask, width, 0.7, with_values=True, keep=kept)
+        ((out.logprobs * keep).sum() + (out.entropy * keep).sum()).backward()
+        grads = [p.grad.clone() for p in agent.policy.lm.parameters()]
+        with autocast:
+            ref = agent.policy.reference_logprobs(ids, mask, width, 0.7, chunk_size=3, keep=kept)
+            chunked = agent.policy.evaluate_in_chunks(ids, mask, width, 0.7, with_values=True, chunk_size=3, keep=kept)
+        results.append((out, grads, ref, chunked))
+    (whole, whole_grads, whole_ref, whole_chunked), (part, part_grads, part_ref, part_chunked) = results
+    tol = {"atol": 1e-5, "rtol": 0} if precision == "fp32" else {"atol": 0.05, "rtol": 0}  # bf16: another matmul shape
+    for name in ("logprobs", "entropy"):
+        assert not getattr(part, name)[~keep].any() and not getattr(part_chunked, name)[~keep].any()
+        torch.testing.assert_close(getattr(part, name)[keep], getattr(whole, name)[keep].detach(), **tol)
+        torch.testing.assert_close(getattr(part_chunked, name), getattr(whole_chunked, name) * keep, **tol)
+    torch.testing.assert_close(part.values, whole.values, **tol)  # values need only the hidden states
+    torch.testing.assert_close(part_ref, whole_ref * keep, **tol)
+    for a, b in zip(part_grads, whole_grads):
+        torch.testing.assert_close(
+            a, b, **({"atol": 1e-4, "rtol": 1e-3} if precision == "fp32" else {"atol": 0.05, "rtol": 0.02})
+        )
+
+
+def test_models_whose_logits_are_not_the_output_layer_alone_compute_every_position(words_model_dir):
+    from transformers import LlamaForCausalLM
+
+    class Scaled(LlamaForCausalLM):  # a logit scale, as some architectures have
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = 2 * out.logits
+            return out
+
+    model = Scaled.from_pretrained(words_model_dir)
+    assert not selects_logits(model)
+    ids = torch.randint(0, 8, (2, 6))
+    logits, _ = completion_logits(model, ids, torch.ones_like(ids), 4, False, keep=torch.ones(2, 4, dtype=torch.bool))
+    assert logits.shape[:2] == (2, 4)  # every position's logits, the model's own
 
 
 @pytest.mark.parametrize("entropy_grad", [True, False])
