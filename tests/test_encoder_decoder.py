@@ -105,3 +105,63 @@ def test_mismatched_reference_and_multi_turn_games_are_refused(t5_model_dir, tin
         make(t5_model_dir, reference_model="embedded", kl_coef=0.1)
     with pytest.raises(ValueError, match="Multi-turn envs need a causal LM"):
         gym.make("GuessNumber-v1", model=t5_model_dir)
+
+
+def teacher_forced_seq2seq(model, batch, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of a rollout batch's completions from one pass of the encoder and the decoder (no cache)."""
+    from textgym.lm.seq2seq import seq2seq_inputs
+
+    width = batch.completion_ids.shape[1]
+    inputs = seq2seq_inputs(batch.input_ids, batch.attention_mask, width, model.config.decoder_start_token_id)
+    with torch.no_grad():
+        logits = model(**inputs).logits.float() / temperature  # (E, T, V)
+    logprobs = torch.log_softmax(logits, -1).gather(2, batch.completion_ids[..., None]).squeeze(-1)
+    return logprobs * batch.completion_mask
+
+
+def make_vec(model_dir, num_envs=4, **kwargs):
+    kwargs = {"max_prompt_tokens": P, "max_new_tokens": 8, "prompt_truncation": "left", **kwargs}
+    return gym.make_vec("TextGen-v0", num_envs=num_envs, model=model_dir, stop_token_ids=list(range(3, 4000)), **kwargs)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["next_step", "same_step", "disabled"])
+def test_cached_logprobs_equal_a_full_forward_pass(t5_model_dir, precision, mode):
+    """Rows reset apart (many stop tokens), so episodes at different points share the cache; the encoder runs once
+    an episode (counted), and each step feeds the decoder one token."""
+    from agents import RolloutCollector, SamplingConfig
+    from textgym.lm.models import load_lm
+
+    model = load_lm(t5_model_dir)
+    envs = make_vec(t5_model_dir, autoreset_mode=mode)
+    encoded = []
+    model.get_encoder().register_forward_hook(lambda module, args, out: encoded.append(len(out.last_hidden_state)))
+    collector = RolloutCollector(model, envs, SamplingConfig(temperature=0.7), seed=0)
+    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        batch = collector.collect(16)
+        started = 16 + len(collector._finished) + sum(record is not None for record in collector._records)
+        assert sum(encoded) == started  # one source encoded per episode, none again at the decoding steps
+        expected = teacher_forced_seq2seq(model, batch, temperature=0.7)
+    lengths = batch.completion_mask.sum(1)
+    assert lengths.min() < lengths.max()  # episodes of different lengths
+    tolerance = 1e-4 if precision == "fp32" else 5e-2
+    torch.testing.assert_close(batch.logprobs, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_cache_rebuilt_mid_episode_gives_the_same_rollouts(t5_model_dir):
+    """After invalidate_cache() the episodes in progress are re-encoded from their observations (decoder tokens
+    included), and sampling goes on exactly as with the kept cache."""
+    from agents import RolloutCollector
+    from textgym.lm.models import load_lm
+
+    model = load_lm(t5_model_dir)
+    plain = RolloutCollector(model, make_vec(t5_model_dir), seed=3)
+    first = [plain.collect(5) for _ in range(3)]
+    rebuilt = RolloutCollector(model, make_vec(t5_model_dir), seed=3)
+    second = []
+    for _ in range(3):
+        second.append(rebuilt.collect(5))
+        rebuilt.invalidate_cache()
+    for a, b in zip(first, second):
+        assert torch.equal(a.completion_ids, b.completion_ids)
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)

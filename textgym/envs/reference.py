@@ -56,6 +56,7 @@ class ReferenceModel:
         device: str | None = None,
         encoder_decoder: bool = False,
     ) -> None:
+        from textgym.lm.cache import incremental_lm
         from textgym.lm.models import is_encoder_decoder, load_lm, load_tokenizer
 
         if action_mask not in (None, *ACTION_MASKS):
@@ -77,11 +78,7 @@ class ReferenceModel:
         self.action_mask = action_mask
         self.top_k, self.top_p = top_k, top_p
         self.always_allowed = np.asarray([] if always_allowed is None else always_allowed, dtype=np.int64)
-        if encoder_decoder:
-            from textgym.lm.seq2seq import IncrementalSeq2SeqLM as Incremental
-        else:
-            from textgym.lm.cache import IncrementalLM as Incremental
-        self.lm = Incremental(load_lm(model, device=device or "cpu"), num_rows)
+        self.lm = incremental_lm(load_lm(model, device=device or "cpu"), num_rows)
         self._stale = np.ones(num_rows, dtype=bool)  # rows whose context changed outside step()
         # This step's log-probs and masks, computed once however often they are asked for (SB3's MaskablePPO
         # asks for the masks, then steps, which checks the action against them).

@@ -138,10 +138,6 @@ class IncrementalSeq2SeqLM:
         )
         self.outputs[active_t] = outputs[:, -1][active_t]
 
-    def extend(self, tokens: torch.Tensor, mask: np.ndarray) -> None:
-        """Several tokens a row (a multi-turn env's replies): not for encoder–decoders, whose envs are single-turn."""
-        raise NotImplementedError("Encoder–decoder policies play single-turn envs only: nothing writes between turns.")
-
     def _forward(self, encoded: torch.Tensor, source_mask: torch.Tensor, **inputs: Any) -> tuple[torch.Tensor, Any]:
         """Outputs ``(R, D', V or H)`` in float32 over the decoder columns given, and the grown cache."""
         out = self.model(
