@@ -165,3 +165,55 @@ def test_cache_rebuilt_mid_episode_gives_the_same_rollouts(t5_model_dir):
     for a, b in zip(first, second):
         assert torch.equal(a.completion_ids, b.completion_ids)
         torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_incremental_decoder_equals_full_passes_with_idle_and_restarted_rows(words_t5_dir):
+    """Rows advance or idle independently and restart with longer sources; after every call each row's next-token
+    logits are those of one full pass over its own source and decoder tokens (T5 counts idle columns as distance,
+    so an idle row's cache must stay contiguous)."""
+    from textgym.lm.models import load_lm
+    from textgym.lm.seq2seq import IncrementalSeq2SeqLM
+
+    model = load_lm(words_t5_dir)
+    start, vocab = model.config.decoder_start_token_id, model.config.vocab_size
+    rng = np.random.default_rng(0)
+    rows, width = 3, 12
+    sources = [list(rng.integers(5, vocab, n)) for n in (2, 5, 3)]
+    decoded = [[start, *rng.integers(5, vocab, n)] for n in (4, 1, 3)]
+
+    def observation():
+        obs = {key: np.zeros((rows, width), dtype=np.int64) for key in ("input_ids", "attention_mask",
+               "decoder_input_ids", "decoder_attention_mask")}  # fmt: skip
+        for row in range(rows):
+            obs["input_ids"][row, : len(sources[row])], obs["attention_mask"][row, : len(sources[row])] = (
+                sources[row],
+                1,
+            )
+            obs["decoder_input_ids"][row, : len(decoded[row])] = decoded[row]
+            obs["decoder_attention_mask"][row, : len(decoded[row])] = 1
+        return obs
+
+    def check():
+        for row in range(rows):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([sources[row]]), decoder_input_ids=torch.tensor([decoded[row]]))
+            torch.testing.assert_close(lm.outputs[row], logits.logits[0, -1], atol=1e-5, rtol=1e-4)
+
+    lm = IncrementalSeq2SeqLM(model, rows)
+    lm.encode_rows(np.ones(rows, dtype=bool), **observation())
+    check()
+    for active in ([1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0]):
+        tokens = rng.integers(5, vocab, rows)
+        for row in np.flatnonzero(active):
+            decoded[row].append(int(tokens[row]))
+        lm.advance(torch.as_tensor(tokens), np.array(active, dtype=bool))
+        check()
+    sources[1], decoded[1] = list(rng.integers(5, vocab, width)), [start]  # a new, longer episode in row 1
+    lm.encode_rows(np.array([False, True, False]), **observation())
+    check()
+    for _ in range(2):
+        tokens = rng.integers(5, vocab, rows)
+        for row in range(rows):
+            decoded[row].append(int(tokens[row]))
+        lm.advance(torch.as_tensor(tokens), np.ones(rows, dtype=bool))
+        check()

@@ -118,11 +118,7 @@ class IncrementalSeq2SeqLM:
 
     @torch.inference_mode()
     def advance(self, tokens: torch.Tensor, active: np.ndarray) -> None:
-        """Append ``tokens[i]`` to the decoder of each active row; inactive rows keep their outputs.
-
-        An inactive row gets a masked column in the cache, which T5's relative positions count: encode it anew
-        before advancing it again (the rollout engine and the env's reference do: a row idles only between
-        episodes)."""
+        """Append ``tokens[i]`` to the decoder of each active row; inactive rows keep their outputs."""
         if self.outputs is None:
             raise RuntimeError("advance() before encode_rows(): encode the rows' contexts first.")
         active_t = torch.as_tensor(active, device=self.device)
@@ -137,6 +133,11 @@ class IncrementalSeq2SeqLM:
             **{CACHE_ARG: self._cache},
         )
         self.outputs[active_t] = outputs[:, -1][active_t]
+        if not active_t.all():  # an idle row's new (masked) column goes to its front: T5 would count it as a gap
+            idle = ~active_t
+            for layer in self._cache.self_attention_cache.layers:
+                layer.keys[idle], layer.values[idle] = layer.keys[idle].roll(1, 2), layer.values[idle].roll(1, 2)
+            self._decoder_mask[idle] = self._decoder_mask[idle].roll(1, 1)
 
     def _forward(self, encoded: torch.Tensor, source_mask: torch.Tensor, **inputs: Any) -> tuple[torch.Tensor, Any]:
         """Outputs ``(R, D', V or H)`` in float32 over the decoder columns given, and the grown cache."""
