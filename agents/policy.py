@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from textgym.lm.cache import CACHE_ARG, position_ids, select_cache_rows
 from textgym.lm.distributed import is_sharded
+from textgym.lm.seq2seq import seq2seq_inputs
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -253,13 +255,16 @@ def _completion_logits(
     completion_width: int,
     need_hidden: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there.
+    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there (an
+    encoder–decoder's: [_seq2seq_completion_logits][agents.policy._seq2seq_completion_logits]).
 
     Rows with the same prompt (a GRPO group) share one pass over it: the prompts run once each, their KV cache
     is copied to every row of theirs, and the completions run on it. The trunk then runs on ``U · P + E · T``
     positions instead of ``E · (P + T)``, and gradients reach the shared prompt through every row's copy. Not
     under FSDP: each pass gathers the weights with the other processes, so all must make the same passes.
     """
+    if model.config.is_encoder_decoder:
+        return _seq2seq_completion_logits(model, input_ids, attention_mask, completion_width, need_hidden)
     positions = position_ids(attention_mask)  # (E, P + T)
     prompt_width = input_ids.shape[1] - completion_width
     prompts, copies = torch.unique(  # (U, 2P) the distinct prompts (tokens and mask), (E,) each row's
@@ -301,6 +306,34 @@ def _completion_logits(
     if need_hidden:
         hidden = torch.cat([head.hidden_states[-1][copies, -1:], tail.hidden_states[-1]], dim=1)  # (E, T, H)
     return logits, hidden
+
+
+def _seq2seq_completion_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_width: int,
+    need_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An encoder–decoder's [_completion_logits][agents.policy._completion_logits]: the prompt is the encoder's
+    source, and the decoder, teacher-forced on the start token and the completion, gives the logits and its last
+    hidden states ``(E, T, ·)``. Rows with the same prompt (a GRPO group) share one encoder pass, as the causal
+    path shares its prompt pass (not under FSDP)."""
+    inputs = seq2seq_inputs(input_ids, attention_mask, completion_width, model.config.decoder_start_token_id)
+    source, source_mask = inputs.pop("input_ids"), inputs["attention_mask"]
+    prompts, copies = torch.unique(torch.cat([source, source_mask], dim=1), dim=0, return_inverse=True)  # (U, 2P)
+    if is_sharded(model):  # every process runs the same passes
+        prompts, copies = torch.cat([source, source_mask], dim=1), torch.arange(len(source), device=source.device)
+    width = source.shape[1]
+    with whole_sequence_attention(input_ids.device):
+        encoded = model.get_encoder()(input_ids=prompts[:, :width], attention_mask=prompts[:, width:])
+        out = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state[copies]),  # (E, P, H)
+            **inputs,
+            output_hidden_states=need_hidden,
+            use_cache=False,
+        )
+    return out.logits, out.decoder_hidden_states[-1] if need_hidden else None  # (E, T, V), (E, T, H)
 
 
 def whole_sequence_attention(device: torch.device) -> AbstractContextManager:
@@ -378,9 +411,19 @@ def _check_fits(model: PreTrainedModel, weights: dict[str, torch.Tensor], src: P
 
 def _raise_unless_fits(model: PreTrainedModel, missing: list[str], unexpected: list[str], src: Path) -> None:
     tied = model.config.get_text_config().tie_word_embeddings
-    missing = [key for key in missing if not (tied and key.endswith("lm_head.weight"))]
+    aliases, loaded = _tied_names(model), set(model.state_dict()) - set(missing)
+    missing = [key for key in missing if not (tied and key.endswith("lm_head.weight")) and not aliases[key] & loaded]
     if missing or unexpected:
         raise ValueError(
             f"The checkpoint in {src} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}): "
             "it was written for another model."
         )
+
+
+def _tied_names(model: PreTrainedModel) -> dict[str, set[str]]:
+    """Each state-dict name → the other names of the same tensor: a checkpoint holds a tied weight once (T5's
+    encoder and decoder embeddings are its ``shared`` embedding)."""
+    groups: dict[int, set[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), set()).add(name)
+    return {name: names - {name} for names in groups.values() for name in names}

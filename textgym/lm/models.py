@@ -201,7 +201,10 @@ def make_tiny_seq2seq(
         decoder_start_token_id=pad,
     )
     torch.manual_seed(seed)
-    T5ForConditionalGeneration(config).save_pretrained(out_dir)
+    model = T5ForConditionalGeneration(config)
+    with torch.no_grad():  # T5's initial output layer makes a tiny model's next token near certain: no exploration
+        model.lm_head.weight.mul_(0.05)
+    model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return Path(out_dir)
 
