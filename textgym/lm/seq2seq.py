@@ -21,6 +21,12 @@ from transformers.modeling_outputs import BaseModelOutput
 from textgym.lm.cache import CACHE_ARG, left_pad, write_cache_rows
 
 
+def decoder_output_scale(config: Any) -> float:
+    """The factor the model multiplies its decoder's last hidden state by before the output layer: ``d_model**-0.5``
+    for T5 checkpoints with tied embeddings (the original T5), 1 otherwise (flan-t5)."""
+    return config.d_model**-0.5 if getattr(config, "scale_decoder_outputs", False) else 1.0
+
+
 def packed_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's real tokens moved to its start, in order, padding after (``(B, L)`` each): the encoder's source
     layout, whatever padding side a batch uses."""

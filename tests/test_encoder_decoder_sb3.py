@@ -1,0 +1,90 @@
+"""Stable-Baselines3 with an encoder–decoder (T5) LM policy: cached and full features agree, the policy's log-probs
+are the model's, unmodified SB3 PPO learns and A2C trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import A2C, PPO
+from synthetic_task import NEW_TOKENS, yes_rate
+
+import textgym  # noqa: F401
+from agents.sb3 import LMActorCriticPolicy, TextGenSB3VecEnv, make_sb3_vec_env
+from agents.sb3_seq2seq import Seq2SeqFeaturesExtractor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def env_kwargs(model_dir: str, **extra) -> dict:
+    return {"model": model_dir, "prompts": ["say yes", "please say yes", "say ok"], "max_prompt_tokens": 4,
+            "max_new_tokens": NEW_TOKENS, "reward_model": yes_rate, **extra}  # fmt: skip
+
+
+def mean_return(model, venv, episodes: int) -> float:
+    returns: list[float] = []
+    obs = venv.reset()
+    while len(returns) < episodes:
+        obs, _, _, infos = venv.step(model.predict(obs)[0])
+        returns += [info["episode"]["r"] for info in infos if "episode" in info]
+    return float(np.mean(returns[:episodes]))
+
+
+def test_kv_cached_features_equal_full_features_and_logits_are_the_models(words_t5_dir):
+    """Rollout-mode features (the decoder's KV cache) equal one full pass, across growth and resets, and the
+    policy's action distribution is the model's next-token distribution."""
+    venv = TextGenSB3VecEnv("TextGen-v0", num_envs=4, **env_kwargs(words_t5_dir, max_new_tokens=4))
+    venv.seed(0)
+    policy = PPO(LMActorCriticPolicy, venv, policy_kwargs={"model": words_t5_dir}).policy
+    extractor = policy.features_extractor
+    assert isinstance(extractor, Seq2SeqFeaturesExtractor)
+    obs, rng = venv.reset(), np.random.default_rng(0)
+    policy.set_training_mode(False)
+    for _ in range(20):
+        tensors, _ = policy.obs_to_tensor(obs)
+        with torch.no_grad():
+            cached = extractor(tensors)
+        with torch.enable_grad():
+            full = extractor(tensors)
+        torch.testing.assert_close(cached, full.detach(), atol=1e-5, rtol=1e-5)
+        obs, *_ = venv.step(rng.integers(2, 16, size=4))
+    with torch.no_grad():
+        logits = policy.get_distribution(tensors).distribution.logits
+        ints = {key: value.long() for key, value in tensors.items()}
+        out = extractor.lm(**ints)  # the source's padding is masked: no need to pack it
+        last = ints["decoder_attention_mask"].sum(1) - 1
+        expected = torch.log_softmax(out.logits[torch.arange(4), last], -1)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    policy.set_training_mode(True)  # an update follows: the cache must go
+    assert extractor._cache is None
+
+
+def test_ppo_learns_the_synthetic_task(words_t5_dir):
+    venv = make_sb3_vec_env("TextGen-v0", 8, seed=0, **env_kwargs(words_t5_dir))
+    model = PPO(LMActorCriticPolicy, venv, policy_kwargs={"model": words_t5_dir}, seed=0, n_steps=32, batch_size=64,
+                n_epochs=4, learning_rate=3e-3)  # fmt: skip
+    before = mean_return(model, venv, 64)
+    model.learn(4096)
+    after = mean_return(model, venv, 64)
+    assert before < 0.2 and after >= 0.5, (before, after)
+
+
+def test_a2c_trains_with_training_log_probs_equal_to_the_rollouts_and_saves(words_t5_dir, tmp_path):
+    """With a zero learning rate the weights stay, so the log-probs and values SB3 stored while rolling out (eval
+    mode, KV cache) must equal those of its training pass (full passes); then a real A2C run moves the value head."""
+    venv = make_sb3_vec_env("TextGen-v0", 4, seed=0, **env_kwargs(words_t5_dir))
+    model = A2C(LMActorCriticPolicy, venv, policy_kwargs={"model": words_t5_dir}, n_steps=8, learning_rate=0.0, seed=0)
+    torch.nn.init.normal_(model.policy.value_net.weight)  # values that depend on the features
+    model.learn(32)
+    buffer = model.rollout_buffer
+    obs = {k: torch.as_tensor(v.reshape(-1, v.shape[-1])) for k, v in buffer.observations.items()}
+    values, log_probs, _ = model.policy.evaluate_actions(obs, torch.as_tensor(buffer.actions.reshape(-1)))
+    torch.testing.assert_close(log_probs.detach(), torch.as_tensor(buffer.log_probs.reshape(-1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(values.detach().flatten(), torch.as_tensor(buffer.values.reshape(-1)), atol=1e-5, rtol=0)
+    model = A2C(LMActorCriticPolicy, venv, policy_kwargs={"model": words_t5_dir}, n_steps=8, learning_rate=3e-3, seed=0)
+    model.learn(64)
+    assert model.policy.value_net.weight.abs().sum() > 0  # the critic, zero at the start, learnt
+    model.save(tmp_path / "a2c")
+    loaded = A2C.load(tmp_path / "a2c", env=venv)
+    obs = venv.reset()
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
