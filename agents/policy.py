@@ -320,12 +320,13 @@ def _seq2seq_completion_logits(
     hidden states ``(E, T, ·)``. Rows with the same prompt (a GRPO group) share one encoder pass, as the causal
     path shares its prompt pass (not under FSDP)."""
     inputs = seq2seq_inputs(input_ids, attention_mask, completion_width, model.config.decoder_start_token_id)
-    source, source_mask = inputs.pop("input_ids"), inputs["attention_mask"]
-    prompts, copies = torch.unique(torch.cat([source, source_mask], dim=1), dim=0, return_inverse=True)  # (U, 2P)
-    if is_sharded(model):  # every process runs the same passes
-        prompts, copies = torch.cat([source, source_mask], dim=1), torch.arange(len(source), device=source.device)
-    width = source.shape[1]
     with whole_sequence_attention(input_ids.device):
+        if is_sharded(model):  # one call of the model's own forward, which gathers the root unit's weights
+            out = model(**inputs, output_hidden_states=need_hidden, use_cache=False)
+            return out.logits, out.decoder_hidden_states[-1] if need_hidden else None
+        source, source_mask = inputs.pop("input_ids"), inputs["attention_mask"]
+        prompts, copies = torch.unique(torch.cat([source, source_mask], dim=1), dim=0, return_inverse=True)  # (U, 2P)
+        width = source.shape[1]
         encoded = model.get_encoder()(input_ids=prompts[:, :width], attention_mask=prompts[:, width:])
         out = model(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state[copies]),  # (E, P, H)

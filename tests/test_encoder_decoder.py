@@ -22,12 +22,14 @@ def make(model_dir, **kwargs):
 def test_architecture_is_read_from_the_config(t5_model_dir, tiny_model_dir, tmp_path):
     from transformers import BartConfig
 
-    from textgym.lm.models import is_encoder_decoder
+    from textgym.lm.models import is_encoder_decoder, load_causal_lm
 
     assert is_encoder_decoder(t5_model_dir) and not is_encoder_decoder(tiny_model_dir)
     BartConfig(vocab_size=64, d_model=16).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="T5 family"):
         is_encoder_decoder(tmp_path)
+    with pytest.raises(ValueError, match="is an encoder–decoder, not a causal LM: load it with load_lm"):
+        load_causal_lm(t5_model_dir)
 
 
 def test_observation_layout_reward_and_info_match_the_causal_env(t5_model_dir):

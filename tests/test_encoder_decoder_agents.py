@@ -12,7 +12,7 @@ import torch
 from synthetic_task import NEW_TOKENS, WORDS, yes_rate
 
 import textgym  # noqa: F401
-from agents import GRPO, PPO, SFT
+from agents import GRPO, PPO, RLOO, SFT
 from agents.cli import main as train_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +82,7 @@ def test_sft_teaches_what_the_env_then_samples(words_t5_dir, tmp_path):
     assert batch.completions == [d["completion"] for d in data]
 
 
-@pytest.mark.parametrize("algo", [PPO, GRPO])
+@pytest.mark.parametrize("algo", [PPO, GRPO, RLOO])
 def test_resume_continues_a_run(words_t5_dir, tmp_path, algo):
     """T5 ties its embeddings to ``shared``: the checkpoint holds one copy, and resuming loads it exactly."""
     settings = {"batch_size": 8, "minibatch_size": 4, "learning_rate": 1e-3, "checkpoint_every": 2}
@@ -125,3 +125,20 @@ def test_cli_trains_an_encoder_decoder_directory(t5_model_dir, tmp_path, capsys)
     assert train_main(args) == 0
     assert is_encoder_decoder(tmp_path / "grpo" / "final")
     assert "mean reward" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("scenario", "algo"), [("update", "grpo"), ("update_fsdp", "ppo")])
+def test_two_processes_take_the_single_process_step(words_t5_dir, tmp_path, scenario, algo):
+    """tests/test_distributed.py's check on a T5: 2 processes (with FSDP: each holding half of the weights) take the
+    step one process takes on the whole batch. A group's shared encoder pass runs per process, so the sums run in
+    another order, which Adam's first steps at lr 1e-2 magnify in the smallest gradients (up to 3e-5 seen)."""
+    from test_distributed import assert_ok, assert_same_weights, launch, rank_result, weights
+
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert_ok(launch(single, scenario, words_t5_dir, str(single), algo, processes=1))
+    assert_ok(launch(double, scenario, words_t5_dir, str(double), algo))
+    assert_same_weights(weights(double, 0), weights(double, 1), atol=0)  # the replicas stay identical
+    assert_same_weights(weights(double, 0), weights(single, 0), atol=1e-4)
+    expected, got = rank_result(single, 0), rank_result(double, 0)
+    for name in ("train/policy_loss", "train/entropy", "train/approx_kl", "train/grad_norm"):
+        assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name

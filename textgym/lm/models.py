@@ -103,7 +103,10 @@ def load_causal_lm(
     import torch
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), dtype=dtype or torch.float32)
+    model_dir = resolve_model_dir(model)
+    if is_encoder_decoder(model_dir):
+        raise ValueError(f"{str(model_dir)!r} is an encoder–decoder, not a causal LM: load it with load_lm.")
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or torch.float32)
     return lm.to(device).eval()
 
 
