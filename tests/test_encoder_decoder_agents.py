@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from synthetic_task import NEW_TOKENS, WORDS, yes_rate
+from synthetic_task import WORDS
+from test_agents import make_envs
 
 import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO, SFT
 from agents.cli import main as train_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_envs(model_dir: str, num_envs: int = 8, reward_model=yes_rate, **kwargs):
-    return gym.make_vec(
-        "TextGen-v0",
-        num_envs=num_envs,
-        model=model_dir,
-        prompts=["say yes", "please say yes", "say ok"],
-        max_prompt_tokens=4,
-        max_new_tokens=NEW_TOKENS,
-        reward_model=reward_model,
-        **kwargs,
-    )
 
 
 # Seed 0, 800 episodes (25 iterations of 32), β = 0.01: 25-45 s each on one CPU thread.

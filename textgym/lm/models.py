@@ -198,7 +198,7 @@ def make_tiny_seq2seq(
         relative_attention_num_buckets=8,
         dropout_rate=0.0,
         feed_forward_proj="gated-gelu",  # flan-t5's
-        tie_word_embeddings=False,  # flan-t5's
+        tie_word_embeddings=False,  # flan-t5's: its decoder's output reaches the output layer unscaled
         pad_token_id=pad,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=pad,

@@ -1,4 +1,4 @@
-"""Encoder–decoder (T5-family) language models: detection, a tiny test model, inputs, and incremental decoding.
+"""Encoder–decoder (T5-family) language models at run time: teacher-forced inputs and incremental decoding.
 
 An encoder–decoder policy reads the prompt with its encoder once and writes the completion with its decoder, which
 attends to the encoder's output. Everywhere textgym lays a prompt and a completion side by side (the env's rows, a
