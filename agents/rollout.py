@@ -239,7 +239,7 @@ class RolloutCollector:
     # --- one env step --------------------------------------------------------------------------------------
     def _step(self) -> None:
         if self._lm.outputs is None:  # invalidated: re-encode every row from its current observation
-            self._lm.encode_rows(np.ones(self.num_envs, dtype=bool), **self._obs)
+            self._lm.encode_rows(np.ones(self.num_envs, dtype=bool), **self._context(self._obs))
         actions, logprobs = self._sample(self._lm.outputs)
         actions_np = actions.cpu().numpy()
         obs, rewards, terminated, truncated, infos = self.envs.step(actions_np)
@@ -249,7 +249,7 @@ class RolloutCollector:
         done = (terminated | truncated) & acted
         logprobs_np = logprobs.cpu().numpy()
         # A multi-turn env may write tokens after the action (the partner's reply): the context grew by more.
-        grown = _context_length(obs) - _context_length(self._obs) - 1  # (N,)
+        grown = self._context_length(obs) - self._context_length(self._obs) - 1  # (N,)
         inserted = [
             _last_real_tokens(obs, row, int(grown[row])) if acted[row] and not done[row] and grown[row] > 0 else []
             for row in range(self.num_envs)
@@ -304,7 +304,7 @@ class RolloutCollector:
             # Keep the prompt from its first real token: a batch is then only as wide as its longest prompt.
             window = slice(int(real[0]), prompt_end)
             self._records[row] = _EpisodeRecord(prompt_ids=np.where(mask[window] == 1, ids[window], -1))
-        self._lm.encode_rows(rows, **self._obs)
+        self._lm.encode_rows(rows, **self._context(self._obs))
 
     # --- sampling and batching -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,15 +349,30 @@ class RolloutCollector:
             infos=[e.info for e in episodes],
         )
 
+    def _context(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The observation's token context, what the model reads (a multi-turn env's ``agent_mask`` is not)."""
+        return {key: obs[key] for key in self._context_keys}
+
+    def _context_length(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Each row's context length ``(N,)``: its attended tokens (an encoder–decoder's source and decoder both)."""
+        return sum(obs[key].sum(axis=1) for key in self._context_keys if key.endswith("attention_mask"))
+
     def _check_spaces(self) -> None:
         obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
-        keys = {"input_ids", "attention_mask"}
-        if self.policy.config.is_encoder_decoder:
-            keys |= {"decoder_input_ids", "decoder_attention_mask"}
-        if not isinstance(obs_space, spaces.Dict) or set(obs_space.spaces) != keys:
+        decoder, encoder_decoder = (
+            ("decoder_input_ids", "decoder_attention_mask"),
+            self.policy.config.is_encoder_decoder,
+        )
+        self._context_keys = ("input_ids", "attention_mask", *(decoder if encoder_decoder else ()))
+        if isinstance(obs_space, spaces.Dict) and (decoder[0] in obs_space.spaces) != encoder_decoder:
             raise TypeError(
-                f"RolloutCollector needs a vector env whose observations are a Dict of {sorted(keys)} (such as "
-                f"gym.make_vec('TextGen-v0', model=<the policy's directory>)); got {obs_space}."
+                "The env's observations are laid out for another kind of model than the policy (causal LM or "
+                "encoder–decoder): make the env with the policy's model, gym.make_vec(..., model=<its directory>)."
+            )
+        if not isinstance(obs_space, spaces.Dict) or not set(self._context_keys) <= set(obs_space.spaces):
+            raise TypeError(
+                f"RolloutCollector needs a vector env whose observations are a Dict with {list(self._context_keys)} "
+                f"(such as gym.make_vec('TextGen-v0', model=<the policy's directory>)); got {obs_space}."
             )
         if not isinstance(action_space, spaces.Discrete):
             raise TypeError(f"RolloutCollector needs a Discrete token action space; got {action_space}.")
@@ -367,11 +382,6 @@ class RolloutCollector:
                 f"The policy's output layer has {vocab} tokens but the env's action space has {action_space.n}: "
                 "make the env with the same model (gym.make_vec(..., model=<the policy's directory>))."
             )
-
-
-def _context_length(obs: dict[str, np.ndarray]) -> np.ndarray:
-    """Each row's context length ``(N,)``: its attended tokens (an encoder–decoder's source and decoder both)."""
-    return sum(obs[key].sum(axis=1) for key in obs if key.endswith("attention_mask"))
 
 
 def _last_real_tokens(obs: dict[str, np.ndarray], row: int, count: int) -> list[int]:

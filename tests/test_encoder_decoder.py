@@ -200,3 +200,13 @@ def test_incremental_decoder_equals_full_passes_with_idle_and_restarted_rows(wor
             decoded[row].append(int(tokens[row]))
         lm.advance(torch.as_tensor(tokens), np.ones(rows, dtype=bool))
         check()
+
+
+def test_a_policy_and_an_env_of_different_kinds_are_refused(t5_model_dir):
+    from agents import RolloutCollector
+    from textgym.lm.models import load_lm
+
+    with pytest.raises(TypeError, match="another kind of model"):
+        RolloutCollector(load_lm(t5_model_dir), make_vec("embedded"))
+    with pytest.raises(TypeError, match="another kind of model"):
+        RolloutCollector(load_lm("embedded"), make_vec(t5_model_dir))
