@@ -55,8 +55,8 @@ class LMAgent(Checkpointing):
 
     Args:
         model: the policy's starting weights: ``None``/``"embedded"`` for SmolLM2-135M-Instruct, ``"tiny"``,
-            or a local Hugging Face model directory (loaded as float32 whatever dtype it was saved in). Its
-            tokenizer must be the env's.
+            or a local Hugging Face model directory (loaded as float32 whatever dtype it was saved in), a causal
+            LM or a T5-family encoder–decoder (detected from its config). Its tokenizer must be the env's.
         envs: a textgym vector env, e.g. ``gym.make_vec("TextGen-v0", num_envs=8)``.
         config: the algorithm's config; ``overrides`` replace single fields (``PPO(m, envs, kl_coef=0.1)``).
         run_dir: where logs and checkpoints go; ``None`` keeps them in memory only (``agent.history``).
@@ -74,7 +74,7 @@ class LMAgent(Checkpointing):
         run_dir: str | os.PathLike | None = None,
         **overrides: Any,
     ) -> None:
-        from textgym.lm.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
+        from textgym.lm.models import load_lm, load_tokenizer, resolve_device, resolve_model_dir
 
         base = config or self.config_class()
         if not isinstance(base, self.config_class):
@@ -100,7 +100,7 @@ class LMAgent(Checkpointing):
         self.envs = envs
         self.kl_coef = c.kl_coef  # adaptive controllers change it during training
         self.policy = ActorCritic(
-            load_causal_lm(model, device=self.device, dtype=torch.float32),  # master weights in fp32
+            load_lm(model, device=self.device, dtype=torch.float32),  # master weights in fp32; causal or seq2seq
             value_head=self.uses_value_head,
             separate_critic=getattr(c, "separate_critic", False),
             lora_rank=c.lora_rank,

@@ -3,8 +3,9 @@
 Training never runs the model token by token: [ActorCritic.evaluate][agents.policy.ActorCritic.evaluate] scores every
 completion token of a [RolloutBatch][agents.rollout.RolloutBatch] in one forward pass over the whole sequences (prompt
 left-padded to ``P``, completion right-padded to ``T``), computing the output layer only on the positions that chose
-one of the agent's tokens (in a conversation, not on the tokens the env wrote between its turns). Rows that share a prompt (a GRPO group) run it once: one pass over the distinct prompts, then
-one over the completions on their copied KV cache.
+one of the agent's tokens (in a conversation, not on the tokens the env wrote between its turns). Rows that share a
+prompt (a GRPO group) run it once: one pass over the distinct prompts, then one over the completions on their copied
+KV cache.
 
 Dropout is off for good (the modules stay in eval mode, gradients flow all the same): the rollout engine samples
 without dropout, so training with it would score the samples under another policy, and the first step's ratio
@@ -26,9 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from textgym.lm.cache import CACHE_ARG, position_ids, select_cache_rows
 from textgym.lm.distributed import is_sharded
+from textgym.lm.seq2seq import seq2seq_inputs
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
@@ -264,7 +267,8 @@ def completion_logits(
     need_hidden: bool,
     keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there ``(E, T, H)``.
+    """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there ``(E, T, H)``
+    (an encoder–decoder's: [_seq2seq_completion_logits][agents.policy._seq2seq_completion_logits]).
 
     Rows with the same prompt (a GRPO group) share one pass over it: the prompts run once each, their KV cache
     is copied to every row of theirs, and the completions run on it. The trunk then runs on ``U · P + E · T``
@@ -279,6 +283,9 @@ def completion_logits(
     scale; [selects_logits][agents.policy.selects_logits]), or under FSDP, ``keep`` is ignored and all ``T``
     positions' logits come back.
     """
+    if model.config.is_encoder_decoder:
+        # Every position's logits: the decoder's positions are all the agent's (no multi-turn games).
+        return _seq2seq_completion_logits(model, input_ids, attention_mask, completion_width, need_hidden)
     select = keep is not None and not is_sharded(model) and selects_logits(model)
     trunk = model.get_decoder() if select else model
     need_hidden = need_hidden and not select  # selecting: the trunk's output is the hidden states
@@ -367,6 +374,35 @@ def _unkept(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return torch.zeros(keep.shape, dtype=values.dtype, device=values.device).masked_scatter(keep, values)
 
 
+def _seq2seq_completion_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_width: int,
+    need_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An encoder–decoder's [completion_logits][agents.policy.completion_logits]: the prompt is the encoder's
+    source, and the decoder, teacher-forced on the start token and the completion, gives the logits and its last
+    hidden states ``(E, T, ·)``. Rows with the same prompt (a GRPO group) share one encoder pass, as the causal
+    path shares its prompt pass (not under FSDP)."""
+    inputs = seq2seq_inputs(input_ids, attention_mask, completion_width, model.config.decoder_start_token_id)
+    with whole_sequence_attention(input_ids.device):
+        if is_sharded(model):  # one call of the model's own forward, which gathers the root unit's weights
+            out = model(**inputs, output_hidden_states=need_hidden, use_cache=False)
+            return out.logits, out.decoder_hidden_states[-1] if need_hidden else None
+        source, source_mask = inputs.pop("input_ids"), inputs["attention_mask"]
+        prompts, copies = torch.unique(torch.cat([source, source_mask], dim=1), dim=0, return_inverse=True)  # (U, 2P)
+        width = source.shape[1]
+        encoded = model.get_encoder()(input_ids=prompts[:, :width], attention_mask=prompts[:, width:])
+        out = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state[copies]),  # (E, P, H)
+            **inputs,
+            output_hidden_states=need_hidden,
+            use_cache=False,
+        )
+    return out.logits, out.decoder_hidden_states[-1] if need_hidden else None  # (E, T, V), (E, T, H)
+
+
 def whole_sequence_attention(device: torch.device) -> AbstractContextManager:
     """The attention kernel of the passes over whole sequences. Under bfloat16 autocast on a CPU, PyTorch's plain
     (math) attention: the fused flash kernel's backward is slow there (one layer's attention over 8 × 52 tokens
@@ -443,9 +479,19 @@ def _check_fits(model: PreTrainedModel, weights: dict[str, torch.Tensor], src: P
 
 def _raise_unless_fits(model: PreTrainedModel, missing: list[str], unexpected: list[str], src: Path) -> None:
     tied = model.config.get_text_config().tie_word_embeddings
-    missing = [key for key in missing if not (tied and key.endswith("lm_head.weight"))]
+    aliases, loaded = _tied_names(model), set(model.state_dict()) - set(missing)
+    missing = [key for key in missing if not (tied and key.endswith("lm_head.weight")) and not aliases[key] & loaded]
     if missing or unexpected:
         raise ValueError(
             f"The checkpoint in {src} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}): "
             "it was written for another model."
         )
+
+
+def _tied_names(model: PreTrainedModel) -> dict[str, set[str]]:
+    """Each state-dict name → the other names of the same tensor: a checkpoint holds a tied weight once (T5's
+    encoder and decoder embeddings are its ``shared`` embedding)."""
+    groups: dict[int, set[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), set()).add(name)
+    return {name: names - {name} for names in groups.values() for name in names}

@@ -6,6 +6,10 @@ cache for the ``N`` sub-envs, feeds only the newest token each step, and when a 
 just that row's cache from its observation, so every row's episode may be at a different point (the cache itself is
 [textgym.lm.cache.IncrementalLM][textgym.lm.cache.IncrementalLM], which the envs' reference model uses too).
 
+An encoder–decoder policy (T5; [textgym.lm.seq2seq][textgym.lm.seq2seq]) runs the same way: its encoder reads a row's
+prompt once, when the row's episode starts, and each step feeds the decoder only the newest token, reusing the
+encoder's output and the decoder's self- and cross-attention KV cache.
+
 The env's observation always holds the whole context, so the cache can be rebuilt from it at any time: call
 [RolloutCollector.invalidate_cache][agents.rollout.RolloutCollector.invalidate_cache] after a policy update and the next
 step re-encodes the episodes still in progress with the new weights.
@@ -25,7 +29,7 @@ from transformers import PreTrainedModel
 
 from agents.sampling import SamplingConfig, sample_tokens
 from textgym.envs.vector import unbatch_infos
-from textgym.lm.cache import IncrementalLM
+from textgym.lm.cache import incremental_lm
 
 
 @dataclass
@@ -112,7 +116,8 @@ class RolloutCollector:
     """Steps a text vector env with a causal LM as the policy, keeping the LM's KV cache across steps.
 
     Args:
-        policy: a Hugging Face causal LM whose output layer matches the env's action space.
+        policy: a Hugging Face causal LM, or encoder–decoder, whose output layer matches the env's action space (an
+            env made with the same model has the observation layout of the policy's architecture).
         envs: a vector env with ``Dict`` observations holding ``input_ids`` and ``attention_mask`` (such as
             ``gym.make_vec("TextGen-v0", num_envs=N)``), in any autoreset mode. The collector owns it: it
             resets it on first use and steps it from then on.
@@ -153,7 +158,7 @@ class RolloutCollector:
         self._records: list[_EpisodeRecord | None] = [None] * self.num_envs
         self._finished: list[_FinishedEpisode] = []
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)  # next step autoresets the row (next-step mode)
-        self._lm = IncrementalLM(policy, self.num_envs)  # the policy's KV cache over all sub-envs
+        self._lm = incremental_lm(policy, self.num_envs)  # the policy's KV cache over all sub-envs
         self.tokens_generated = 0
         self._seeded = False
 
@@ -234,9 +239,7 @@ class RolloutCollector:
     # --- one env step --------------------------------------------------------------------------------------
     def _step(self) -> None:
         if self._lm.outputs is None:  # invalidated: re-encode every row from its current observation
-            self._lm.encode_rows(
-                np.ones(self.num_envs, dtype=bool), self._obs["input_ids"], self._obs["attention_mask"]
-            )
+            self._lm.encode_rows(np.ones(self.num_envs, dtype=bool), **self._context(self._obs))
         actions, logprobs = self._sample(self._lm.outputs)
         actions_np = actions.cpu().numpy()
         obs, rewards, terminated, truncated, infos = self.envs.step(actions_np)
@@ -246,7 +249,7 @@ class RolloutCollector:
         done = (terminated | truncated) & acted
         logprobs_np = logprobs.cpu().numpy()
         # A multi-turn env may write tokens after the action (the partner's reply): the context grew by more.
-        grown = obs["attention_mask"].sum(axis=1) - self._obs["attention_mask"].sum(axis=1) - 1  # (N,)
+        grown = self._context_length(obs) - self._context_length(self._obs) - 1  # (N,)
         inserted = [
             _last_real_tokens(obs, row, int(grown[row])) if acted[row] and not done[row] and grown[row] > 0 else []
             for row in range(self.num_envs)
@@ -301,7 +304,7 @@ class RolloutCollector:
             # Keep the prompt from its first real token: a batch is then only as wide as its longest prompt.
             window = slice(int(real[0]), prompt_end)
             self._records[row] = _EpisodeRecord(prompt_ids=np.where(mask[window] == 1, ids[window], -1))
-        self._lm.encode_rows(rows, self._obs["input_ids"], self._obs["attention_mask"])
+        self._lm.encode_rows(rows, **self._context(self._obs))
 
     # --- sampling and batching -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,12 +349,30 @@ class RolloutCollector:
             infos=[e.info for e in episodes],
         )
 
+    def _context(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The observation's token context, what the model reads (a multi-turn env's ``agent_mask`` is not)."""
+        return {key: obs[key] for key in self._context_keys}
+
+    def _context_length(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Each row's context length ``(N,)``: its attended tokens (an encoder–decoder's source and decoder both)."""
+        return sum(obs[key].sum(axis=1) for key in self._context_keys if key.endswith("attention_mask"))
+
     def _check_spaces(self) -> None:
         obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
-        if not isinstance(obs_space, spaces.Dict) or not {"input_ids", "attention_mask"} <= set(obs_space.spaces):
+        decoder, encoder_decoder = (
+            ("decoder_input_ids", "decoder_attention_mask"),
+            self.policy.config.is_encoder_decoder,
+        )
+        self._context_keys = ("input_ids", "attention_mask", *(decoder if encoder_decoder else ()))
+        if isinstance(obs_space, spaces.Dict) and (decoder[0] in obs_space.spaces) != encoder_decoder:
             raise TypeError(
-                "RolloutCollector needs a vector env whose observations are a Dict with 'input_ids' and "
-                f"'attention_mask' (such as gym.make_vec('TextGen-v0')); got {obs_space}."
+                "The env's observations are laid out for another kind of model than the policy (causal LM or "
+                "encoder–decoder): make the env with the policy's model, gym.make_vec(..., model=<its directory>)."
+            )
+        if not isinstance(obs_space, spaces.Dict) or not set(self._context_keys) <= set(obs_space.spaces):
+            raise TypeError(
+                f"RolloutCollector needs a vector env whose observations are a Dict with {list(self._context_keys)} "
+                f"(such as gym.make_vec('TextGen-v0', model=<the policy's directory>)); got {obs_space}."
             )
         if not isinstance(action_space, spaces.Discrete):
             raise TypeError(f"RolloutCollector needs a Discrete token action space; got {action_space}.")

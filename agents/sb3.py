@@ -41,7 +41,7 @@ from transformers import PreTrainedModel
 
 from agents.sb3_vec_env import TextGenSB3VecEnv, make_sb3_vec_env
 from textgym.lm.cache import IncrementalLM, last_real_column, position_ids
-from textgym.lm.models import load_causal_lm, resolve_model_dir, vocab_size_of
+from textgym.lm.models import is_encoder_decoder, load_lm, resolve_model_dir, vocab_size_of
 
 __all__ = [
     "KLPenaltyCallback",
@@ -99,7 +99,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
     ) -> None:
         _check_token_observations(observation_space)
         # fp32 master weights whatever the checkpoint's dtype: Adam's small steps round to nothing in bfloat16.
-        lm = load_causal_lm(model, dtype=torch.float32)
+        lm = load_lm(model, dtype=torch.float32)
         if attn_implementation is not None:
             lm.set_attn_implementation(attn_implementation)
         super().__init__(observation_space, features_dim=lm.config.get_text_config().hidden_size)
@@ -200,8 +200,9 @@ class LMPolicyMixin:
 
     Args:
         model: the policy LM, a name or local directory (see
-            [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]). Its output layer must match the
-            env's ``Discrete(vocab_size)``; make the env with the same model.
+            [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]); a causal LM, or a T5-family
+            encoder–decoder (features: [Seq2SeqFeaturesExtractor][agents.sb3_seq2seq.Seq2SeqFeaturesExtractor]).
+            Its output layer must match the env's ``Discrete(vocab_size)``; make the env with the same model.
         kv_cache: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
         attn_implementation: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
         **kwargs: the base policy's other arguments (optimizer, ...). ``net_arch``, ``ortho_init`` and the
@@ -236,13 +237,16 @@ class LMPolicyMixin:
                 f"SB3 passes token ids as float32, exact below {FLOAT32_EXACT_IDS} only; vocab is {vocab}."
             )
         self.lm_kwargs = {"model": model, "kv_cache": kv_cache, "attn_implementation": attn_implementation}
+        extractor = LMFeaturesExtractor
+        if is_encoder_decoder(resolve_model_dir(model)):
+            from agents.sb3_seq2seq import Seq2SeqFeaturesExtractor as extractor
         super().__init__(
             observation_space,
             action_space,
             lr_schedule,
             net_arch=[],  # the MLP extractor is the identity: the heads read the LM's hidden state directly
             ortho_init=False,
-            features_extractor_class=LMFeaturesExtractor,
+            features_extractor_class=extractor,
             features_extractor_kwargs=dict(self.lm_kwargs),
             **kwargs,
         )
@@ -279,10 +283,17 @@ class _ValueHead(nn.Linear):
 
 @torch.no_grad()
 def _check_plain_output_layer(lm: PreTrainedModel) -> None:
-    """The policy computes logits as ``output_layer(hidden)``; refuse models that change them afterwards."""
+    """The policy computes logits as ``output_layer(hidden)`` (an encoder–decoder's hidden state scaled as T5 scales
+    it); refuse models that change them afterwards."""
     ids = torch.tensor([[1, 2, 3]], device=lm.device)
-    expected = lm(input_ids=ids).logits[:, -1]
-    got = lm.get_output_embeddings()(lm.base_model(input_ids=ids).last_hidden_state[:, -1])
+    if lm.config.is_encoder_decoder:
+        from textgym.lm.seq2seq import decoder_output_scale
+
+        out = lm(input_ids=ids, decoder_input_ids=ids, output_hidden_states=True)
+        expected, hidden = out.logits[:, -1], out.decoder_hidden_states[-1][:, -1] * decoder_output_scale(lm.config)
+    else:
+        expected, hidden = lm(input_ids=ids).logits[:, -1], lm.base_model(input_ids=ids).last_hidden_state[:, -1]
+    got = lm.get_output_embeddings()(hidden)
     if not torch.allclose(expected, got, atol=1e-4, rtol=1e-4):
         raise ValueError(
             f"{type(lm).__name__} transforms its logits after the output layer (scaling or soft-capping), which "

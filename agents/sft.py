@@ -96,7 +96,8 @@ def _example(record: Any) -> tuple[list[dict[str, str]], str]:
 
 
 class SFT:
-    """Fine-tune a causal LM on instruction data, loss on completion tokens only.
+    """Fine-tune a causal LM, or an encoder–decoder (the prompt its source), on instruction data, loss on completion
+    tokens only.
 
     Example::
 
@@ -112,7 +113,7 @@ class SFT:
         config: SFTConfig | None = None,
         **overrides: Any,
     ) -> None:
-        from textgym.lm.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_dir
+        from textgym.lm.models import load_lm, load_tokenizer, resolve_device, resolve_model_dir
 
         self.config = replace(config or SFTConfig(), **overrides)
         c = self.config
@@ -126,7 +127,7 @@ class SFT:
             raise ValueError("chat_template=True, but this model's tokenizer has no chat template.")
         self.stop_token_ids = stop_token_ids(self.tokenizer, resolve_model_dir(model), self.use_template)
         self.examples = self.encode(data)
-        self.model = load_causal_lm(model, device=self.device)
+        self.model = load_lm(model, device=self.device)
         self.optimizer = make_optimizer(list(self.model.parameters()), c.learning_rate, self.device)
         self.rng = np.random.default_rng(c.seed)
         self.losses: list[float] = []
@@ -201,6 +202,8 @@ class SFT:
     def loss(self, examples: list[tuple[list, list]], num_tokens: int | None = None) -> torch.Tensor:
         """Mean cross-entropy of the completion tokens of ``examples`` (one forward pass, right-padded); with
         ``num_tokens``, their summed cross-entropy divided by it (a process's share of a larger batch)."""
+        if self.model.config.is_encoder_decoder:
+            return self._seq2seq_loss(examples, num_tokens)
         width = max(len(p) + len(r) for p, r in examples)
         pad = pad_token_id(self.tokenizer)
         ids = torch.full((len(examples), width), pad, dtype=torch.long)
@@ -216,6 +219,27 @@ class SFT:
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), labels=labels.to(self.device), **extra
         )
         return out.loss
+
+    def _seq2seq_loss(self, examples: list[tuple[list, list]], num_tokens: int | None) -> torch.Tensor:
+        """[loss][agents.sft.SFT.loss] of an encoder–decoder: the encoder reads the prompt, the decoder is
+        teacher-forced on the reply, from rows laid out as a rollout batch's (the policy's passes read them alike)."""
+        from textgym.lm.seq2seq import seq2seq_inputs
+
+        prompt_width, width = max(len(p) for p, _ in examples), max(len(r) for _, r in examples)
+        ids = torch.full((len(examples), prompt_width + width), pad_token_id(self.tokenizer), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        for row, (prompt, reply) in enumerate(examples):
+            ids[row, prompt_width - len(prompt) : prompt_width + len(reply)] = torch.tensor(prompt + reply)
+            mask[row, prompt_width - len(prompt) : prompt_width + len(reply)] = 1
+            labels[row, : len(reply)] = torch.tensor(reply)
+        inputs = seq2seq_inputs(ids, mask, width, self.model.config.decoder_start_token_id)
+        logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits  # (E, R, V)
+        labels = labels.to(self.device)
+        total = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        return total / (num_tokens if num_tokens is not None else (labels != IGNORE).sum())
 
     @torch.no_grad()
     def evaluate(self, data: str | os.PathLike | list[dict[str, Any]] | None = None) -> float:

@@ -54,3 +54,19 @@ def teacher_forced_logprobs(policy, batch, temperature: float = 1.0) -> torch.Te
 @pytest.fixture
 def teacher_forced():
     return teacher_forced_logprobs
+
+
+@pytest.fixture(scope="session")
+def t5_model_dir(tmp_path_factory) -> str:
+    """A tiny random T5 with the embedded model's tokenizer, laid out as a user's local flan-t5 directory."""
+    from textgym.lm.models import make_tiny_seq2seq, resolve_model_dir
+
+    return str(make_tiny_seq2seq(tmp_path_factory.mktemp("t5"), resolve_model_dir("embedded")))
+
+
+@pytest.fixture(scope="session")
+def words_t5_dir(tmp_path_factory, words_model_dir) -> str:
+    """A tiny T5 whose vocabulary is the synthetic task's words (the words Llama's tokenizer)."""
+    from textgym.lm.models import make_tiny_seq2seq
+
+    return str(make_tiny_seq2seq(tmp_path_factory.mktemp("words-t5"), words_model_dir))

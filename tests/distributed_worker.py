@@ -62,13 +62,13 @@ def trainable_state(agent) -> dict[str, torch.Tensor]:
 def update(algo: str, model_dir: str, out: Path, fsdp: bool = False) -> dict:
     """One update on the same global batch: the whole batch alone, this rank's share under torchrun (with the
     policy sharded by FSDP if ``fsdp``)."""
-    from textgym.lm.models import load_causal_lm
+    from textgym.lm.models import load_lm
 
     adaptive = {"kl_target": 0.1, "kl_horizon": 100} if algo == "ppo" else {}  # β adapts by the whole batch
     agent = make_agent(algo, model_dir, num_envs=2, normalize_rewards=True, fsdp=fsdp, **adaptive)
     # The global batch, sampled identically on every rank by a collector of its own (seed 0) with the same
     # starting weights, of the prompts a single process would draw; each rank then trains on its share.
-    reference = RolloutCollector(load_causal_lm(model_dir), make_envs(model_dir, 4), seed=0)
+    reference = RolloutCollector(load_lm(model_dir), make_envs(model_dir, 4), seed=0)
     group = agent.config.group_size if algo != "ppo" else 1
     prompts = [p for p in PROMPTS[: agent.config.batch_size // group] for _ in range(group)]
     batch = reference.collect_prompts(prompts)

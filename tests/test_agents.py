@@ -160,8 +160,10 @@ def test_resume_continues_a_run(words_model_dir, tmp_path, algo):
         other.learn(80, resume=True, progress_bar=False)
 
 
-def test_lora_uses_the_base_weights_as_reference(words_model_dir):
-    agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=16, lora_rank=4, learning_rate=1e-2)
+@pytest.mark.parametrize("model", ["words_model_dir", "words_t5_dir"])  # a causal LM, an encoder–decoder
+def test_lora_uses_the_base_weights_as_reference(request, model):
+    model_dir = request.getfixturevalue(model)
+    agent = PPO(model_dir, make_envs(model_dir), batch_size=16, lora_rank=4, learning_rate=1e-2)
     assert agent.policy.reference is None  # no copy of the trunk
     batch = agent.collect()
     width = batch.completion_ids.shape[1]

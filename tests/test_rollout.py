@@ -54,10 +54,16 @@ def test_batch_matches_what_the_env_saw(tiny_model_dir, tiny_policy):
         assert prompt == tok(batch.prompts[i])["input_ids"][-16:]
 
 
-def test_seeded_collection_is_reproducible_and_survives_cache_invalidation(tiny_model_dir, tiny_policy):
-    plain = RolloutCollector(tiny_policy, make_envs(tiny_model_dir), seed=3)
+@pytest.mark.parametrize("model", ["tiny_model_dir", "t5_model_dir"])  # a causal LM, an encoder–decoder
+def test_seeded_collection_is_reproducible_and_survives_cache_invalidation(request, model):
+    """Invalidated caches are rebuilt mid-episode from the observations (an encoder–decoder's decoder tokens too)."""
+    from textgym.lm.models import load_lm
+
+    model_dir = request.getfixturevalue(model)
+    policy = load_lm(model_dir)
+    plain = RolloutCollector(policy, make_envs(model_dir), seed=3)
     first = [plain.collect(5) for _ in range(3)]
-    rebuilt = RolloutCollector(tiny_policy, make_envs(tiny_model_dir), seed=3)
+    rebuilt = RolloutCollector(policy, make_envs(model_dir), seed=3)
     second = []
     for _ in range(3):
         second.append(rebuilt.collect(5))

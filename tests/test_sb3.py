@@ -174,11 +174,13 @@ def test_gru_extractor_learns_with_stock_multi_input_policy(words_model_dir):
 
 
 # --- the LM policy's pieces ---------------------------------------------------------------------------------------
-def test_kv_cached_features_equal_full_context_features(words_model_dir):
+@pytest.mark.parametrize("model", ["words_model_dir", "words_t5_dir"])  # a causal LM, an encoder–decoder
+def test_kv_cached_features_equal_full_context_features(request, model):
     """Rollout-mode features (per-row KV cache) equal a full forward pass, across growth and resets."""
-    venv = TextGenSB3VecEnv("TextGen-v0", num_envs=4, **env_kwargs(words_model_dir, max_new_tokens=4))
+    model_dir = request.getfixturevalue(model)
+    venv = TextGenSB3VecEnv("TextGen-v0", num_envs=4, **env_kwargs(model_dir, max_new_tokens=4))
     venv.seed(0)
-    policy = PPO(LMActorCriticPolicy, venv, policy_kwargs={"model": words_model_dir}).policy
+    policy = PPO(LMActorCriticPolicy, venv, policy_kwargs={"model": model_dir}).policy
     extractor = policy.features_extractor
     obs, rng = venv.reset(), np.random.default_rng(0)
     policy.set_training_mode(False)

@@ -35,7 +35,7 @@ from gymnasium import spaces
 
 from textgym.envs.core import TokenEpisodes
 from textgym.envs.text_gen import TextGenEnv, refuse_task_arguments
-from textgym.lm.models import load_tokenizer
+from textgym.lm.models import is_encoder_decoder, load_tokenizer, resolve_model_dir
 from textgym.lm.prompts import encode_prompt, end_of_turn_token_id
 from textgym.tasks import TaskSpec
 
@@ -113,6 +113,11 @@ class ConversationEpisodes(TokenEpisodes):
             raise ValueError(
                 f"Multi-turn envs do not take {unsupported}: they use the chat template, and a turn ends on its "
                 "end-of-turn token."
+            )
+        if is_encoder_decoder(resolve_model_dir(kwargs.get("model"))):
+            raise ValueError(
+                "Multi-turn envs need a causal LM: the partner's replies go into the context between the agent's "
+                "turns, and an encoder–decoder's source is fixed once its episode starts. Pass a causal LM's model."
             )
         self.game, self.instances = game, dict(instances)  # encode_prompt, called by the core, checks openings
         if max_prompt_tokens is None:  # the longest opening of both splits: a task's envs share their spaces

@@ -7,8 +7,11 @@ single envs, except that the reward model scores every episode that ends in a st
 
 Row layout, with ``P = max_prompt_tokens`` and ``T = max_new_tokens``::
 
-    columns [0, P)       the prompt, left-padded (pad tokens, attention_mask 0)
+    columns [0, P)       the prompt, left-padded (pad tokens, attention_mask 0); right-padded for an encoder–decoder
     columns [P, P + T)   generated tokens, one per step; not yet generated: pad, attention_mask 0
+
+A causal LM's observation is the row itself; an encoder–decoder's splits it into the encoder's source and the
+decoder's input ([TokenEpisodes.observation][textgym.envs.core.TokenEpisodes.observation]).
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ import numpy as np
 from gymnasium import spaces
 
 from reward_models import RewardFn, make_reward_model
-from textgym.lm.models import load_tokenizer, resolve_model_dir, vocab_size_of
+from textgym.lm.models import (
+    decoder_start_token_id,
+    is_encoder_decoder,
+    load_tokenizer,
+    resolve_model_dir,
+    vocab_size_of,
+)
 from textgym.lm.prompts import encode_prompt, load_prompts, pad_token_id, split_prompts, stop_token_ids
 
 PROMPT_TRUNCATION = ("error", "left")
@@ -33,8 +42,8 @@ class TokenEpisodes:
     Args:
         num_rows: how many episodes run side by side.
         model: the model whose tokenizer and vocabulary define the spaces (see
-            [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]). Only the tokenizer and config
-            are loaded, not weights.
+            [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]), and whose architecture (causal
+            or encoder–decoder) the observation's layout; only the tokenizer and config are loaded, not weights.
         prompts: the prompt set (see [textgym.lm.prompts.load_prompts][textgym.lm.prompts.load_prompts]).
         split: ``"train"`` or ``"test"``: only that part of the prompt set (disjoint, about 80% / 20%; see
             [textgym.lm.prompts.split_prompts][textgym.lm.prompts.split_prompts]); ``None`` for all of it.
@@ -101,6 +110,8 @@ class TokenEpisodes:
         if chat_template and not self.tokenizer.chat_template:
             raise ValueError(f"chat_template=True, but the tokenizer of {self.model_dir} has no chat template.")
         self.vocab_size = vocab_size_of(self.model_dir)
+        self.encoder_decoder = is_encoder_decoder(self.model_dir)
+        self.decoder_start_token_id = decoder_start_token_id(self.model_dir) if self.encoder_decoder else None
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.chat_template = chat_template
@@ -134,18 +145,24 @@ class TokenEpisodes:
                 top_p,
                 always_allowed=self.stop_token_ids,
                 device=reference_device,
+                encoder_decoder=self.encoder_decoder,
             )
 
         self.prompts = split_prompts(load_prompts(prompts), split)
         self.prompt_token_ids = [self.encode_prompt(text, where=f"prompt {i}") for i, text in enumerate(self.prompts)]
 
         width = max_prompt_tokens + max_new_tokens
-        self.observation_space = spaces.Dict(
-            {
-                "input_ids": spaces.Box(0, self.vocab_size - 1, shape=(width,), dtype=np.int64),
-                "attention_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64),
+        tokens = lambda n: spaces.Box(0, self.vocab_size - 1, shape=(n,), dtype=np.int64)  # noqa: E731
+        mask = lambda n: spaces.Box(0, 1, shape=(n,), dtype=np.int64)  # noqa: E731
+        if self.encoder_decoder:  # the decoder's input is the start token and the tokens generated so far
+            decoder = {
+                "decoder_input_ids": tokens(max_new_tokens + 1),
+                "decoder_attention_mask": mask(max_new_tokens + 1),
             }
-        )
+            layout = {"input_ids": tokens(max_prompt_tokens), "attention_mask": mask(max_prompt_tokens), **decoder}
+        else:
+            layout = {"input_ids": tokens(width), "attention_mask": mask(width)}
+        self.observation_space = spaces.Dict(layout)
         self.action_space = spaces.Discrete(self.vocab_size)
         self.input_ids = np.full((num_rows, width), self.pad_token_id, dtype=np.int64)
         self.attention_mask = np.zeros((num_rows, width), dtype=np.int64)
@@ -187,8 +204,9 @@ class TokenEpisodes:
         width = self.max_prompt_tokens
         self.input_ids[row] = self.pad_token_id
         self.attention_mask[row] = 0
-        self.input_ids[row, width - len(prompt_ids) : width] = prompt_ids
-        self.attention_mask[row, width - len(prompt_ids) : width] = 1
+        first = 0 if self.encoder_decoder else width - len(prompt_ids)  # an encoder's source starts at column 0
+        self.input_ids[row, first : first + len(prompt_ids)] = prompt_ids
+        self.attention_mask[row, first : first + len(prompt_ids)] = 1
         self.num_generated[row] = 0
         self.running[row] = True
         self.prompt_texts[row] = prompt_text
@@ -196,14 +214,29 @@ class TokenEpisodes:
             self.reference.restart(row)
 
     def observation(self, row: int | slice = slice(None)) -> dict[str, np.ndarray]:
-        """A copy of one row's observation (of every row's, stacked, by default)."""
-        return {"input_ids": self.input_ids[row].copy(), "attention_mask": self.attention_mask[row].copy()}
+        """A copy of one row's observation (of every row's, stacked, by default).
+
+        A causal LM's is the row; an encoder–decoder's is the prompt as ``input_ids``/``attention_mask`` (width
+        ``P``) and the decoder's input, the start token then the generated tokens, as
+        ``decoder_input_ids``/``decoder_attention_mask`` (width ``T + 1``): the keyword arguments of the model's
+        ``forward``, whose last attended decoder column predicts the next action."""
+        ids, mask = self.input_ids[row], self.attention_mask[row]
+        if not self.encoder_decoder:
+            return {"input_ids": ids.copy(), "attention_mask": mask.copy()}
+        width = self.max_prompt_tokens
+        start = np.full((*ids.shape[:-1], 1), self.decoder_start_token_id, dtype=np.int64)
+        return {
+            "input_ids": ids[..., :width].copy(),
+            "attention_mask": mask[..., :width].copy(),
+            "decoder_input_ids": np.concatenate([start, ids[..., width:]], axis=-1),
+            "decoder_attention_mask": np.concatenate([np.ones_like(start), mask[..., width:]], axis=-1),
+        }
 
     def action_masks(self, rows: np.ndarray) -> np.ndarray:
         """Allowed actions of ``rows``, bool ``(len(rows), V)``; all True without an ``action_mask``."""
         if self.reference is None or self.reference.action_mask is None:
             return np.ones((len(rows), self.vocab_size), dtype=bool)
-        return self.reference.masks(self.input_ids, self.attention_mask, self.running)[rows]
+        return self.reference.masks(self.observation(), self.running)[rows]
 
     def check_actions(self, actions: Any, expected: int) -> np.ndarray:
         """Validate actions as integer token ids in range; return them as an int64 array."""
@@ -373,7 +406,7 @@ class TokenEpisodes:
         outside the action mask. Called before the step changes anything."""
         if self.reference is None:
             return np.zeros(len(rows))
-        context = self.input_ids, self.attention_mask, self.running
+        context = self.observation(), self.running
         if self.reference.action_mask is not None:
             allowed = self.reference.masks(*context)[rows, actions]
             if not allowed.all():

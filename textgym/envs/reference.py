@@ -40,6 +40,8 @@ class ReferenceModel:
         top_p: the probability mass of the ``"top_p"`` mask.
         always_allowed: token ids every mask allows (the env's stop tokens).
         device: where the reference runs (default ``cpu``).
+        encoder_decoder: whether the env's model, hence its observations, is an encoder–decoder; the reference
+            must be one too.
     """
 
     def __init__(
@@ -52,9 +54,10 @@ class ReferenceModel:
         top_p: float = 0.9,
         always_allowed: np.ndarray | None = None,
         device: str | None = None,
+        encoder_decoder: bool = False,
     ) -> None:
-        from textgym.lm.cache import IncrementalLM
-        from textgym.lm.models import load_causal_lm, load_tokenizer
+        from textgym.lm.cache import incremental_lm
+        from textgym.lm.models import is_encoder_decoder, load_lm, load_tokenizer
 
         if action_mask not in (None, *ACTION_MASKS):
             raise ValueError(f"action_mask must be None, 'top_k' or 'top_p', got {action_mask!r}.")
@@ -67,10 +70,15 @@ class ReferenceModel:
                 f"The reference model {model!r} has another tokenizer than the env's model: its log-probs would "
                 "score other tokens. Use a reference with the env's tokenizer."
             )
+        if is_encoder_decoder(model) != encoder_decoder:
+            kind = "an encoder–decoder" if encoder_decoder else "a causal LM"
+            raise ValueError(
+                f"The env's model is {kind}, and the reference model {str(model)!r} is not: use one like it."
+            )
         self.action_mask = action_mask
         self.top_k, self.top_p = top_k, top_p
         self.always_allowed = np.asarray([] if always_allowed is None else always_allowed, dtype=np.int64)
-        self.lm = IncrementalLM(load_causal_lm(model, device=device or "cpu"), num_rows)
+        self.lm = incremental_lm(load_lm(model, device=device or "cpu"), num_rows)
         self._stale = np.ones(num_rows, dtype=bool)  # rows whose context changed outside step()
         # This step's log-probs and masks, computed once however often they are asked for (SB3's MaskablePPO
         # asks for the masks, then steps, which checks the action against them).
@@ -82,24 +90,25 @@ class ReferenceModel:
         self._stale[row] = True
         self._logprobs = self._masks = None
 
-    def logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray, running: np.ndarray) -> np.ndarray:
-        """Log-probs ``(N, V)`` of every next token under the reference, for the running rows' contexts."""
+    def logprobs(self, observation: dict[str, np.ndarray], running: np.ndarray) -> np.ndarray:
+        """Log-probs ``(N, V)`` of every next token under the reference, for the running rows' contexts (the env's
+        observation of all rows)."""
         import torch
 
         if self.lm.outputs is None:
             self._stale[:] = True
         stale = self._stale & running
         if stale.any():
-            self.lm.encode_rows(stale, input_ids, attention_mask)
+            self.lm.encode_rows(stale, **observation)
             self._stale[stale] = False
             self._logprobs = self._masks = None
         if self._logprobs is None:
             self._logprobs = torch.log_softmax(self.lm.outputs, dim=-1).cpu().numpy()
         return self._logprobs
 
-    def masks(self, input_ids: np.ndarray, attention_mask: np.ndarray, running: np.ndarray) -> np.ndarray:
+    def masks(self, observation: dict[str, np.ndarray], running: np.ndarray) -> np.ndarray:
         """Allowed actions ``(N, V)`` bool under ``action_mask``, from the reference's current log-probs."""
-        logprobs = self.logprobs(input_ids, attention_mask, running)
+        logprobs = self.logprobs(observation, running)
         if self._masks is None:
             self._masks = self._allowed(logprobs)
         return self._masks

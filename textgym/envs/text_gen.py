@@ -42,6 +42,16 @@ class TextGenEnv(gym.Env):
 
     The padding token is the tokenizer's pad token (its EOS if it has none).
 
+    With a T5-family encoder–decoder ``model`` (read from its config) the prompt is the encoder's source, and the
+    ``Dict`` holds four int64 ``Box`` arrays named as the model's ``forward`` arguments:
+
+    | key                      | shape                   | content                                              |
+    |--------------------------|-------------------------|------------------------------------------------------|
+    | `input_ids`              | `(max_prompt_tokens,)`  | the prompt, right-padded                             |
+    | `attention_mask`         | `(max_prompt_tokens,)`  | 1 on the prompt's tokens                             |
+    | `decoder_input_ids`      | `(max_new_tokens + 1,)` | the decoder start token, the tokens so far; padding  |
+    | `decoder_attention_mask` | `(max_new_tokens + 1,)` | 1 on the start token and the generated tokens        |
+
     ## Rewards
 
     Sparse: 0 on every step but the last; on the last step, the reward model's score of
@@ -81,7 +91,7 @@ class TextGenEnv(gym.Env):
 
     | argument | type | default | meaning |
     |---|---|---|---|
-    | `model` | str, path or None | `None` | the LM whose tokenizer and vocabulary define the spaces (below) |
+    | `model` | str, path or None | `None` | the LM (causal or T5) whose tokenizer and vocab set the spaces (below) |
     | `prompts` | str, path, list or None | `None` | the prompt set (below); `None`: the shipped `openings` |
     | `split` | str or None | `None` | `"train"` or `"test"` part of the prompt set (below); `None`: all |
     | `level` | int or None | `None` | `1`, `2`, `3`: non-negative, all, or negative openings; `None`: 2 |
@@ -104,8 +114,9 @@ class TextGenEnv(gym.Env):
     | `render_mode` | str or None | `None` | `"ansi"` returns, `"human"` prints, the prompt and text so far |
 
     - ``model``: ``None``, ``"embedded"`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct,
-      ``"tiny"`` for a tiny random Llama (tests), or a local Hugging Face model directory. The env loads only its
-      tokenizer and config; the policy loads the weights. Nothing is downloaded.
+      ``"tiny"`` for a tiny random Llama (tests), or a local Hugging Face model directory: a causal LM or a T5-family
+      encoder–decoder (*Observation Space*). The env loads only its tokenizer and config; the policy loads the
+      weights. Nothing is downloaded.
     - ``prompts``: a shipped set's name, a ``.txt`` file (one prompt a line), a ``.jsonl`` file (a ``{"prompt":
       ...}`` object or a JSON string a line) or a list of strings. ``openings`` holds review and story openings
       of mixed sentiment.
@@ -133,7 +144,8 @@ class TextGenEnv(gym.Env):
     * v0: Initial version (reference model, KL shaping and action masks are opt-in arguments; the defaults
       behave as before). The default stop tokens grew from the tokenizer's EOS alone to the generation
       config's EOS ids and, with ``chat_template=True``, the template's end-of-turn token. ``split``,
-      ``level``, ``gold_model`` and ``info["gold_score"]`` were added (the defaults behave as before).
+      ``level``, ``gold_model`` and ``info["gold_score"]`` were added (the defaults behave as before). An
+      encoder–decoder ``model`` gives the encoder–decoder observation (causal models' is unchanged).
     """
 
     # render_fps only informs tools that replay rendered text; the env itself never sleeps.

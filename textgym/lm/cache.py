@@ -142,28 +142,54 @@ class IncrementalLM:
         return out.logits.float(), out[CACHE_ARG]
 
     def _write_rows(self, index: np.ndarray, rows_cache: DynamicCache, rows_mask: torch.Tensor) -> None:
-        if len(index) == self.num_rows:
-            self._cache, self._cache_mask = rows_cache, rows_mask.clone()
-            return
-        if self._cache is None:  # the first rows encoded are not all: the others start as fully masked rows
-            self._cache, self._cache_mask = _spread_rows(rows_cache, rows_mask, index, self.num_rows)
-            return
-        length, width = self._cache_mask.shape[1], rows_mask.shape[1]
-        total = max(length, width)
-        rows = torch.as_tensor(index, device=self.device)
-        self._cache_mask = _left_pad(self._cache_mask, total - length, dim=1)
-        self._cache_mask[rows] = _left_pad(rows_mask, total - width, dim=1)
-        for layer, new in zip(_layers(self._cache), _layers(rows_cache)):
-            layer.keys = _left_pad(layer.keys, total - length, dim=2)
-            layer.values = _left_pad(layer.values, total - length, dim=2)
-            layer.keys[rows] = _left_pad(new.keys, total - width, dim=2)
-            layer.values[rows] = _left_pad(new.values, total - width, dim=2)
-        # Drop the leading columns that no row attends to any more, so the cache stays about one episode long.
-        first_used = int(self._cache_mask.any(dim=0).long().argmax())
-        if first_used > 0:
-            self._cache_mask = self._cache_mask[:, first_used:]
-            for layer in _layers(self._cache):
-                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+        self._cache, self._cache_mask = write_cache_rows(
+            self._cache, self._cache_mask, index, rows_cache, rows_mask, self.num_rows
+        )
+
+
+def write_cache_rows(
+    cache: DynamicCache | None,
+    cache_mask: torch.Tensor | None,
+    index: np.ndarray,
+    rows_cache: DynamicCache,
+    rows_mask: torch.Tensor,
+    num_rows: int,
+) -> tuple[DynamicCache, torch.Tensor]:
+    """``cache`` ``(N, heads, S, head_dim)`` per layer, with its mask ``(N, S)``, with rows ``index`` replaced by
+    ``rows_cache`` and ``rows_mask`` (right-aligned, the narrower side left-padded with masked columns); ``None``
+    before any row was written. Columns no row attends to any longer are dropped from the front, so the cache stays
+    about one episode long."""
+    if len(index) == num_rows:
+        return rows_cache, rows_mask.clone()
+    if cache is None:  # the first rows written are not all: the others start as fully masked rows
+        return _spread_rows(rows_cache, rows_mask, index, num_rows)
+    length, width = cache_mask.shape[1], rows_mask.shape[1]
+    total = max(length, width)
+    rows = torch.as_tensor(index, device=cache_mask.device)
+    cache_mask = left_pad(cache_mask, total - length, dim=1)
+    cache_mask[rows] = left_pad(rows_mask, total - width, dim=1)
+    for layer, new in zip(_layers(cache), _layers(rows_cache)):
+        layer.keys = left_pad(layer.keys, total - length, dim=2)
+        layer.values = left_pad(layer.values, total - length, dim=2)
+        layer.keys[rows] = left_pad(new.keys, total - width, dim=2)
+        layer.values[rows] = left_pad(new.values, total - width, dim=2)
+    first_used = int(cache_mask.any(dim=0).long().argmax())
+    if first_used > 0:
+        cache_mask = cache_mask[:, first_used:]
+        for layer in _layers(cache):
+            layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+    return cache, cache_mask
+
+
+def incremental_lm(model: PreTrainedModel, num_rows: int, hidden_states: bool = False) -> Any:
+    """``model`` advanced over ``num_rows`` contexts: an [IncrementalLM][textgym.lm.cache.IncrementalLM], or for an
+    encoder–decoder an [IncrementalSeq2SeqLM][textgym.lm.seq2seq.IncrementalSeq2SeqLM] (the same interface; its
+    ``encode_rows`` takes the encoder–decoder observation's four arrays)."""
+    if model.config.is_encoder_decoder:
+        from textgym.lm.seq2seq import IncrementalSeq2SeqLM
+
+        return IncrementalSeq2SeqLM(model, num_rows, hidden_states)
+    return IncrementalLM(model, num_rows, hidden_states)
 
 
 def _spread_rows(
@@ -218,7 +244,7 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     return layers
 
 
-def _left_pad(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
+def left_pad(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
     """Prepend ``amount`` zeros along ``dim`` (masked cache columns)."""
     if amount == 0:
         return tensor

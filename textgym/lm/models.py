@@ -103,7 +103,27 @@ def load_causal_lm(
     import torch
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), dtype=dtype or torch.float32)
+    model_dir = resolve_model_dir(model)
+    if is_encoder_decoder(model_dir):
+        raise ValueError(f"{str(model_dir)!r} is an encoder–decoder, not a causal LM: load it with load_lm.")
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or torch.float32)
+    return lm.to(device).eval()
+
+
+def load_lm(
+    model: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> PreTrainedModel:
+    """[load_causal_lm][textgym.lm.models.load_causal_lm], or for an encoder–decoder directory
+    ([is_encoder_decoder][textgym.lm.models.is_encoder_decoder]) the same for a sequence-to-sequence LM."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    model_dir = resolve_model_dir(model)
+    if not is_encoder_decoder(model_dir):
+        return load_causal_lm(model_dir, device, dtype)
+    lm = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=dtype or torch.float32)
     return lm.to(device).eval()
 
 
@@ -116,6 +136,80 @@ def vocab_size_of(model_dir: str | os.PathLike) -> int:
     if not size:
         raise ValueError(f"The config in {str(model_dir)!r} has no vocab_size; cannot size the action space.")
     return int(size)
+
+
+SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
+
+
+def is_encoder_decoder(model_dir: str | os.PathLike) -> bool:
+    """Whether the model directory's config is an encoder–decoder (read from ``config.json``, no weights);
+    an unsupported encoder–decoder raises ``ValueError``.
+
+    Only the T5 family is supported (``t5``, ``mt5``, ``umt5``; ``flan-t5`` is ``t5``): their attention knows
+    positions only by relative distance, so a row's tokens give the same outputs wherever they sit in a padded batch
+    or KV cache, which the rollout engine relies on (rows whose episodes are at different points share one cache).
+    BART-style models number decoder positions from the cache's first column, so a row's padding would shift them.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if not config.is_encoder_decoder:
+        return False
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{str(model_dir)!r} is a {config.model_type!r} encoder–decoder; textgym supports the T5 family "
+            f"{SUPPORTED_MODEL_TYPES} (relative positions, so padded rows share one KV cache). Use a T5 or "
+            "flan-t5 checkpoint, or a causal LM."
+        )
+    return True
+
+
+def decoder_start_token_id(model_dir: str | os.PathLike) -> int:
+    """The token the decoder reads before the first generated one (T5: the pad token)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    start = config.decoder_start_token_id
+    if start is None:
+        raise ValueError(f"The encoder–decoder config in {str(model_dir)!r} has no decoder_start_token_id.")
+    return int(start)
+
+
+def make_tiny_seq2seq(
+    out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, d_model: int = 32, num_layers: int = 2, seed: int = 0
+) -> Path:
+    """Write a tiny randomly initialised T5 with the tokenizer of ``tokenizer_dir`` (e.g. the embedded model's),
+    laid out as a user's local ``flan-t5-small`` directory: tests of every encoder–decoder path without a download.
+    Its pad token pads and starts the decoder, as in T5."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from textgym.lm.prompts import pad_token_id
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    pad = pad_token_id(tokenizer)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=2 * d_model,
+        num_layers=num_layers,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",  # flan-t5's
+        tie_word_embeddings=False,  # flan-t5's: its decoder's output reaches the output layer unscaled
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=pad,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    with torch.no_grad():  # T5's initial output layer makes a tiny model's next token near certain: no exploration
+        model.lm_head.weight.mul_(0.05)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def embedded_model_dir() -> Path:
