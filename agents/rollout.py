@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 
 from agents.sampling import SamplingConfig, sample_tokens
 from textgym.envs.vector import unbatch_infos
-from textgym.lm.cache import incremental_lm
+from textgym.lm.seq2seq import incremental_lm
 
 
 @dataclass

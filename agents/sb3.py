@@ -2,7 +2,9 @@
 
 * [LMActorCriticPolicy][agents.sb3.LMActorCriticPolicy] (``PPO``, ``A2C``) and
   [MaskableLMActorCriticPolicy][agents.sb3.MaskableLMActorCriticPolicy] (``MaskablePPO``): a Hugging Face causal LM is
-  the actor, a linear value head on its last hidden state the critic;
+  the actor, a linear value head on its last hidden state the critic; with an encoder–decoder (T5-family) model the
+  features are [Seq2SeqFeaturesExtractor][agents.sb3.Seq2SeqFeaturesExtractor]'s: the decoder's last hidden state at
+  each row's last decoder token, with a KV cache that encodes each episode's source once;
 * [TokenGRUExtractor][agents.sb3.TokenGRUExtractor]: token embedding + GRU, for SB3's own ``MultiInputPolicy`` to learn
   a small-vocabulary task from scratch (a word-level tokenizer: ``textgym.lm.models.make_tiny_model(dir, words=...)``);
 * [TextGenSB3VecEnv][agents.sb3_vec_env.TextGenSB3VecEnv] / [make_sb3_vec_env][agents.sb3_vec_env.make_sb3_vec_env]:
@@ -42,12 +44,14 @@ from transformers import PreTrainedModel
 from agents.sb3_vec_env import TextGenSB3VecEnv, make_sb3_vec_env
 from textgym.lm.cache import IncrementalLM, last_real_column, position_ids
 from textgym.lm.models import is_encoder_decoder, load_lm, resolve_model_dir, vocab_size_of
+from textgym.lm.seq2seq import IncrementalSeq2SeqLM, decoder_output_scale, packed_left
 
 __all__ = [
     "KLPenaltyCallback",
     "LMActorCriticPolicy",
     "LMFeaturesExtractor",
     "MaskableLMActorCriticPolicy",
+    "Seq2SeqFeaturesExtractor",
     "TextGenSB3VecEnv",
     "TokenGRUExtractor",
     "make_sb3_vec_env",
@@ -194,6 +198,71 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         return cache.outputs.clone()  # (B, H)
 
 
+DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask")
+
+
+class Seq2SeqFeaturesExtractor(LMFeaturesExtractor):
+    """[LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor] for an encoder–decoder (same arguments): features
+    ``(B, H)`` scaled as the model scales them before its output layer (T5 with tied embeddings), so the policy's
+    ``action_net(features)`` are the model's logits."""
+
+    def __init__(self, observation_space: spaces.Dict, **kwargs: object) -> None:
+        if not set(DECODER_KEYS) <= set(observation_space.keys()):
+            raise ValueError(
+                f"An encoder–decoder policy needs the env's encoder–decoder observations ({DECODER_KEYS} too): make "
+                f"the env with the policy's model; got {observation_space}."
+            )
+        super().__init__(observation_space, **kwargs)
+        self.output_scale = decoder_output_scale(self.lm.config)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        obs = {key: value.long() for key, value in obs.items()}  # SB3 turned the token ids into floats
+        if self.kv_cache and not self.training and not torch.is_grad_enabled():
+            return self._cached_seq2seq_features(obs) * self.output_scale
+        return self._seq2seq_features(obs) * self.output_scale
+
+    def _seq2seq_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One pass of the encoder and the decoder over every row."""
+        source, source_mask = packed_left(obs["input_ids"], obs["attention_mask"])
+        out = self.lm(
+            input_ids=source,
+            attention_mask=source_mask,
+            decoder_input_ids=obs["decoder_input_ids"],
+            decoder_attention_mask=obs["decoder_attention_mask"],
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        last = obs["decoder_attention_mask"].sum(dim=1) - 1  # (B,) decoder tokens are right-padded
+        return out.decoder_hidden_states[-1][torch.arange(len(last), device=last.device), last]  # (B, H)
+
+    def _cached_seq2seq_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = len(obs["input_ids"])
+        if self._cache is None or self._cache.num_rows != rows:
+            self._cache = IncrementalSeq2SeqLM(self.lm, rows, hidden_states=True)
+            self._cached_obs = None
+        decoded = obs["decoder_attention_mask"].sum(dim=1)  # (B,)
+        fresh = np.ones(rows, dtype=bool)
+        if self._cached_obs is not None:
+            old = self._cached_obs
+            same_source = (obs["input_ids"] == old["input_ids"]).all(1) & (
+                obs["attention_mask"] == old["attention_mask"]
+            ).all(1)
+            old_kept = (
+                (obs["decoder_input_ids"] == old["decoder_input_ids"]) | (old["decoder_attention_mask"] == 0)
+            ).all(1)
+            growth = decoded - old["decoder_attention_mask"].sum(dim=1)  # (B,) decoder tokens appended
+            kept = same_source & old_kept & ((growth == 0) | (growth == 1))
+            grown = (kept & (growth == 1)).cpu().numpy()
+            fresh = ~kept.cpu().numpy()  # a new episode (or anything else): encode the row from scratch
+            if grown.any():
+                tokens = obs["decoder_input_ids"].gather(1, (decoded - 1)[:, None])[:, 0]  # (B,) each row's newest
+                self._cache.advance(tokens, grown)  # unchanged rows keep their features
+        if fresh.any():
+            self._cache.encode_rows(fresh, **obs)
+        self._cached_obs = {key: value.clone() for key, value in obs.items()}
+        return self._cache.outputs.clone()  # (B, H)
+
+
 class LMPolicyMixin:
     """What both LM policies add to SB3's actor-critic: the LM as extractor and actor head, a value head; its
     arguments are theirs (pass them in ``policy_kwargs``).
@@ -201,7 +270,7 @@ class LMPolicyMixin:
     Args:
         model: the policy LM, a name or local directory (see
             [textgym.lm.models.resolve_model_dir][textgym.lm.models.resolve_model_dir]); a causal LM, or a T5-family
-            encoder–decoder (features: [Seq2SeqFeaturesExtractor][agents.sb3_seq2seq.Seq2SeqFeaturesExtractor]).
+            encoder–decoder (features: [Seq2SeqFeaturesExtractor][agents.sb3.Seq2SeqFeaturesExtractor]).
             Its output layer must match the env's ``Discrete(vocab_size)``; make the env with the same model.
         kv_cache: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
         attn_implementation: see [LMFeaturesExtractor][agents.sb3.LMFeaturesExtractor].
@@ -239,7 +308,7 @@ class LMPolicyMixin:
         self.lm_kwargs = {"model": model, "kv_cache": kv_cache, "attn_implementation": attn_implementation}
         extractor = LMFeaturesExtractor
         if is_encoder_decoder(resolve_model_dir(model)):
-            from agents.sb3_seq2seq import Seq2SeqFeaturesExtractor as extractor
+            extractor = Seq2SeqFeaturesExtractor
         super().__init__(
             observation_space,
             action_space,

@@ -10,8 +10,7 @@ from stable_baselines3 import A2C, PPO
 from synthetic_task import NEW_TOKENS, yes_rate
 
 import textgym  # noqa: F401
-from agents.sb3 import LMActorCriticPolicy, TextGenSB3VecEnv, make_sb3_vec_env
-from agents.sb3_seq2seq import Seq2SeqFeaturesExtractor
+from agents.sb3 import LMActorCriticPolicy, Seq2SeqFeaturesExtractor, TextGenSB3VecEnv, make_sb3_vec_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -56,8 +56,8 @@ class ReferenceModel:
         device: str | None = None,
         encoder_decoder: bool = False,
     ) -> None:
-        from textgym.lm.cache import incremental_lm
         from textgym.lm.models import is_encoder_decoder, load_lm, load_tokenizer
+        from textgym.lm.seq2seq import incremental_lm
 
         if action_mask not in (None, *ACTION_MASKS):
             raise ValueError(f"action_mask must be None, 'top_k' or 'top_p', got {action_mask!r}.")

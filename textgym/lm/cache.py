@@ -181,17 +181,6 @@ def write_cache_rows(
     return cache, cache_mask
 
 
-def incremental_lm(model: PreTrainedModel, num_rows: int, hidden_states: bool = False) -> Any:
-    """``model`` advanced over ``num_rows`` contexts: an [IncrementalLM][textgym.lm.cache.IncrementalLM], or for an
-    encoder–decoder an [IncrementalSeq2SeqLM][textgym.lm.seq2seq.IncrementalSeq2SeqLM] (the same interface; its
-    ``encode_rows`` takes the encoder–decoder observation's four arrays)."""
-    if model.config.is_encoder_decoder:
-        from textgym.lm.seq2seq import IncrementalSeq2SeqLM
-
-        return IncrementalSeq2SeqLM(model, num_rows, hidden_states)
-    return IncrementalLM(model, num_rows, hidden_states)
-
-
 def _spread_rows(
     cache: DynamicCache, mask: torch.Tensor, index: np.ndarray, num_rows: int
 ) -> tuple[DynamicCache, torch.Tensor]:

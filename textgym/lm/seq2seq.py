@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from textgym.lm.cache import CACHE_ARG, left_pad, write_cache_rows
+from textgym.lm.cache import CACHE_ARG, IncrementalLM, left_pad, write_cache_rows
 
 
 def decoder_output_scale(config: Any) -> float:
@@ -187,3 +187,12 @@ def _write_encoded(
     mask[rows] = left_pad(rows_mask, total - rows_mask.shape[1], dim=1)
     first_used = int(mask.any(dim=0).long().argmax())
     return encoded[:, first_used:], mask[:, first_used:]
+
+
+def incremental_lm(model: PreTrainedModel, num_rows: int, hidden_states: bool = False) -> Any:
+    """``model`` advanced over ``num_rows`` contexts: an [IncrementalLM][textgym.lm.cache.IncrementalLM], or for an
+    encoder–decoder an [IncrementalSeq2SeqLM][textgym.lm.seq2seq.IncrementalSeq2SeqLM] (the same interface; its
+    ``encode_rows`` takes the encoder–decoder observation's four arrays)."""
+    if model.config.is_encoder_decoder:
+        return IncrementalSeq2SeqLM(model, num_rows, hidden_states)
+    return IncrementalLM(model, num_rows, hidden_states)
