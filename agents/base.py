@@ -35,7 +35,7 @@ from gymnasium.vector import VectorEnv
 
 from agents.checkpoint import Checkpointing
 from agents.config import AgentConfig, check_env, check_same_tokenizer
-from agents.losses import RunningMoments, global_masked_mean, kl_estimate
+from agents.losses import RunningMoments, global_masked_mean, kl_estimate, truncated_importance_weights
 from agents.optim import LRSchedule, make_optimizer
 from agents.policy import ActorCritic
 from agents.precision import autocast, keep_freed_host_memory, resolve_precision, sampling_model
@@ -358,6 +358,31 @@ class LMAgent(Checkpointing):
         """[kl_penalty][agents.base.LMAgent.kl_penalty] on the episodes' steps (``mask``), 0 elsewhere; all 0 without a
         reference pass."""
         return torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(logprobs, ref_logprobs) * mask
+
+    def sampler_correction(
+        self, batch: RolloutBatch, old_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The sampler's drift from π_old on the batch's steps (``mask``), and its correction (``tis_cap``).
+
+        Returns the weights ``(E, T)`` of each token's policy-gradient term, ``min(π_old / π_sampler, tis_cap)``
+        ([truncated_importance_weights][agents.losses.truncated_importance_weights]; 1 with ``tis_cap=None``), and
+        the drift's statistics over every process's tokens: the mean and the largest ``|log π_old − log π_sampler|``,
+        the ratio's mean and the share of tokens whose ratio the cap cut. The algorithms multiply the advantages by
+        the weights: a positive factor on the advantage is the same factor on the clipped surrogate of that token."""
+        cap = self.config.tis_cap
+        log_ratio = (old_logprobs - batch.logprobs).detach() * mask  # (E, T) log π_old/π_sampler
+        ratio = log_ratio.exp()
+        if cap is None:
+            weights, capped = torch.ones_like(ratio), torch.zeros_like(ratio)
+        else:
+            weights, capped = truncated_importance_weights(old_logprobs, batch.logprobs, cap), (ratio > cap).float()
+        largest = dist.all_gather_cat(log_ratio.abs().max().reshape(1)).max()
+        return weights, {
+            "train/sampler_logprob_error": global_masked_mean(log_ratio.abs(), mask).item(),
+            "train/sampler_logprob_error_max": largest.item(),
+            "train/tis_ratio_mean": global_masked_mean(ratio, mask).item(),
+            "train/tis_capped_fraction": global_masked_mean(capped, mask).item(),
+        }
 
     @staticmethod
     def episode_kl_to_reference(

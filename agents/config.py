@@ -59,6 +59,12 @@ class AgentConfig:
     [LMAgent.collect_prompts][agents.base.LMAgent.collect_prompts]); ``"auto"``: bf16 on a GPU that supports it, else
     fp32. On a CPU without native bfloat16 (AMX or AVX512-BF16) ``"bf16"`` would be slower than fp32, so it falls back
     to fp32 with a warning."""
+    tis_cap: float | None = 2.0
+    """Correct the sampler's drift by truncated importance sampling (Yao et al. 2025, whose cap is 2): each token's
+    policy-gradient term is weighted by ``min(π_old / π_sampler, tis_cap)``, π_old being the trainer's log-prob of the
+    token and π_sampler the one it was sampled with (the bfloat16 sampling copy, or vLLM). When the trainer samples
+    itself in float32 the ratio is 1 to about 1e-5 and nothing changes. ``None``: no weighting; the drift's
+    statistics (``train/sampler_logprob_error``, ``train/tis_ratio_mean``, ...) are logged either way."""
     missing_eos_penalty: float | None = None
     """Subtract this from the last reward of every completion that was truncated, not ended by a stop token."""
     mask_truncated_completions: bool = False
@@ -105,6 +111,8 @@ class AgentConfig:
             raise ValueError("kl_coef, ent_coef and weight_decay must be >= 0 and clip_range > 0.")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError(f"tis_cap must be positive (or None), got {self.tis_cap}.")
         if self.reward_clip is not None and self.reward_clip <= 0:
             raise ValueError(f"reward_clip must be positive (or None), got {self.reward_clip}.")
         for name, valid in (("kl_estimator", KL_ESTIMATORS), ("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):

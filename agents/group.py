@@ -23,7 +23,7 @@ import torch
 
 from agents.base import LMAgent
 from agents.config import AgentConfig
-from agents.losses import global_masked_mean, in_batch_order, masked_mean_share
+from agents.losses import in_batch_order, masked_mean_share
 from agents.rollout import RolloutBatch
 from textgym.lm import distributed as dist
 
@@ -114,7 +114,8 @@ class GroupAgent(LMAgent):
             ref_logprobs: ``(B, T)`` under the reference (``None`` when β = 0).
             advantages: ``(B, T)`` per token: each completion's from
                 [advantages][agents.group.GroupAgent.advantages] on every token, or with ``turn_credit`` its turns'
-                from [turn_advantages][agents.group.turn_advantages].
+                from [turn_advantages][agents.group.turn_advantages]; times the sampler's drift correction
+                ([sampler_correction][agents.base.LMAgent.sampler_correction]).
             mask: ``(B, T)`` the tokens the loss sees.
         """
         raise NotImplementedError
@@ -126,11 +127,12 @@ class GroupAgent(LMAgent):
         mask = batch.completion_mask.float()  # (E, T) the episodes' steps
         loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
         ref_logprobs = self.reference_logprobs(batch)
-        old_logprobs = advantages = None  # from the update's own pass (own_pass), else before it
+        old_logprobs = advantages = tis = None  # from the update's own pass (own_pass), else before it
         own_pass = self.one_step_per_batch and c.recompute_old_logprobs is not False
         if not own_pass:
             old_logprobs = self._old_logprobs(batch) * mask
             advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
+            tis, drift = self.sampler_correction(batch, old_logprobs, mask)
 
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
@@ -144,9 +146,10 @@ class GroupAgent(LMAgent):
                 if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
                     old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
                     advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
+                    tis, drift = self.sampler_correction(batch, old_logprobs, mask)
                 ref = None if ref_logprobs is None else ref_logprobs[index]
                 loss, clipped, approx_kl = self.policy_loss(
-                    new.logprobs, old_logprobs[index], ref, advantages[index], m
+                    new.logprobs, old_logprobs[index], ref, advantages[index] * tis[index], m
                 )
                 entropy = masked_mean_share(new.entropy, m)
                 loss = loss - c.ent_coef * entropy
@@ -162,7 +165,7 @@ class GroupAgent(LMAgent):
                 break
         return {
             **self.minibatch_means(stats),
-            "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
+            **drift,
             "train/kl_ref": self.episode_kl_to_reference(old_logprobs, ref_logprobs, mask),
             "train/kl_coef": self.kl_coef,
         }
