@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import torch
+from roofline import cpu_name  # benchmarks/ is on the path of a script run from it
 
 import textgym
 from agents.rollout import RolloutCollector
@@ -93,7 +94,7 @@ def main() -> None:
         print(f"batch {batch}: engine {rates[batch][0]:.1f}, vllm {rates[batch][1]:.1f} tokens/s", flush=True)
     sync = median_seconds(lambda: served.load_weights(policy), args.repeats)
 
-    where = args.device if args.device == "cpu" else torch.cuda.get_device_name()
+    where = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name()
     print(
         f"model={args.model or textgym.lm.models.EMBEDDED_MODEL} device={where} "
         f"torch_threads={torch.get_num_threads()} prompt={args.prompt_tokens} new={args.new_tokens} "

@@ -24,10 +24,19 @@ engine's bfloat16 copy, tests/test_agents_real_checkpoints.py)."""
 SEED = 3
 
 
-def make_envs(model_dir: str, env_id: str = "TextGen-v0", num_envs: int = 4) -> gym.vector.VectorEnv:
-    single = {"max_new_tokens": 8, "max_prompt_tokens": 16, "prompt_truncation": "left"}
-    kwargs = single if env_id == "TextGen-v0" else {"max_turn_tokens": 4}
-    return gym.make_vec(env_id, num_envs=num_envs, model=model_dir, **kwargs)
+LONG_PROMPT = 160
+"""Tokens of the prompts that fill one of vLLM's 128-token KV blocks on a CPU: the prefix cache keeps whole blocks."""
+
+
+def make_envs(model_dir: str, env_id: str = "TextGen-v0", prompt_tokens: int = 16) -> gym.vector.VectorEnv:
+    if env_id != "TextGen-v0":
+        return gym.make_vec(env_id, num_envs=4, model=model_dir, max_turn_tokens=4)
+    from textgym.lm.prompts import load_prompts
+
+    shipped = load_prompts()
+    prompts = shipped if prompt_tokens <= 16 else [" ".join(shipped[i : i + 40]) for i in range(8)]
+    kwargs = {"max_new_tokens": 8, "max_prompt_tokens": prompt_tokens, "prompt_truncation": "left"}
+    return gym.make_vec(env_id, num_envs=4, model=model_dir, prompts=prompts, **kwargs)
 
 
 def test_the_vllm_backend_without_vllm_names_the_extra(tiny_model_dir):
@@ -61,8 +70,8 @@ def engine(vllm_model_dir):
     """One vLLM engine for the tests of the collector, serving the longest context of their envs."""
     from agents.vllm_rollout import context_length, start_engine
 
-    longest = max(context_length(make_envs(vllm_model_dir, env_id)) for env_id in ("TextGen-v0", "GuessNumber-v1"))
-    return start_engine(vllm_model_dir, longest, enforce_eager=True)
+    envs = [make_envs(vllm_model_dir, "GuessNumber-v1"), make_envs(vllm_model_dir, prompt_tokens=LONG_PROMPT)]
+    return start_engine(vllm_model_dir, max(map(context_length, envs)), enforce_eager=True)
 
 
 @pytest.fixture(scope="module")
@@ -135,28 +144,31 @@ def test_vllm_logprobs_are_the_trainers_within_bfloat16_rounding(collector, trai
 
 
 @pytest.mark.vllm
-def test_weights_pushed_to_vllm_change_what_it_samples(collector, trainer, teacher_forced, vllm_model_dir):
+def test_weights_pushed_to_vllm_change_what_it_samples(engine, trainer, teacher_forced, vllm_model_dir):
+    from agents.vllm_rollout import VLLMCollector
     from textgym.lm.models import load_causal_lm
+
+    def errors(model, batch) -> torch.Tensor:
+        return (teacher_forced(model, batch) - batch.logprobs)[batch.completion_mask.bool()].abs()
 
     perturbed = load_causal_lm(vllm_model_dir)
     torch.manual_seed(0)
     with torch.no_grad():
         for param in perturbed.parameters():
             param.add_(torch.randn_like(param) * param.std().clamp(min=0.02))
-    prompts = list(collector.envs.env.prompts[:8])
+    # Prompts longer than a KV block: the first rollout leaves their keys and values in vLLM's prefix cache, which
+    # the new weights must not reuse.
+    collector = VLLMCollector(engine, make_envs(vllm_model_dir, prompt_tokens=LONG_PROMPT), seed=SEED)
+    prompts = list(collector.envs.env.prompts[:4])
+    assert errors(trainer, collector.collect_prompts(prompts)).max() < BF16_SAMPLER_TOLERANCE
     try:
         collector.load_weights(perturbed)
         batch = collector.collect_prompts(prompts)
     finally:
         collector.load_weights(trainer)
-    mask = batch.completion_mask.bool()
-    to_perturbed = (teacher_forced(perturbed, batch) - batch.logprobs)[mask].abs()
-    to_original = (teacher_forced(trainer, batch) - batch.logprobs)[mask].abs()
-    assert to_perturbed.max() < BF16_SAMPLER_TOLERANCE, to_perturbed.max()
-    assert to_original.mean() > 10 * to_perturbed.mean(), (to_original.mean(), to_perturbed.mean())
-    restored = collector.collect_prompts(prompts)  # back to the trainer's weights
-    restored_error = (teacher_forced(trainer, restored) - restored.logprobs)[restored.completion_mask.bool()].abs()
-    assert restored_error.max() < BF16_SAMPLER_TOLERANCE
+    assert errors(perturbed, batch).max() < BF16_SAMPLER_TOLERANCE, errors(perturbed, batch).max()
+    assert errors(trainer, batch).mean() > 10 * errors(perturbed, batch).mean()
+    assert errors(trainer, collector.collect_prompts(prompts)).max() < BF16_SAMPLER_TOLERANCE  # restored
 
 
 @pytest.mark.vllm
