@@ -39,13 +39,18 @@ def make_envs(model_dir: str, env_id: str = "TextGen-v0", prompt_tokens: int = 1
     return gym.make_vec(env_id, num_envs=4, model=model_dir, prompts=prompts, **kwargs)
 
 
-def test_the_vllm_backend_without_vllm_names_the_extra(tiny_model_dir):
+def test_the_vllm_backend_without_vllm_names_the_extra(tiny_model_dir, tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here: the error for its absence cannot be raised")
     from agents import GRPO
+    from agents.cli import main as train_main
 
     with pytest.raises(ImportError, match=r"\.\[vllm\]"):
         GRPO(tiny_model_dir, make_envs(tiny_model_dir), batch_size=8, group_size=4, rollout_backend="vllm")
+    command = ["--algo", "grpo", "--model", tiny_model_dir, "--out", str(tmp_path), "--num-envs", "4"]
+    env = ["--env-kwargs", '{"max_new_tokens": 4, "prompt_truncation": "left"}', "--set", "batch_size=8"]
+    with pytest.raises(ImportError, match=r"\.\[vllm\]"):
+        train_main([*command, *env, "--set", "group_size=4", "--rollout-backend", "vllm"])
 
 
 @pytest.fixture(scope="module")
