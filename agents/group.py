@@ -9,8 +9,8 @@ turn by turn instead: each with the reward-to-go from its turn, less the other c
 ([turn_advantages][agents.group.turn_advantages]). π_old's log-probs are those of the weights that sampled the
 batch. With one gradient step per batch (one epoch, one minibatch) the update's own pass runs on those
 weights, so its log-probs, detached, are π_old's, the first ratio is exactly 1, and no other pass is made (as
-TRL does). Otherwise they are the sampler's, or under bf16 autocast, whose numerics differ from the sampler's,
-those of a pass in the update's precision before the first step (``recompute_old_logprobs``).
+TRL does). Otherwise they are the sampler's, or under bf16 autocast or with vLLM rollouts, whose numerics differ
+from the trainer's, those of a pass in the update's precision before the first step (``recompute_old_logprobs``).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class GroupConfig(AgentConfig):
     recompute_old_logprobs: bool | None = None
     """Take π_old in the update's precision instead of the sampler's log-probs: from the update's own pass when
     there is one gradient step per batch, else by a pass without gradients before the update. ``None``: with
-    one step per batch always (it is free), otherwise only under bf16 (in fp32 the two agree to about 1e-5, and
-    the pass is saved); ``False``: always the sampler's."""
+    one step per batch always (it is free), otherwise only under bf16 or with ``rollout_backend="vllm"`` (when the
+    trainer samples in fp32 the two agree to about 1e-5, and the pass is saved); ``False``: always the sampler's."""
     turn_credit: bool = False
     """Credit a multi-turn episode turn by turn: each agent token's advantage is the reward-to-go from its turn
     (discounted per turn by ``turn_discount``) less the mean reward-to-go at the same turn of the other episodes
@@ -172,9 +172,10 @@ class GroupAgent(LMAgent):
 
     def _old_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         """π_old's log-probs ``(E, T)`` before the update: by a pass in the update's precision if configured
-        (by default under bf16), else the sampler's (in fp32 the two agree to about 1e-5)."""
+        (by default under bf16 or with vLLM rollouts), else the sampler's (in fp32 the two agree to about 1e-5)."""
         c = self.config
-        recompute = c.recompute_old_logprobs if c.recompute_old_logprobs is not None else self.precision == "bf16"
+        drifts = self.precision == "bf16" or c.rollout_backend == "vllm"  # the sampler's numerics are not the update's
+        recompute = c.recompute_old_logprobs if c.recompute_old_logprobs is not None else drifts
         if not recompute:
             return batch.logprobs
         width = batch.completion_ids.shape[1]

@@ -186,7 +186,8 @@ def test_a_short_grpo_run_with_vllm_rollouts_syncs_weights_and_corrects_the_drif
     # rollout). vLLM keeps its parallel state in globals: a second engine's teardown would break the first.
     monkeypatch.setattr("agents.vllm_rollout.start_engine", lambda *args, **kwargs: engine)
 
-    settings = {"batch_size": 8, "minibatch_size": 8, "group_size": 4, "learning_rate": 1e-3, "rollout_backend": "vllm"}
+    # Two steps per batch: π_old by a pass before the update (vLLM's log-probs are not the trainer's): drift shows.
+    settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "learning_rate": 1e-3, "rollout_backend": "vllm"}
     agent = GRPO(vllm_model_dir, make_envs(vllm_model_dir), **settings)
     batches, train = [], agent.train_on_batch
     agent.train_on_batch = lambda batch: batches.append(batch) or train(batch)
