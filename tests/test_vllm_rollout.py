@@ -28,14 +28,19 @@ LONG_PROMPT = 160
 """Tokens of the prompts that fill one of vLLM's 128-token KV blocks on a CPU: the prefix cache keeps whole blocks."""
 
 
-def make_envs(model_dir: str, env_id: str = "TextGen-v0", prompt_tokens: int = 16) -> gym.vector.VectorEnv:
+def text_length(prompts: list[str], completions: list[str]) -> list[float]:
+    """A reward that differs between completions, so that every GRPO update moves the weights."""
+    return [float(len(completion)) for completion in completions]
+
+
+def make_envs(model_dir: str, env_id: str = "TextGen-v0", prompt_tokens: int = 16, **kwargs) -> gym.vector.VectorEnv:
     if env_id != "TextGen-v0":
         return gym.make_vec(env_id, num_envs=4, model=model_dir, max_turn_tokens=4)
     from textgym.lm.prompts import load_prompts
 
     shipped = load_prompts()
     prompts = shipped if prompt_tokens <= 16 else [" ".join(shipped[i : i + 40]) for i in range(8)]
-    kwargs = {"max_new_tokens": 8, "max_prompt_tokens": prompt_tokens, "prompt_truncation": "left"}
+    kwargs = {"max_new_tokens": 8, "max_prompt_tokens": prompt_tokens, "prompt_truncation": "left", **kwargs}
     return gym.make_vec(env_id, num_envs=4, model=model_dir, prompts=prompts, **kwargs)
 
 
@@ -181,6 +186,7 @@ def test_a_short_grpo_run_with_vllm_rollouts_syncs_weights_and_corrects_the_drif
     engine, vllm_model_dir, teacher_forced, monkeypatch
 ):
     from agents import GRPO
+    from textgym.lm.models import load_causal_lm
 
     # The agent starts its engine with start_engine; it gets the shared one (its weights are pushed before every
     # rollout). vLLM keeps its parallel state in globals: a second engine's teardown would break the first.
@@ -188,15 +194,20 @@ def test_a_short_grpo_run_with_vllm_rollouts_syncs_weights_and_corrects_the_drif
 
     # Two steps per batch: π_old by a pass before the update (vLLM's log-probs are not the trainer's): drift shows.
     settings = {"batch_size": 8, "minibatch_size": 4, "group_size": 4, "learning_rate": 1e-3, "rollout_backend": "vllm"}
-    agent = GRPO(vllm_model_dir, make_envs(vllm_model_dir), **settings)
-    batches, train = [], agent.train_on_batch
-    agent.train_on_batch = lambda batch: batches.append(batch) or train(batch)
+    agent = GRPO(vllm_model_dir, make_envs(vllm_model_dir, reward_model=text_length), **settings)
+    initial, errors, train = load_causal_lm(vllm_model_dir), [], agent.train_on_batch
+
+    def checked(batch):  # before its update: the policy's weights now are those that sampled the batch
+        mask = batch.completion_mask.bool()
+        errors.append([(teacher_forced(lm, batch) - batch.logprobs)[mask].abs() for lm in (agent.policy.lm, initial)])
+        return train(batch)
+
+    agent.train_on_batch = checked
     agent.learn(24, progress_bar=False)
     assert len(agent.history) == 3
     for row in agent.history:
         assert row["time/weight_sync_seconds"] > 0 and 0 < row["time/weight_sync_share"] < 1
         assert 0 < row["train/sampler_logprob_error"] < row["train/sampler_logprob_error_max"] < BF16_SAMPLER_TOLERANCE
     # The last batch was sampled by the weights of two updates on (lr 1e-3 moves them far): vLLM had them.
-    last = batches[-1]
-    error = (teacher_forced(agent.policy.lm, last) - last.logprobs)[last.completion_mask.bool()].abs()
-    assert error.max() < BF16_SAMPLER_TOLERANCE
+    to_current, to_initial = errors[-1]
+    assert to_current.max() < BF16_SAMPLER_TOLERANCE and to_initial.mean() > 3 * to_current.mean()
