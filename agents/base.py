@@ -35,7 +35,7 @@ from gymnasium.vector import VectorEnv
 
 from agents.checkpoint import Checkpointing
 from agents.config import AgentConfig, check_env, check_same_tokenizer
-from agents.losses import RunningMoments, global_masked_mean, kl_estimate
+from agents.losses import RunningMoments, global_masked_mean, kl_estimate, truncated_importance_weights
 from agents.optim import LRSchedule, make_optimizer
 from agents.policy import ActorCritic
 from agents.precision import autocast, keep_freed_host_memory, resolve_precision, sampling_model
@@ -117,13 +117,31 @@ class LMAgent(Checkpointing):
         self.scheduler = LRSchedule(self.optimizer, c.lr_schedule, c.warmup_steps)  # its span is set by learn()
         # Each process samples its own stream: with the same seed, the ranks of a group method would draw the
         # same completions of the same prompt. Rank 0's is the single-process stream.
-        self.sampling_lm = self._sampling_model()
-        self.collector = RolloutCollector(
-            self.sampling_lm,
-            envs,
-            SamplingConfig(temperature=c.temperature),
-            seed=c.seed + 1_000_003 * self.rank,
-        )
+        seed = c.seed + 1_000_003 * self.rank
+        if c.rollout_backend == "vllm":
+            if self.world_size > 1:
+                raise ValueError(
+                    "rollout_backend='vllm' runs one vLLM engine in one process; this run has "
+                    f"{self.world_size}. Launch one process, or use rollout_backend='engine'."
+                )
+            if self.policy.lm.config.is_encoder_decoder:
+                raise ValueError(
+                    "rollout_backend='vllm' serves causal LMs here; an encoder-decoder policy samples with "
+                    "rollout_backend='engine'."
+                )
+            from agents.vllm_rollout import VLLMCollector, context_length, start_engine
+
+            self.sampling_lm = None  # vLLM holds the sampler's weights
+            engine = start_engine(
+                self.model_name, context_length(envs), c.vllm_dtype, seed, c.vllm_gpu_memory_utilization
+            )
+            self.collector: RolloutCollector | VLLMCollector = VLLMCollector(
+                engine, envs, c.temperature, seed, self.device
+            )
+        else:
+            self.sampling_lm = self._sampling_model()
+            self.collector = RolloutCollector(self.sampling_lm, envs, SamplingConfig(temperature=c.temperature), seed)
+        self.sync_seconds = 0.0  # spent pushing the weights to the sampler (the bf16 copy, vLLM) this iteration
         self.rng = np.random.default_rng(c.seed)
         self.return_stats = RunningMoments()
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -146,13 +164,26 @@ class LMAgent(Checkpointing):
         return self.collect_prompts([pool[i] for i in chosen][dist.shard_range(n, "batch_size")])
 
     def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
-        """One episode per prompt, sampled by the current weights: under bf16 by their bfloat16 copy, refreshed
-        first; else under the agent's autocast (with FSDP, by the gathered weights)."""
-        if self.sampling_lm is not self.policy.generator_model:
-            copy_weights(self.policy.generator_model, self.sampling_lm)
+        """One episode per prompt, sampled by the current weights: by vLLM or (under bf16) the bfloat16 copy, the
+        weights pushed to it first ([sync_sampler][agents.base.LMAgent.sync_sampler]); else by the policy under the
+        agent's autocast (with FSDP, by the gathered weights)."""
+        if self.sync_sampler():
             return self.collector.collect_prompts(prompts)
         with self.autocast(), dist.gathered_for_generation(self.policy.lm):
             return self.collector.collect_prompts(prompts)
+
+    def sync_sampler(self) -> bool:
+        """Push the current weights to a sampler that keeps its own copy of them (vLLM's engine, the bfloat16
+        copy), adding the time taken to ``sync_seconds``; whether there is one."""
+        start = time.perf_counter()
+        if self.config.rollout_backend == "vllm":
+            self.collector.load_weights(self.policy.generator_model)
+        elif self.sampling_lm is not self.policy.generator_model:
+            copy_weights(self.policy.generator_model, self.sampling_lm)
+        else:
+            return False
+        self.sync_seconds += time.perf_counter() - start
+        return True
 
     def _sampling_model(self) -> torch.nn.Module:
         """The model the rollout engine samples with ([sampling_model][agents.precision.sampling_model]); LoRA and FSDP
@@ -244,6 +275,7 @@ class LMAgent(Checkpointing):
 
     def _iteration(self) -> dict[str, float]:
         start, tokens_before = time.perf_counter(), self.collector.tokens_generated
+        self.sync_seconds = 0.0
         batch = self.collect()
         rollout_seconds = time.perf_counter() - start
         try:
@@ -278,6 +310,8 @@ class LMAgent(Checkpointing):
             **stats,
             "train/learning_rate": self.optimizer.param_groups[0]["lr"],
             "time/rollout_seconds": rollout_seconds,
+            "time/weight_sync_seconds": self.sync_seconds,
+            "time/weight_sync_share": self.sync_seconds / seconds,
             "time/iteration_seconds": seconds,
             "time/completions_per_s": episodes / seconds,
             "time/tokens_per_s": tokens.item() / seconds,
@@ -363,6 +397,31 @@ class LMAgent(Checkpointing):
         """[kl_penalty][agents.base.LMAgent.kl_penalty] on the episodes' steps (``mask``), 0 elsewhere; all 0 without a
         reference pass."""
         return torch.zeros_like(mask) if ref_logprobs is None else self.kl_penalty(logprobs, ref_logprobs) * mask
+
+    def sampler_correction(
+        self, batch: RolloutBatch, old_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The sampler's drift from π_old on the batch's steps (``mask``), and its correction (``tis_cap``).
+
+        Returns the weights ``(E, T)`` of each token's policy-gradient term, ``min(π_old / π_sampler, tis_cap)``
+        ([truncated_importance_weights][agents.losses.truncated_importance_weights]; 1 with ``tis_cap=None``), and
+        the drift's statistics over every process's tokens: the mean and the largest ``|log π_old − log π_sampler|``,
+        the ratio's mean and the share of tokens whose ratio the cap cut. The algorithms multiply the advantages by
+        the weights: a positive factor on the advantage is the same factor on the clipped surrogate of that token."""
+        cap = self.config.tis_cap
+        log_ratio = (old_logprobs - batch.logprobs).detach() * mask  # (E, T) log π_old/π_sampler
+        ratio = log_ratio.exp()
+        if cap is None:
+            weights, capped = torch.ones_like(ratio), torch.zeros_like(ratio)
+        else:
+            weights, capped = truncated_importance_weights(old_logprobs, batch.logprobs, cap), (ratio > cap).float()
+        largest = dist.all_gather_cat(log_ratio.abs().max().reshape(1)).max()
+        return weights, {
+            "train/sampler_logprob_error": global_masked_mean(log_ratio.abs(), mask).item(),
+            "train/sampler_logprob_error_max": largest.item(),
+            "train/tis_ratio_mean": global_masked_mean(ratio, mask).item(),
+            "train/tis_capped_fraction": global_masked_mean(capped, mask).item(),
+        }
 
     @staticmethod
     def episode_kl_to_reference(

@@ -6,6 +6,7 @@ Examples::
     textgym train --algo ppo --env TextGen-v0 --model runs/sft --num-envs 8 --total-episodes 2000 \\
         --out runs/ppo --set kl_coef=0.05 --set learning_rate=1e-5
     textgym train --algo ppo ... --out runs/ppo --resume      # continue a killed run
+    textgym train --algo grpo ... --rollout-backend vllm      # rollouts by vLLM (the vllm extra)
 
 Data-parallel on several processes (docs/distributed.md): the same command under a launcher, e.g.
 ``torchrun --nproc_per_node=4 -m textgym train --algo grpo ...``; ``--num-envs`` and ``batch_size`` are the
@@ -55,6 +56,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     rl.add_argument(
         "--fsdp", action="store_true", help="shard policy and reference over the processes (FSDP2; torchrun only)"
     )
+    rl.add_argument(
+        "--rollout-backend",
+        choices=("engine", "vllm"),
+        help="what samples the rollouts: textgym's engine (default) or vLLM (the vllm extra; docs/agents.md)",
+    )
     sft = parser.add_argument_group("SFT")
     sft.add_argument("--data", default="instructions", help="JSONL file, or a shipped set name")
     return parser
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None, prog: str = "textgym train") -> int:
     overrides = parse_overrides(args.set, algo.config_class)
     if args.fsdp:
         overrides["fsdp"] = True
+    if args.rollout_backend:
+        overrides["rollout_backend"] = args.rollout_backend
     agent = algo(args.model, envs, run_dir=args.out, **overrides)
     agent.learn(args.total_episodes, resume=args.resume)
     agent.save(f"{args.out}/final")

@@ -12,6 +12,7 @@ from agents.losses import KL_ESTIMATORS
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+ROLLOUT_BACKENDS = ("engine", "vllm")
 
 
 @dataclass
@@ -59,6 +60,21 @@ class AgentConfig:
     [LMAgent.collect_prompts][agents.base.LMAgent.collect_prompts]); ``"auto"``: bf16 on a GPU that supports it, else
     fp32. On a CPU without native bfloat16 (AMX or AVX512-BF16) ``"bf16"`` would be slower than fp32, so it falls back
     to fp32 with a warning."""
+    rollout_backend: str = "engine"
+    """What samples the rollouts: ``"engine"``, textgym's rollout engine, stepping the env a token at a time with the
+    policy (under bf16, its bfloat16 copy); ``"vllm"``, a vLLM engine in this process writing whole turns
+    ([VLLMCollector][agents.vllm_rollout.VLLMCollector]), the weights pushed to it before every rollout (after every
+    update). vLLM needs the ``vllm`` extra, one process, and neither LoRA nor FSDP."""
+    vllm_dtype: str = "bfloat16"
+    """The dtype vLLM samples in (``rollout_backend="vllm"``): ``"bfloat16"``, or ``"float32"``."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """The share of the GPU's memory vLLM takes for its weights and KV cache; the trainer keeps the rest."""
+    tis_cap: float | None = 2.0
+    """Correct the sampler's drift by truncated importance sampling (Yao et al. 2025, whose cap is 2): each token's
+    policy-gradient term is weighted by ``min(π_old / π_sampler, tis_cap)``, π_old being the trainer's log-prob of the
+    token and π_sampler the one it was sampled with (the bfloat16 sampling copy, or vLLM). When the trainer samples
+    itself in float32 the ratio is 1 to about 1e-5 and nothing changes. ``None``: no weighting; the drift's
+    statistics (``train/sampler_logprob_error``, ``train/tis_ratio_mean``, ...) are logged either way."""
     missing_eos_penalty: float | None = None
     """Subtract this from the last reward of every completion that was truncated, not ended by a stop token."""
     mask_truncated_completions: bool = False
@@ -105,11 +121,23 @@ class AgentConfig:
             raise ValueError("kl_coef, ent_coef and weight_decay must be >= 0 and clip_range > 0.")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError(f"tis_cap must be positive (or None), got {self.tis_cap}.")
         if self.reward_clip is not None and self.reward_clip <= 0:
             raise ValueError(f"reward_clip must be positive (or None), got {self.reward_clip}.")
-        for name, valid in (("kl_estimator", KL_ESTIMATORS), ("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
+        for name, valid in (
+            ("kl_estimator", KL_ESTIMATORS),
+            ("precision", PRECISIONS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("rollout_backend", ROLLOUT_BACKENDS),
+        ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}.")
+        if self.rollout_backend == "vllm" and (self.lora_rank > 0 or self.fsdp):
+            raise ValueError(
+                "rollout_backend='vllm' loads the whole policy's weights into vLLM after every update; it does not "
+                "support lora_rank > 0 or fsdp=True yet. Use rollout_backend='engine' for those."
+            )
         if self.fsdp and (self.lora_rank > 0 or getattr(self, "separate_critic", False)):
             raise ValueError(
                 "fsdp=True shards the whole policy and reference; it does not support lora_rank > 0 (LoRA's "

@@ -9,8 +9,8 @@ turn by turn instead: each with the reward-to-go from its turn, less the other c
 ([turn_advantages][agents.group.turn_advantages]). π_old's log-probs are those of the weights that sampled the
 batch. With one gradient step per batch (one epoch, one minibatch) the update's own pass runs on those
 weights, so its log-probs, detached, are π_old's, the first ratio is exactly 1, and no other pass is made (as
-TRL does). Otherwise they are the sampler's, or under bf16 autocast, whose numerics differ from the sampler's,
-those of a pass in the update's precision before the first step (``recompute_old_logprobs``).
+TRL does). Otherwise they are the sampler's, or under bf16 autocast or with vLLM rollouts, whose numerics differ
+from the trainer's, those of a pass in the update's precision before the first step (``recompute_old_logprobs``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from agents.base import LMAgent
 from agents.config import AgentConfig
-from agents.losses import global_masked_mean, in_batch_order, masked_mean_share
+from agents.losses import in_batch_order, masked_mean_share
 from agents.rollout import RolloutBatch
 from textgym.lm import distributed as dist
 
@@ -37,8 +37,8 @@ class GroupConfig(AgentConfig):
     recompute_old_logprobs: bool | None = None
     """Take π_old in the update's precision instead of the sampler's log-probs: from the update's own pass when
     there is one gradient step per batch, else by a pass without gradients before the update. ``None``: with
-    one step per batch always (it is free), otherwise only under bf16 (in fp32 the two agree to about 1e-5, and
-    the pass is saved); ``False``: always the sampler's."""
+    one step per batch always (it is free), otherwise only under bf16 or with ``rollout_backend="vllm"`` (when the
+    trainer samples in fp32 the two agree to about 1e-5, and the pass is saved); ``False``: always the sampler's."""
     turn_credit: bool = False
     """Credit a multi-turn episode turn by turn: each agent token's advantage is the reward-to-go from its turn
     (discounted per turn by ``turn_discount``) less the mean reward-to-go at the same turn of the other episodes
@@ -114,7 +114,8 @@ class GroupAgent(LMAgent):
             ref_logprobs: ``(B, T)`` under the reference (``None`` when β = 0).
             advantages: ``(B, T)`` per token: each completion's from
                 [advantages][agents.group.GroupAgent.advantages] on every token, or with ``turn_credit`` its turns'
-                from [turn_advantages][agents.group.turn_advantages].
+                from [turn_advantages][agents.group.turn_advantages]; times the sampler's drift correction
+                ([sampler_correction][agents.base.LMAgent.sampler_correction]).
             mask: ``(B, T)`` the tokens the loss sees.
         """
         raise NotImplementedError
@@ -127,11 +128,12 @@ class GroupAgent(LMAgent):
         actions = batch.completion_mask.bool()  # the positions whose log-probs are computed
         loss_mask = self.loss_mask(batch)  # (E, T) the steps the loss sees
         ref_logprobs = self.reference_logprobs(batch)
-        old_logprobs = advantages = None  # from the update's own pass (own_pass), else before it
+        old_logprobs = advantages = tis = None  # from the update's own pass (own_pass), else before it
         own_pass = self.one_step_per_batch and c.recompute_old_logprobs is not False
         if not own_pass:
             old_logprobs = self._old_logprobs(batch) * mask
             advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
+            tis, drift = self.sampler_correction(batch, old_logprobs, mask)
 
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
@@ -145,9 +147,10 @@ class GroupAgent(LMAgent):
                 if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
                     old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
                     advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
+                    tis, drift = self.sampler_correction(batch, old_logprobs, mask)
                 ref = None if ref_logprobs is None else ref_logprobs[index]
                 loss, clipped, approx_kl = self.policy_loss(
-                    new.logprobs, old_logprobs[index], ref, advantages[index], m
+                    new.logprobs, old_logprobs[index], ref, advantages[index] * tis[index], m
                 )
                 entropy = masked_mean_share(new.entropy, m)
                 loss = loss - c.ent_coef * entropy
@@ -163,16 +166,17 @@ class GroupAgent(LMAgent):
                 break
         return {
             **self.minibatch_means(stats),
-            "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
+            **drift,
             "train/kl_ref": self.episode_kl_to_reference(old_logprobs, ref_logprobs, mask),
             "train/kl_coef": self.kl_coef,
         }
 
     def _old_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         """π_old's log-probs ``(E, T)`` before the update: by a pass in the update's precision if configured
-        (by default under bf16), else the sampler's (in fp32 the two agree to about 1e-5)."""
+        (by default under bf16 or with vLLM rollouts), else the sampler's (in fp32 the two agree to about 1e-5)."""
         c = self.config
-        recompute = c.recompute_old_logprobs if c.recompute_old_logprobs is not None else self.precision == "bf16"
+        drifts = self.precision == "bf16" or c.rollout_backend == "vllm"  # the sampler's numerics are not the update's
+        recompute = c.recompute_old_logprobs if c.recompute_old_logprobs is not None else drifts
         if not recompute:
             return batch.logprobs
         width = batch.completion_ids.shape[1]

@@ -118,3 +118,15 @@ def clipped_surrogate(
     clipped = ((ratio < 1 - clip_range) | (ratio > 1 + high)).float()
     approx_kl = (ratio - 1) - log_ratio
     return loss, clipped, approx_kl
+
+
+def truncated_importance_weights(
+    trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+    training"): per token ``min(π_trainer / π_sampler, cap)``, without gradient.
+
+    The sampler (a bfloat16 copy, another engine's kernels) draws the tokens from a slightly different distribution
+    than the trainer's π_old that the update credits them to; weighting each token's policy-gradient term by the
+    ratio corrects for it, and the cap bounds the variance a rare token with a large ratio would add."""
+    return (trainer_logprobs - sampler_logprobs).detach().exp().clamp(max=cap)

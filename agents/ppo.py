@@ -125,7 +125,7 @@ class PPO(LMAgent):
         # π_old's log-probs and values in the precision of the update, so the first ratio is 1 in every mode: with
         # one gradient step per batch from the update's own pass (on the weights that sampled the batch), else
         # from a pass before it.
-        old_logprobs = old_values = advantages = returns = None
+        old_logprobs = old_values = advantages = returns = tis = None
         own_pass = self.one_step_per_batch
         if not own_pass:
             with self.autocast():
@@ -134,6 +134,7 @@ class PPO(LMAgent):
                 )
             old_logprobs, old_values = old.logprobs * mask, old.values.float() * mask
             advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
+            tis, drift = self.sampler_correction(batch, old_logprobs, mask)
 
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
@@ -154,8 +155,9 @@ class PPO(LMAgent):
                     old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
                     old_values = in_batch_order(new.values.detach().float(), index) * mask
                     advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
+                    tis, drift = self.sampler_correction(batch, old_logprobs, mask)
                 policy_loss, clipped, approx_kl = clipped_surrogate(
-                    new.logprobs, old_logprobs[index], advantages[index], c.clip_range
+                    new.logprobs, old_logprobs[index], advantages[index] * tis[index], c.clip_range
                 )
                 values = new.values.float()
                 values_clipped = old_values[index] + (values - old_values[index]).clamp(
@@ -186,7 +188,7 @@ class PPO(LMAgent):
         return {
             **self.minibatch_means(stats),
             "train/epochs_run": len(stats["train/grad_norm"]) / math.ceil(episodes_total / c.minibatch_size),
-            "train/sampler_logprob_error": global_masked_mean((batch.logprobs - old_logprobs).abs(), mask).item(),
+            **drift,
             "train/explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
             "train/kl_ref": kl_per_episode,
             "train/kl_coef": self.kl_coef,

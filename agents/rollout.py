@@ -91,12 +91,23 @@ class RolloutBatch:
 
 
 @dataclass
-class _EpisodeRecord:
+class EpisodeRecord:
+    """One episode as it is rolled out: its prompt, then every token after it, each the agent's or the env's."""
+
     prompt_ids: np.ndarray
     tokens: list[int] = field(default_factory=list)  # the actions, and the tokens a multi-turn env wrote
     from_env: list[bool] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)  # 0 on the env's tokens
     rewards: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_observation(cls, obs: dict[str, np.ndarray], row: int) -> EpisodeRecord:
+        """A new episode whose prompt is ``row``'s context in ``obs``, kept from its first real token (a batch is
+        then only as wide as its longest prompt), with -1 on the padding inside it."""
+        ids, mask = obs["input_ids"][row], obs["attention_mask"][row]
+        real = np.flatnonzero(mask)
+        window = slice(int(real[0]), int(real[-1]) + 1)  # the prompt ends at the last real token
+        return cls(prompt_ids=np.where(mask[window] == 1, ids[window], -1))
 
     def add(self, tokens: list[int], from_env: bool, logprob: float = 0.0, reward: float = 0.0) -> None:
         self.tokens += tokens
@@ -106,8 +117,10 @@ class _EpisodeRecord:
 
 
 @dataclass
-class _FinishedEpisode:
-    record: _EpisodeRecord
+class FinishedEpisode:
+    """An episode that ended: ``terminated`` as the env said, ``info`` its last step's."""
+
+    record: EpisodeRecord
     terminated: bool
     info: dict[str, Any]
 
@@ -155,8 +168,8 @@ class RolloutCollector:
         if seed is not None:
             self.generator.manual_seed(seed)
         self._obs: dict[str, np.ndarray] | None = None
-        self._records: list[_EpisodeRecord | None] = [None] * self.num_envs
-        self._finished: list[_FinishedEpisode] = []
+        self._records: list[EpisodeRecord | None] = [None] * self.num_envs
+        self._finished: list[FinishedEpisode] = []
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)  # next step autoresets the row (next-step mode)
         self._lm = incremental_lm(policy, self.num_envs)  # the policy's KV cache over all sub-envs
         self.tokens_generated = 0
@@ -191,7 +204,7 @@ class RolloutCollector:
         if bar is not None:
             bar.close()
         taken, self._finished = self._finished[:num_episodes], self._finished[num_episodes:]
-        return self._to_batch(taken)
+        return episodes_to_batch(taken, self.device)
 
     def collect_prompts(self, prompts: list[str]) -> RolloutBatch:
         """One episode for each of ``prompts``, returned in the same order.
@@ -207,7 +220,7 @@ class RolloutCollector:
                 f"{len(prompts)}: make the batch size a multiple of the number of sub-envs."
             )
         streamed, self._finished = self._finished, []
-        episodes: list[_FinishedEpisode] = []
+        episodes: list[FinishedEpisode] = []
         with torch.inference_mode():
             for start in range(0, len(prompts), self.num_envs):
                 wave = list(prompts[start : start + self.num_envs])
@@ -223,7 +236,7 @@ class RolloutCollector:
                 self._finished = []
         self._finished, self._obs = streamed, None  # the next collect() starts from a fresh reset
         self._records = [None] * self.num_envs
-        return self._to_batch(episodes)
+        return episodes_to_batch(episodes, self.device)
 
     def invalidate_cache(self) -> None:
         """Drop the KV cache, e.g. after a policy update; the next step rebuilds it from the observations."""
@@ -251,7 +264,7 @@ class RolloutCollector:
         # A multi-turn env may write tokens after the action (the partner's reply): the context grew by more.
         grown = self._context_length(obs) - self._context_length(self._obs) - 1  # (N,)
         inserted = [
-            _last_real_tokens(obs, row, int(grown[row])) if acted[row] and not done[row] and grown[row] > 0 else []
+            last_real_tokens(obs, row, int(grown[row])) if acted[row] and not done[row] and grown[row] > 0 else []
             for row in range(self.num_envs)
         ]
         for row in np.flatnonzero(acted):
@@ -262,7 +275,7 @@ class RolloutCollector:
         row_infos = unbatch_infos(final_infos, self.num_envs) if done.any() else []
         for row in np.flatnonzero(done):
             info = row_infos[row]
-            self._finished.append(_FinishedEpisode(self._records[row], bool(terminated[row]), info))
+            self._finished.append(FinishedEpisode(self._records[row], bool(terminated[row]), info))
             self._records[row] = None
 
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
@@ -298,64 +311,12 @@ class RolloutCollector:
 
     def _start_episodes(self, rows: np.ndarray) -> None:
         for row in np.flatnonzero(rows):
-            ids, mask = self._obs["input_ids"][row], self._obs["attention_mask"][row]
-            real = np.flatnonzero(mask)
-            prompt_end = int(real[-1]) + 1  # the prompt ends at the last real token
-            # Keep the prompt from its first real token: a batch is then only as wide as its longest prompt.
-            window = slice(int(real[0]), prompt_end)
-            self._records[row] = _EpisodeRecord(prompt_ids=np.where(mask[window] == 1, ids[window], -1))
+            self._records[row] = EpisodeRecord.from_observation(self._obs, row)
         self._lm.encode_rows(rows, **self._context(self._obs))
 
     # --- sampling and batching -------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_tokens(logits, self.sampling, self._warpers, self.generator)
-
-    def _to_batch(self, episodes: list[_FinishedEpisode]) -> RolloutBatch:
-        n = len(episodes)
-        prompt_width = max(len(e.record.prompt_ids) for e in episodes)
-        length = max(len(e.record.tokens) for e in episodes)
-        pad = 0
-        prompt_ids = np.full((n, prompt_width), pad, dtype=np.int64)
-        prompt_mask = np.zeros((n, prompt_width), dtype=np.int64)
-        completion_ids = np.full((n, length), pad, dtype=np.int64)
-        completion_mask = np.zeros((n, length), dtype=np.int64)
-        env_mask = np.zeros((n, length), dtype=np.int64)
-        logprobs = np.zeros((n, length), dtype=np.float32)
-        rewards = np.zeros((n, length), dtype=np.float32)
-        for i, episode in enumerate(episodes):
-            record = episode.record
-            prompt = record.prompt_ids
-            real = prompt >= 0
-            prompt_ids[i, prompt_width - len(prompt) :] = np.where(real, prompt, pad)
-            prompt_mask[i, prompt_width - len(prompt) :] = real
-            steps = len(record.tokens)
-            completion_ids[i, :steps] = record.tokens
-            completion_mask[i, :steps] = ~np.array(record.from_env)
-            env_mask[i, :steps] = record.from_env
-            logprobs[i, :steps] = record.logprobs
-            rewards[i, :steps] = record.rewards
-        to_device = lambda array: torch.as_tensor(array, device=self.device)  # noqa: E731
-        return RolloutBatch(
-            prompt_ids=to_device(prompt_ids),
-            prompt_mask=to_device(prompt_mask),
-            completion_ids=to_device(completion_ids),
-            completion_mask=to_device(completion_mask),
-            logprobs=to_device(logprobs),
-            rewards=to_device(rewards),
-            terminated=to_device(np.array([e.terminated for e in episodes])),
-            env_mask=to_device(env_mask),
-            prompts=[e.info.get("prompt", "") for e in episodes],
-            completions=[e.info.get("completion", "") for e in episodes],
-            infos=[e.info for e in episodes],
-        )
-
-    def _context(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The observation's token context, what the model reads (a multi-turn env's ``agent_mask`` is not)."""
-        return {key: obs[key] for key in self._context_keys}
-
-    def _context_length(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Each row's context length ``(N,)``: its attended tokens (an encoder–decoder's source and decoder both)."""
-        return sum(obs[key].sum(axis=1) for key in self._context_keys if key.endswith("attention_mask"))
 
     def _check_spaces(self) -> None:
         obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
@@ -384,7 +345,48 @@ class RolloutCollector:
             )
 
 
-def _last_real_tokens(obs: dict[str, np.ndarray], row: int, count: int) -> list[int]:
+def episodes_to_batch(episodes: list[FinishedEpisode], device: torch.device) -> RolloutBatch:
+    """Finished episodes padded into a [RolloutBatch][agents.rollout.RolloutBatch] on ``device``, in their order."""
+    n = len(episodes)
+    prompt_width = max(len(e.record.prompt_ids) for e in episodes)
+    length = max(len(e.record.tokens) for e in episodes)
+    pad = 0
+    prompt_ids = np.full((n, prompt_width), pad, dtype=np.int64)
+    prompt_mask = np.zeros((n, prompt_width), dtype=np.int64)
+    completion_ids = np.full((n, length), pad, dtype=np.int64)
+    completion_mask = np.zeros((n, length), dtype=np.int64)
+    env_mask = np.zeros((n, length), dtype=np.int64)
+    logprobs = np.zeros((n, length), dtype=np.float32)
+    rewards = np.zeros((n, length), dtype=np.float32)
+    for i, episode in enumerate(episodes):
+        record = episode.record
+        prompt = record.prompt_ids
+        real = prompt >= 0
+        prompt_ids[i, prompt_width - len(prompt) :] = np.where(real, prompt, pad)
+        prompt_mask[i, prompt_width - len(prompt) :] = real
+        steps = len(record.tokens)
+        completion_ids[i, :steps] = record.tokens
+        completion_mask[i, :steps] = ~np.array(record.from_env)
+        env_mask[i, :steps] = record.from_env
+        logprobs[i, :steps] = record.logprobs
+        rewards[i, :steps] = record.rewards
+    to_device = lambda array: torch.as_tensor(array, device=device)  # noqa: E731
+    return RolloutBatch(
+        prompt_ids=to_device(prompt_ids),
+        prompt_mask=to_device(prompt_mask),
+        completion_ids=to_device(completion_ids),
+        completion_mask=to_device(completion_mask),
+        logprobs=to_device(logprobs),
+        rewards=to_device(rewards),
+        terminated=to_device(np.array([e.terminated for e in episodes])),
+        env_mask=to_device(env_mask),
+        prompts=[e.info.get("prompt", "") for e in episodes],
+        completions=[e.info.get("completion", "") for e in episodes],
+        infos=[e.info for e in episodes],
+    )
+
+
+def last_real_tokens(obs: dict[str, np.ndarray], row: int, count: int) -> list[int]:
     """The last ``count`` tokens of ``row``'s context in an observation (what the env appended last)."""
     real = np.flatnonzero(obs["attention_mask"][row])
     return obs["input_ids"][row, real[-count:]].tolist()

@@ -3,7 +3,10 @@ options a real run needs. Each test fails if the behaviour it names is removed."
 
 from __future__ import annotations
 
+import csv
+import math
 import platform
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +17,13 @@ from synthetic_task import NEW_TOKENS, yes_rate
 import textgym  # noqa: F401
 from agents import GRPO, PPO, RLOO
 from agents.grpo import GRPOConfig
-from agents.losses import clipped_surrogate, kl_estimate
+from agents.losses import (
+    clipped_surrogate,
+    completion_mean,
+    kl_estimate,
+    masked_mean,
+    truncated_importance_weights,
+)
 from agents.optim import lr_factor
 from agents.policy import _logprobs_and_entropy, completion_logits, selects_logits
 from agents.precision import keep_freed_host_memory
@@ -227,6 +236,87 @@ def test_memory_freed_by_the_process_is_reused_without_faulting_it_in_again():
 
     faults_filling(256)  # the heap grows to hold it (if it had not)
     assert faults_filling(256) < 256 * 2**20 / 4096 / 10  # glibc's defaults: a fresh mapping, every page faulted
+
+
+# --- the sampler's drift: truncated importance sampling ----------------------------------------------------------
+def test_truncated_importance_weights_are_the_capped_ratio_without_gradient():
+    trainer = torch.tensor([[0.5, 0.2, 0.9, 0.3]]).log().requires_grad_()
+    sampler = torch.tensor([[1.0, 0.2, 0.3, 0.6]]).log()
+    weights = truncated_importance_weights(trainer, sampler, cap=2.0)  # ratios 0.5, 1, 3, 0.5
+    torch.testing.assert_close(weights, torch.tensor([[0.5, 1.0, 2.0, 0.5]]))
+    assert not weights.requires_grad
+
+
+def with_sampler_ratios(agent, teacher_forced, ratios: Callable[[torch.Tensor], torch.Tensor]):
+    """One batch of ``agent``'s whose sampler log-probs are set so that π_old / π_sampler is ``ratios(mask)`` per
+    token, the ratios, and the metrics of the update on it (one step per batch: π_old is the update's own pass)."""
+    batch = agent.collect()
+    mask = batch.completion_mask.float()  # (E, T)
+    chosen = ratios(mask)  # (E, T)
+    batch.logprobs = (teacher_forced(agent.policy.lm, batch) - chosen.log()) * mask
+    return batch, chosen, agent.train_on_batch(batch)
+
+
+def test_grpo_weights_each_tokens_policy_gradient_by_the_capped_sampler_ratio(words_model_dir, teacher_forced):
+    settings = {"batch_size": 8, "minibatch_size": 8, "group_size": 4, "kl_coef": 0.0}
+    agent = GRPO(words_model_dir, make_envs(words_model_dir), tis_cap=2.0, **settings)
+    pattern = torch.tensor([0.5, 1.0, 3.0, 0.8, 1.5])  # a period that is no divisor of the width: rows differ
+    cycle = lambda mask: pattern[torch.arange(mask.numel()) % 5].view_as(mask)  # noqa: E731
+    batch, ratios, metrics = with_sampler_ratios(agent, teacher_forced, cycle)
+    mask = batch.completion_mask.float()
+    scores = batch.rewards.sum(dim=1).view(-1, 4)  # (B, G)
+    advantages = ((scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-4)).flatten()
+    weighted = completion_mean(-advantages[:, None] * ratios.clamp(max=2.0), mask)  # the ratio π/π_old is 1
+    assert weighted.item() != pytest.approx(completion_mean(-advantages[:, None] * mask, mask).item(), abs=1e-3)
+    assert metrics["train/policy_loss"] == pytest.approx(weighted.item(), rel=1e-4, abs=1e-6)
+    assert metrics["train/tis_ratio_mean"] == pytest.approx(masked_mean(ratios, mask).item(), rel=1e-4)
+    assert metrics["train/tis_capped_fraction"] == pytest.approx(masked_mean((ratios > 2).float(), mask).item())
+    assert metrics["train/sampler_logprob_error"] == pytest.approx(masked_mean(ratios.log().abs(), mask).item(), 1e-4)
+    assert metrics["train/sampler_logprob_error_max"] == pytest.approx(math.log(3), rel=1e-4)
+
+
+@pytest.mark.parametrize("algo", [PPO, GRPO, RLOO])
+@pytest.mark.parametrize("ratio", [0.5, 3.0])
+def test_every_algorithm_scales_its_policy_gradient_by_the_capped_ratio(words_model_dir, teacher_forced, algo, ratio):
+    group = {"vf_coef": 0.0} if algo is PPO else {"group_size": 4}  # the value loss is not a policy gradient
+    settings = {"batch_size": 8, "minibatch_size": 8, "epochs": 1, "kl_coef": 0.0, "max_grad_norm": 1e9, **group}
+
+    def grad_norm(tis_cap: float | None) -> float:
+        agent = algo(words_model_dir, make_envs(words_model_dir), tis_cap=tis_cap, **settings)
+        _, _, metrics = with_sampler_ratios(agent, teacher_forced, lambda mask: torch.full_like(mask, ratio))
+        return metrics["train/grad_norm"]
+
+    plain = grad_norm(None)
+    assert plain > 0
+    assert grad_norm(2.0) == pytest.approx(min(ratio, 2.0) * plain, rel=1e-4)
+
+
+@pytest.mark.parametrize("algo", [PPO, GRPO, RLOO])
+def test_truncated_importance_sampling_is_a_no_op_when_the_trainer_samples_in_fp32(words_model_dir, algo):
+    group = {} if algo is PPO else {"group_size": 4, "recompute_old_logprobs": True}  # π_old from a pass, not a copy
+    settings = {"batch_size": 8, "minibatch_size": 4, "epochs": 2, "kl_coef": 0.1, **group}
+    runs = [algo(words_model_dir, make_envs(words_model_dir), tis_cap=cap, **settings) for cap in (2.0, None)]
+    corrected, plain = (agent.learn(16, progress_bar=False).history for agent in runs)
+    for row, other in zip(corrected, plain):
+        assert row["train/sampler_logprob_error_max"] < 1e-4 and row["train/tis_capped_fraction"] == 0
+        assert row["train/tis_ratio_mean"] == pytest.approx(1, abs=1e-5)
+        for key in ("train/policy_loss", "train/grad_norm", "train/approx_kl"):
+            assert row[key] == pytest.approx(other[key], rel=1e-4, abs=1e-7), key
+
+
+def test_the_bf16_sampling_copys_drift_is_logged_and_corrected(words_model_dir, native_bf16, tmp_path):
+    settings = {"batch_size": 8, "minibatch_size": 8, "group_size": 4, "precision": "bf16", "tensorboard": False}
+    corrected = GRPO(words_model_dir, make_envs(words_model_dir), run_dir=tmp_path, **settings)
+    assert corrected.sampling_lm.dtype == torch.bfloat16
+    plain = GRPO(words_model_dir, make_envs(words_model_dir), tis_cap=None, **settings)
+    corrected.learn(16, progress_bar=False), plain.learn(8, progress_bar=False)
+    with (tmp_path / "progress.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        assert 1e-4 < float(row["train/sampler_logprob_error"]) < float(row["train/sampler_logprob_error_max"])
+        assert float(row["train/tis_ratio_mean"]) != 1.0
+    assert corrected.history[0]["train/grad_norm"] != pytest.approx(plain.history[0]["train/grad_norm"], rel=1e-6)
 
 
 # --- on-policy batches and exact resume ------------------------------------------------------------------------

@@ -86,6 +86,7 @@ def test_two_processes_take_the_single_process_step(words_model_dir, tmp_path, s
     assert_same_weights(weights(double, 0), before, atol=1e-6 if algo == "ppo" else 1e-5)
     expected, got = rank_result(single, 0), rank_result(double, 0)
     metrics = ("policy_loss", "entropy", "clip_fraction", "approx_kl", "grad_norm", "kl_coef", "sampler_logprob_error")
+    metrics += ("tis_ratio_mean", "tis_capped_fraction")  # the drift correction, over both processes' tokens
     for name in (f"train/{m}" for m in metrics):
         assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name
     if scenario == "update_fsdp":  # the sharded policy saves whole weights that load without textgym

@@ -116,3 +116,8 @@ def test_two_processes_take_the_single_process_step(words_t5_dir, tmp_path, scen
     expected, got = rank_result(single, 0), rank_result(double, 0)
     for name in ("train/policy_loss", "train/entropy", "train/approx_kl", "train/grad_norm"):
         assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name
+
+
+def test_the_vllm_backend_refuses_an_encoder_decoder(words_t5_dir):
+    with pytest.raises(ValueError, match="encoder-decoder policy samples with rollout_backend='engine'"):
+        GRPO(words_t5_dir, make_envs(words_t5_dir), batch_size=8, group_size=4, rollout_backend="vllm")

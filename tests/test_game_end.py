@@ -117,7 +117,7 @@ def test_the_last_turn_cut_by_the_budget_is_truncated_a_whole_one_lost(tiny_mode
 
 def batch_of(episodes):
     """A RolloutBatch of ``(steps, last reward, terminated)`` episodes, as the collector builds it from the env's
-    flags (``_FinishedEpisode.terminated`` is the env's terminated flag of the last step)."""
+    flags (``FinishedEpisode.terminated`` is the env's terminated flag of the last step)."""
     from agents.rollout import RolloutBatch
 
     width = max(steps for steps, _, _ in episodes)
