@@ -268,7 +268,7 @@ def completion_logits(
     keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(E, T, V)`` that chose each of the last ``T`` tokens, and the last hidden states there ``(E, T, H)``
-    (an encoder–decoder's: [_seq2seq_completion_logits][agents.policy._seq2seq_completion_logits]).
+    (an encoder–decoder's: ``_seq2seq_completion_logits``).
 
     Rows with the same prompt (a GRPO group) share one pass over it: the prompts run once each, their KV cache
     is copied to every row of theirs, and the completions run on it. The trunk then runs on ``U · P + E · T``
