@@ -318,6 +318,14 @@ class RolloutCollector:
     def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_tokens(logits, self.sampling, self._warpers, self.generator)
 
+    def _context(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The observation's token context, what the model reads (a multi-turn env's ``agent_mask`` is not)."""
+        return {key: obs[key] for key in self._context_keys}
+
+    def _context_length(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Each row's context length ``(N,)``: its attended tokens (an encoder–decoder's source and decoder both)."""
+        return sum(obs[key].sum(axis=1) for key in self._context_keys if key.endswith("attention_mask"))
+
     def _check_spaces(self) -> None:
         obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
         decoder, encoder_decoder = (
