@@ -27,6 +27,9 @@ import numpy as np
 
 ACTION_MASKS = ("top_k", "top_p")
 
+_CONTEXT_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+"""The observation's arrays the reference reads (a causal LM the first two, an encoder–decoder all four)."""
+
 
 class ReferenceModel:
     """The reference LM over ``num_rows`` episodes: next-token log-probs and action masks per row.
@@ -99,7 +102,8 @@ class ReferenceModel:
             self._stale[:] = True
         stale = self._stale & running
         if stale.any():
-            self.lm.encode_rows(stale, **observation)
+            context = {key: observation[key] for key in _CONTEXT_KEYS if key in observation}  # not agent_mask
+            self.lm.encode_rows(stale, **context)
             self._stale[stale] = False
             self._logprobs = self._masks = None
         if self._logprobs is None:
