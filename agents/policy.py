@@ -339,27 +339,24 @@ def completion_logits(
     return model.get_output_embeddings()(outputs[keep]), outputs  # (N, V) and the hidden states (E, T, H)
 
 
-_SELECTS_LOGITS: dict[type, bool] = {}
-
-
 @torch.no_grad()
 def selects_logits(model: PreTrainedModel) -> bool:
     """Whether ``model``'s logits are its output layer applied to its decoder's last hidden states, so that
     [completion_logits][agents.policy.completion_logits] may run the output layer on chosen positions only.
 
-    Checked once per model class on a four-token input (Llama, Qwen, GPT-2 and their kin pass; a logit soft-cap or
-    scale would fail it, and those models keep computing every position's logits)."""
-    kind = type(model)
-    if kind not in _SELECTS_LOGITS:
+    Checked once per model (its config may add a logit soft-cap or scale that the class alone does not tell) on a
+    four-token input, and remembered on the model; models that fail keep computing every position's logits."""
+    if not hasattr(model, "_selects_logits"):
         try:
             vocab = model.get_output_embeddings().weight.shape[0]
             ids = (torch.arange(1, 5, device=next(model.parameters()).device) % vocab)[None]  # not padding
             whole = model(input_ids=ids, use_cache=False).logits
             hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-            _SELECTS_LOGITS[kind] = torch.allclose(model.get_output_embeddings()(hidden), whole, atol=1e-4, rtol=1e-4)
+            selects = torch.allclose(model.get_output_embeddings()(hidden), whole, atol=1e-4, rtol=1e-4)
         except (AttributeError, NotImplementedError, TypeError):  # no get_decoder / get_output_embeddings
-            _SELECTS_LOGITS[kind] = False
-    return _SELECTS_LOGITS[kind]
+            selects = False
+        model._selects_logits = selects
+    return model._selects_logits
 
 
 def _kept(tokens: torch.Tensor, keep: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
