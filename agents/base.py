@@ -282,8 +282,9 @@ class LMAgent(Checkpointing):
             stats = self.train_on_batch(batch)
         except torch.OutOfMemoryError as err:
             raise RuntimeError(
-                f"Out of GPU memory in a {self.algo} update. Lower minibatch_size (now {self.config.minibatch_size}) "
-                f"for the update, eval_batch_size (now {self.eval_batch_size}) for the passes without gradients, "
+                f"Out of GPU memory in a {self.algo} update. Set microbatch_size (now {self.config.microbatch_size}) "
+                "below minibatch_size for the update (the same steps, fewer episodes per pass), eval_batch_size "
+                f"(now {self.eval_batch_size}) for the passes without gradients, "
                 "or the env's max_new_tokens; train LoRA adapters (lora_rank=16), or put the reference elsewhere "
                 "(reference_device='cpu')."
             ) from err
@@ -320,9 +321,12 @@ class LMAgent(Checkpointing):
     # --- shared pieces of updates --------------------------------------------------------------------------
     @property
     def one_step_per_batch(self) -> bool:
-        """One gradient step per batch (one epoch, one minibatch): the update's only pass runs on the weights
-        that sampled the batch, so it gives π_old's log-probs (and values) itself."""
-        return self.config.epochs == 1 and self.config.minibatch_size >= self.config.batch_size
+        """One gradient step per batch from one pass (one epoch, one minibatch, not split into micro-batches): the
+        update's only pass runs on the weights that sampled the batch, so it gives π_old's log-probs (and values)
+        itself."""
+        c = self.config
+        one_pass = c.microbatch_size is None or c.microbatch_size >= c.minibatch_size
+        return c.epochs == 1 and c.minibatch_size >= c.batch_size and one_pass
 
     def optimizer_steps(self, episodes: int) -> int:
         """The optimizer steps of training on ``episodes`` episodes, in whole batches, without early stops."""
@@ -349,6 +353,23 @@ class LMAgent(Checkpointing):
             chosen = order[start : start + self.config.minibatch_size]
             local = chosen[(chosen >= first) & (chosen < first + size)] - first
             yield (local, 1.0) if len(local) else (torch.zeros(1, dtype=torch.long, device=self.device), 0.0)
+
+    def microbatches(self, index: torch.Tensor, weight: float) -> Iterator[tuple[torch.Tensor, float]]:
+        """One minibatch of [minibatches][agents.base.LMAgent.minibatches] in forward and backward passes of at
+        most ``microbatch_size`` episodes, as ``(index, weight)``; the whole of it without ``microbatch_size``.
+
+        Distributed, every process makes as many passes as the one with the most episodes in the minibatch (FSDP
+        needs them in step); a process with fewer makes its extra passes on one episode with weight 0.0."""
+        size = self.config.microbatch_size
+        if size is None:
+            yield index, weight
+            return
+        parts = index.split(size) if weight else ()
+        passes = len(parts)
+        if self.world_size > 1:
+            passes = int(dist.all_gather_cat(torch.tensor([passes], device=self.device)).max())
+        for i in range(passes):
+            yield (parts[i], weight) if i < len(parts) else (index[:1], 0.0)
 
     def loss_mask(self, batch: RolloutBatch) -> torch.Tensor:
         """``(E, T)`` float: the completion tokens the loss sees (truncated ones left out if so configured)."""
@@ -446,21 +467,26 @@ class LMAgent(Checkpointing):
         means = {name: float(np.mean(values)) for name, values in stats.items() if values}
         return {**means, "train/grad_norm": means.get("train/grad_norm", float("nan"))}
 
-    def optimizer_step(self, loss: torch.Tensor) -> float:
-        """One clipped AdamW step on ``loss`` (and one step of the schedule); returns the gradient norm.
+    def optimizer_step(self) -> float:
+        """One clipped AdamW step on the gradients the minibatch's passes left (and one step of the schedule);
+        returns the gradient norm.
 
-        Distributed, ``loss`` is this rank's share (normalised by the whole minibatch's counts), so the sum of
-        the ranks' gradients is the single-process gradient; it is clipped after the sum. The gradients are freed
-        right after the step, not before the next backward: the next forward pass then runs without them in
-        memory (the policy's size in float32 less at the peak, and no fresh pages to fault in at the second
-        update, which took twice as long as the later ones when the peak grew there)."""
-        loss.backward()
+        Each pass's loss is its share of the minibatch's (normalised by the whole minibatch's counts,
+        [MinibatchCounts][agents.losses.MinibatchCounts]), so the sum of the passes' and the ranks' gradients is
+        the gradient of one pass over the minibatch; it is clipped after the sum. The gradients are freed right
+        after the step, not before the next backward: the next forward pass then runs without them in memory
+        (the policy's size in float32 less at the peak, and no fresh pages to fault in at the second update,
+        which took twice as long as the later ones when the peak grew there)."""
         dist.all_reduce_gradients(self.policy.trainable_parameters())
         norm = dist.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return float(norm)
+
+    def discard_gradients(self) -> None:
+        """Drop the minibatch's gradients without a step (``target_kl`` stopped the iteration)."""
+        self.optimizer.zero_grad(set_to_none=True)
 
     def autocast(self) -> Any:
         """bfloat16 autocast when ``precision`` resolved to bf16 (on any device), else full precision."""

@@ -33,7 +33,13 @@ class AgentConfig:
     """Finished episodes per iteration (one rollout, then the update), over all processes of a distributed run;
     each process's share (``batch_size / world_size``) is a multiple of its env's ``num_envs``."""
     minibatch_size: int = 8
-    """Episodes per gradient step (over all processes); each process makes one forward pass over its part."""
+    """Episodes per gradient step (over all processes); each process makes one forward pass over its part, or
+    several with ``microbatch_size``."""
+    microbatch_size: int | None = None
+    """Episodes per forward and backward pass of the update (on each process): a minibatch's passes add up their
+    gradients before its one step, which is the step of one pass over the whole minibatch (to float rounding),
+    with the activations of ``microbatch_size`` episodes in memory at a time, not ``minibatch_size``'s. ``None``:
+    the minibatch in one pass. Splitting a batch's only minibatch costs a pass without gradients for π_old."""
     eval_batch_size: int | None = None
     """Episodes per chunk of the passes without gradients (old log-probs and values, reference); ``None``:
     ``minibatch_size``. It bounds their memory: one chunk's full-vocabulary logits exist at a time."""
@@ -117,6 +123,11 @@ class AgentConfig:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) exceeds batch_size ({self.batch_size}).")
         if self.eval_batch_size is not None and self.eval_batch_size <= 0:
             raise ValueError(f"eval_batch_size must be positive (or None), got {self.eval_batch_size}.")
+        if self.microbatch_size is not None and not 0 < self.microbatch_size <= self.minibatch_size:
+            raise ValueError(
+                f"microbatch_size must be positive and at most minibatch_size ({self.minibatch_size}) (or None), "
+                f"got {self.microbatch_size}."
+            )
         if self.kl_coef < 0 or self.ent_coef < 0 or self.clip_range <= 0 or self.weight_decay < 0:
             raise ValueError("kl_coef, ent_coef and weight_decay must be >= 0 and clip_range > 0.")
         if self.warmup_steps < 0:

@@ -23,7 +23,7 @@ import torch
 
 from agents.base import LMAgent
 from agents.config import AgentConfig
-from agents.losses import in_batch_order, masked_mean_share
+from agents.losses import MinibatchCounts, in_batch_order, masked_mean_share
 from agents.rollout import RolloutBatch
 from textgym.lm import distributed as dist
 
@@ -101,12 +101,14 @@ class GroupAgent(LMAgent):
         ref_logprobs: torch.Tensor | None,
         advantages: torch.Tensor,
         mask: torch.Tensor,
+        counts: MinibatchCounts | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The loss of one minibatch (a scalar), with the ratio's clip indicator and approximate KL per token.
+        """The loss of one pass over a minibatch (a scalar), with the ratio's clip indicator and approximate KL per
+        token.
 
-        Distributed, the loss is this process's share of the minibatch's (its terms normalised by the counts of
-        the whole minibatch, [masked_mean_share][agents.losses.masked_mean_share]): the ranks' gradients sum to the
-        single-process gradient.
+        The loss is this pass's share of the minibatch's (its terms normalised by ``counts``, the whole
+        minibatch's, [masked_mean_share][agents.losses.masked_mean_share]): the gradients of the passes and of the
+        ranks sum to the gradient of one pass over the minibatch.
 
         Args:
             logprobs: ``(B, T)`` under the policy being trained (with gradients).
@@ -117,6 +119,7 @@ class GroupAgent(LMAgent):
                 from [turn_advantages][agents.group.turn_advantages]; times the sampler's drift correction
                 ([sampler_correction][agents.base.LMAgent.sampler_correction]).
             mask: ``(B, T)`` the tokens the loss sees.
+            counts: what the minibatch's means divide by (by default ``mask``'s, over every process).
         """
         raise NotImplementedError
 
@@ -138,30 +141,46 @@ class GroupAgent(LMAgent):
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
         for _ in range(c.epochs):
-            for index, weight in self.minibatches(len(batch)):
-                m = loss_mask[index] * weight
-                with self.autocast():
-                    new = self.policy.evaluate(
-                        ids[index], attn[index], width, c.temperature, entropy_grad=c.ent_coef > 0, keep=actions[index]
+            for minibatch, minibatch_weight in self.minibatches(len(batch)):
+                counts = MinibatchCounts.of(loss_mask[minibatch] * minibatch_weight)
+                terms = torch.zeros(4, device=self.device)  # this process's shares of the minibatch's means
+                for index, weight in self.microbatches(minibatch, minibatch_weight):
+                    m = loss_mask[index] * weight
+                    with self.autocast():
+                        new = self.policy.evaluate(
+                            ids[index],
+                            attn[index],
+                            width,
+                            c.temperature,
+                            entropy_grad=c.ent_coef > 0,
+                            keep=actions[index],
+                        )
+                    if own_pass:  # the one minibatch is the whole batch in one pass, on the weights that sampled it
+                        old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
+                        advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
+                        tis, drift = self.sampler_correction(batch, old_logprobs, mask)
+                    ref = None if ref_logprobs is None else ref_logprobs[index]
+                    loss, clipped, approx_kl = self.policy_loss(
+                        new.logprobs, old_logprobs[index], ref, advantages[index] * tis[index], m, counts
                     )
-                if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
-                    old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
-                    advantages = self._batch_advantages(batch, old_logprobs, ref_logprobs)
-                    tis, drift = self.sampler_correction(batch, old_logprobs, mask)
-                ref = None if ref_logprobs is None else ref_logprobs[index]
-                loss, clipped, approx_kl = self.policy_loss(
-                    new.logprobs, old_logprobs[index], ref, advantages[index] * tis[index], m
-                )
-                entropy = masked_mean_share(new.entropy, m)
-                loss = loss - c.ent_coef * entropy
-                terms = torch.stack([loss, entropy, masked_mean_share(clipped, m), masked_mean_share(approx_kl, m)])
-                totals = dist.all_reduce_sum(terms.detach()).tolist()  # the whole minibatch's, on every rank
+                    entropy = masked_mean_share(new.entropy, m, counts)
+                    loss = loss - c.ent_coef * entropy
+                    loss.backward()
+                    shares = [
+                        loss,
+                        entropy,
+                        masked_mean_share(clipped, m, counts),
+                        masked_mean_share(approx_kl, m, counts),
+                    ]
+                    terms += torch.stack(shares).detach()
+                totals = dist.all_reduce_sum(terms).tolist()  # the whole minibatch's, on every rank
                 for name, total in zip(("policy_loss", "entropy", "clip_fraction", "approx_kl"), totals):
                     stats[f"train/{name}"].append(total)
-                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # before stepping, as SB3 does
+                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # no step on it, as SB3 does
+                    self.discard_gradients()
                     stop = True
                     break
-                stats["train/grad_norm"].append(self.optimizer_step(loss))
+                stats["train/grad_norm"].append(self.optimizer_step())
             if stop:
                 break
         return {

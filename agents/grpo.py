@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from agents.group import GroupAgent, GroupConfig
-from agents.losses import clipped_surrogate, completion_mean_share, masked_mean_share
+from agents.losses import MinibatchCounts, clipped_surrogate, completion_mean_share, masked_mean_share
 
 LOSS_TYPES = ("sequence", "token")
 
@@ -65,6 +65,7 @@ class GRPO(GroupAgent):
         ref_logprobs: torch.Tensor | None,
         advantages: torch.Tensor,
         mask: torch.Tensor,
+        counts: MinibatchCounts | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
         per_token, clipped, approx_kl = clipped_surrogate(
@@ -73,5 +74,5 @@ class GRPO(GroupAgent):
         if ref_logprobs is not None:
             per_token = per_token + self.kl_coef * self.kl_penalty(logprobs, ref_logprobs)
         if c.loss_type == "token":  # this process's share of the minibatch's mean (docstring of GroupAgent)
-            return masked_mean_share(per_token, mask), clipped, approx_kl
-        return completion_mean_share(per_token, mask), clipped, approx_kl
+            return masked_mean_share(per_token, mask, counts), clipped, approx_kl
+        return completion_mean_share(per_token, mask, counts), clipped, approx_kl

@@ -72,18 +72,38 @@ def completion_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (masked_mean(values, mask, dim=1) * has_tokens).sum() / has_tokens.sum().clamp(min=1)
 
 
-def masked_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """This process's share of the masked mean over every process's entries (differentiable): the sum of its
-    masked values over the count of all processes. Summed over the processes, as their gradients are, it is
-    the mean of the whole batch; with one process it is [masked_mean][agents.losses.masked_mean]."""
-    return (values * mask).sum() / dist.all_reduce_sum(mask.sum().detach()).clamp(min=1)
+@dataclass(frozen=True)
+class MinibatchCounts:
+    """What the means of a minibatch's loss divide by, counted over every process: its tokens in the loss and its
+    completions with any. A minibatch split into passes (``microbatch_size``) counts them once, before its
+    passes, so that each pass's loss is its share of the minibatch's mean."""
+
+    tokens: torch.Tensor
+    completions: torch.Tensor
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> MinibatchCounts:
+        """The counts of a minibatch whose loss mask on this process is ``mask`` ``(E, T)``."""
+        has_tokens = (mask.sum(dim=1) > 0).float()  # (E,)
+        tokens, completions = dist.all_reduce_sum(torch.stack([mask.sum(), has_tokens.sum()]).detach()).clamp(min=1)
+        return cls(tokens, completions)
 
 
-def completion_mean_share(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """This process's share of [completion_mean][agents.losses.completion_mean] over every process's completions
-    (differentiable)."""
+def masked_mean_share(values: torch.Tensor, mask: torch.Tensor, counts: MinibatchCounts | None = None) -> torch.Tensor:
+    """This pass's share of the masked mean over every process's entries (differentiable): the sum of its masked
+    values over the minibatch's token count (``counts``; by default ``mask``'s, over every process). Summed over
+    the processes and passes, as their gradients are, it is the mean of the whole minibatch; with one process
+    and one pass it is [masked_mean][agents.losses.masked_mean]."""
+    return (values * mask).sum() / (counts or MinibatchCounts.of(mask)).tokens
+
+
+def completion_mean_share(
+    values: torch.Tensor, mask: torch.Tensor, counts: MinibatchCounts | None = None
+) -> torch.Tensor:
+    """This pass's share of [completion_mean][agents.losses.completion_mean] over the minibatch's completions
+    (``counts``; by default ``mask``'s, over every process) (differentiable)."""
     has_tokens = (mask.sum(dim=1) > 0).float()  # (E,)
-    return (masked_mean(values, mask, dim=1) * has_tokens).sum() / dist.all_reduce_sum(has_tokens.sum()).clamp(min=1)
+    return (masked_mean(values, mask, dim=1) * has_tokens).sum() / (counts or MinibatchCounts.of(mask)).completions
 
 
 def global_masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,14 @@ import torch
 
 from agents.base import LMAgent
 from agents.config import AgentConfig
-from agents.losses import clipped_surrogate, global_masked_mean, in_batch_order, masked_mean_share, masked_whiten
+from agents.losses import (
+    MinibatchCounts,
+    clipped_surrogate,
+    global_masked_mean,
+    in_batch_order,
+    masked_mean_share,
+    masked_whiten,
+)
 from agents.rollout import RolloutBatch
 from textgym.lm import distributed as dist
 
@@ -139,41 +146,52 @@ class PPO(LMAgent):
         stats: dict[str, list[float]] = defaultdict(list)  # metric name -> one value per minibatch
         stop = False
         for _ in range(c.epochs):
-            for index, weight in self.minibatches(len(batch)):
-                m = loss_mask[index] * weight
-                with self.autocast():
-                    new = self.policy.evaluate(
-                        ids[index],
-                        attn[index],
-                        width,
-                        c.temperature,
-                        with_values=True,
-                        entropy_grad=c.ent_coef > 0,
-                        keep=actions[index],
+            for minibatch, minibatch_weight in self.minibatches(len(batch)):
+                counts = MinibatchCounts.of(loss_mask[minibatch] * minibatch_weight)
+                terms = torch.zeros(5, device=self.device)  # this process's shares of the minibatch's means
+                for index, weight in self.microbatches(minibatch, minibatch_weight):
+                    m = loss_mask[index] * weight
+                    with self.autocast():
+                        new = self.policy.evaluate(
+                            ids[index],
+                            attn[index],
+                            width,
+                            c.temperature,
+                            with_values=True,
+                            entropy_grad=c.ent_coef > 0,
+                            keep=actions[index],
+                        )
+                    if own_pass:  # the one minibatch is the whole batch in one pass, on the weights that sampled it
+                        old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
+                        old_values = in_batch_order(new.values.detach().float(), index) * mask
+                        advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
+                        tis, drift = self.sampler_correction(batch, old_logprobs, mask)
+                    policy_loss, clipped, approx_kl = clipped_surrogate(
+                        new.logprobs, old_logprobs[index], advantages[index] * tis[index], c.clip_range
                     )
-                if own_pass:  # the one minibatch is the whole batch, on the weights that sampled it
-                    old_logprobs = in_batch_order(new.logprobs.detach(), index) * mask
-                    old_values = in_batch_order(new.values.detach().float(), index) * mask
-                    advantages, returns = self._advantages(batch, old_logprobs, old_values, ref_logprobs)
-                    tis, drift = self.sampler_correction(batch, old_logprobs, mask)
-                policy_loss, clipped, approx_kl = clipped_surrogate(
-                    new.logprobs, old_logprobs[index], advantages[index] * tis[index], c.clip_range
-                )
-                values = new.values.float()
-                values_clipped = old_values[index] + (values - old_values[index]).clamp(
-                    -c.clip_range_value, c.clip_range_value
-                )
-                value_loss = 0.5 * torch.maximum((values - returns[index]) ** 2, (values_clipped - returns[index]) ** 2)
-                # Each term is this process's share of the whole minibatch's mean (the mean with one process).
-                terms = [masked_mean_share(x, m) for x in (policy_loss, value_loss, new.entropy, clipped, approx_kl)]
-                loss = terms[0] + c.vf_coef * terms[1] - c.ent_coef * terms[2]
-                totals = dist.all_reduce_sum(torch.stack(terms).detach()).tolist()  # the minibatch's, on every rank
+                    values = new.values.float()
+                    values_clipped = old_values[index] + (values - old_values[index]).clamp(
+                        -c.clip_range_value, c.clip_range_value
+                    )
+                    value_loss = 0.5 * torch.maximum(
+                        (values - returns[index]) ** 2, (values_clipped - returns[index]) ** 2
+                    )
+                    # Each term is this pass's share of the whole minibatch's mean (the mean with one process and pass).
+                    shares = [
+                        masked_mean_share(x, m, counts)
+                        for x in (policy_loss, value_loss, new.entropy, clipped, approx_kl)
+                    ]
+                    loss = shares[0] + c.vf_coef * shares[1] - c.ent_coef * shares[2]
+                    loss.backward()
+                    terms += torch.stack(shares).detach()
+                totals = dist.all_reduce_sum(terms).tolist()  # the minibatch's, on every rank
                 for name, total in zip(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), totals):
                     stats[f"train/{name}"].append(total)
-                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # before stepping, as SB3 does
+                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # no step on it, as SB3 does
+                    self.discard_gradients()
                     stop = True
                     break
-                stats["train/grad_norm"].append(self.optimizer_step(loss))
+                stats["train/grad_norm"].append(self.optimizer_step())
             if stop:
                 break
 

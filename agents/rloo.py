@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from agents.group import GroupAgent, GroupConfig
-from agents.losses import clipped_surrogate, completion_mean_share
+from agents.losses import MinibatchCounts, clipped_surrogate, completion_mean_share
 
 
 @dataclass
@@ -40,8 +40,9 @@ class RLOO(GroupAgent):
         ref_logprobs: torch.Tensor | None,
         advantages: torch.Tensor,
         mask: torch.Tensor,
+        counts: MinibatchCounts | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         per_token, clipped, approx_kl = clipped_surrogate(
             logprobs, old_logprobs, advantages, self.config.clip_range
         )  # (B, T); the KL is already in the reward
-        return completion_mean_share(per_token, mask), clipped, approx_kl  # this process's share
+        return completion_mean_share(per_token, mask, counts), clipped, approx_kl  # this pass's share

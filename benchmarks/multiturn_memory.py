@@ -6,6 +6,7 @@ agent, after each rollout and after each update.
 
     python benchmarks/multiturn_memory.py                                  # the example's settings, embedded model
     python benchmarks/multiturn_memory.py --game WordGuess-v1 --level 2 --minibatch 8
+    python benchmarks/multiturn_memory.py --microbatch 8   # minibatches of 32 in passes of 8: the same step
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="embedded default, 'tiny', or a local model directory")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--minibatch", type=int, default=32)
+    parser.add_argument("--microbatch", type=int, default=None, help="episodes per pass (default: the minibatch)")
     parser.add_argument("--iterations", type=int, default=1)
     args = parser.parse_args()
 
@@ -39,9 +41,12 @@ def main() -> None:
     if args.game == "GuessNumber-v1":  # the example's: one-token answers, a small reward for any number in range
         settings.update(max_turn_tokens=1, format_reward=0.1)
     envs = gym.make_vec(args.game, num_envs=8, split="train", **settings)
-    agent = GRPO(args.model, envs, batch_size=args.batch, minibatch_size=args.minibatch, learning_rate=3e-3,
-                 kl_coef=0.0, keep_host_memory=False, tensorboard=False)  # fmt: skip
-    print(f"{args.game} level {args.level}, batch {args.batch}, minibatch {args.minibatch}")
+    agent = GRPO(args.model, envs, batch_size=args.batch, minibatch_size=args.minibatch,
+                 microbatch_size=args.microbatch, learning_rate=3e-3, kl_coef=0.0, keep_host_memory=False,
+                 tensorboard=False)  # fmt: skip
+    print(
+        f"{args.game} level {args.level}, batch {args.batch}, minibatch {args.minibatch}, microbatch {args.microbatch}"
+    )
     print(f"agent built: peak {peak_gib():.2f} GiB", flush=True)
     for i in range(args.iterations):
         start = time.perf_counter()

@@ -59,13 +59,15 @@ def trainable_state(agent) -> dict[str, torch.Tensor]:
     }
 
 
-def update(algo: str, model_dir: str, out: Path, fsdp: bool = False) -> dict:
+def update(algo: str, model_dir: str, out: Path, fsdp: bool = False, microbatch_size: int | None = None) -> dict:
     """One update on the same global batch: the whole batch alone, this rank's share under torchrun (with the
-    policy sharded by FSDP if ``fsdp``)."""
+    policy sharded by FSDP if ``fsdp``; each minibatch in passes of ``microbatch_size`` if given)."""
     from textgym.lm.models import load_lm
 
     adaptive = {"kl_target": 0.1, "kl_horizon": 100} if algo == "ppo" else {}  # β adapts by the whole batch
-    agent = make_agent(algo, model_dir, num_envs=2, normalize_rewards=True, fsdp=fsdp, **adaptive)
+    agent = make_agent(
+        algo, model_dir, num_envs=2, normalize_rewards=True, fsdp=fsdp, microbatch_size=microbatch_size, **adaptive
+    )
     # The global batch, sampled identically on every rank by a collector of its own (seed 0) with the same
     # starting weights, of the prompts a single process would draw; each rank then trains on its share.
     reference = RolloutCollector(load_lm(model_dir), make_envs(model_dir, 4), seed=0)
@@ -190,6 +192,8 @@ def main() -> int:
             result = update(algo, model_dir, out)
         elif scenario == "update_fsdp":
             result = update(algo, model_dir, out, fsdp=dist.env_world_size() > 1)
+        elif scenario == "update_fsdp_microbatches":  # minibatches of 4 in passes of 3: a rank's 0-4 episodes in 0-2
+            result = update(algo, model_dir, out, fsdp=dist.env_world_size() > 1, microbatch_size=3)
         elif scenario in ("learn", "learn_fsdp", "die"):
             resume = len(sys.argv) > 6
             fsdp, die = scenario == "learn_fsdp", scenario == "die"

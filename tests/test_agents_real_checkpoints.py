@@ -144,6 +144,47 @@ def test_one_step_per_batch_takes_pi_old_from_the_update_pass_without_another_pa
         assert histories[0]["train/value_loss"] == pytest.approx(histories[1]["train/value_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("algo", [PPO, GRPO, RLOO])
+@pytest.mark.parametrize(("batch_size", "epochs"), [(8, 1), (16, 2)])
+def test_a_minibatch_in_micro_batches_takes_the_step_of_one_pass(words_model_dir, algo, batch_size, epochs):
+    """Minibatches of 8 in passes of 3, 3 and 2 episodes: the summed gradients, the step and the logged losses are
+    those of one pass. With one minibatch per batch π_old then comes from a pass of its own (in fp32 equal to the
+    update's); with two, the second minibatch's passes run on the weights the first one's step left."""
+    group = {} if algo is PPO else {"group_size": 4}
+    settings = {"batch_size": batch_size, "minibatch_size": 8, "epochs": epochs, "kl_coef": 0.1, "ent_coef": 0.01}
+
+    def first_update(microbatch_size: int | None) -> tuple[dict[str, float], list[torch.Tensor], int]:
+        agent = algo(words_model_dir, make_envs(words_model_dir), microbatch_size=microbatch_size, **settings, **group)
+        gradients, forward = [], agent.policy.evaluate
+        passes = []  # the update's passes (with gradients), by their episodes
+
+        def evaluate(ids, *args, **kwargs):
+            passes.extend([len(ids)] if torch.is_grad_enabled() else [])
+            return forward(ids, *args, **kwargs)
+
+        agent.policy.evaluate = evaluate
+        step = agent.optimizer.step
+        params = agent.policy.trainable_parameters()
+        agent.optimizer.step = lambda *a, **k: gradients.append(torch.cat([p.grad.flatten() for p in params])) or step()
+        agent.learn(batch_size, progress_bar=False)
+        return agent.history[0], gradients, passes
+
+    (whole, whole_grads, whole_passes), (micro, micro_grads, micro_passes) = first_update(None), first_update(3)
+    assert whole_passes == [8] * (batch_size // 8 * epochs)
+    assert micro_passes == [3, 3, 2] * (batch_size // 8 * epochs)
+    assert len(micro_grads) == len(whole_grads) == batch_size // 8 * epochs
+    for a, b in zip(whole_grads, micro_grads):
+        assert (a - b).norm() < 1e-5 * a.norm()
+    names = ["policy_loss", "entropy", "clip_fraction", "approx_kl", "grad_norm", "kl_ref"]
+    for key in [f"train/{name}" for name in names + (["value_loss"] if algo is PPO else [])]:
+        assert micro[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+
+
+def test_micro_batches_larger_than_the_minibatch_are_refused(words_model_dir):
+    with pytest.raises(ValueError, match="microbatch_size must be positive and at most minibatch_size"):
+        GRPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=4, microbatch_size=5)
+
+
 def test_ppo_bf16_autocast_first_ratio_is_one(words_model_dir, native_bf16):
     agent = PPO(words_model_dir, make_envs(words_model_dir), batch_size=8, minibatch_size=4, epochs=1, precision="bf16")
     assert first_minibatch_kl(agent) < 1e-7
