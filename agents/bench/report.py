@@ -262,25 +262,34 @@ def plot_overoptimization(rows: Rows, label: Callable[[dict], str], path: Path) 
     panels = [a for a in dict.fromkeys(label(r) for r in rows) if _base(a) in ("best-of-n", *TRAINED)]
     if not panels:
         return
-    fig, axes = _panels(len(panels), columns=4, size=(4.8, 4.2))
+    fig, axes = _panels(len(panels), columns=4, size=(5.2, 4.4))
     for ax, algo in zip(axes, panels):
         form = _bon_form if _base(algo) == "best-of-n" else _rl_form
         cell = [r for r in rows if label(r) == algo]
         d = np.sqrt(np.clip([r["kl"] for r in cell], 0, None))
         grid = np.linspace(0, max(d.max(), 1e-6), 100)
-        for key, name, color in (("gold_score", "gold", "tab:orange"), ("reward", "proxy", "tab:blue")):
+        # The proxy (a learned reward's units) on the left axis, the gold (the task's score) on the right: on one
+        # axis the proxy's larger scale flattens the gold's curve, whose peak is the point of the plot.
+        gold_ax = ax.twinx()
+        handles = []
+        for axis, key, name, color in (
+            (ax, "reward", "proxy", "tab:blue"),
+            (gold_ax, "gold_score", "gold", "tab:orange"),
+        ):
             gain = np.array([r[key] - r[f"start_{key}"] for r in cell])  # from the cell's own start, before training
             alpha, beta = fit_gao(d, gain, form)
-            ax.scatter(d, gain, color=color, s=14, alpha=0.7, label=f"{name} (seeds × points)")
-            ax.plot(grid, form(grid, alpha, beta), color=color, label=f"{name} fit: α={alpha:.2g}, β={beta:.2g}")
+            handles.append(axis.scatter(d, gain, color=color, s=14, alpha=0.7, label=f"{name} (seeds × points)"))
+            handles += axis.plot(
+                grid, form(grid, alpha, beta), color=color, label=f"{name} fit: α={alpha:.2g}, β={beta:.2g}"
+            )
+            axis.set_ylabel(f"{name} change from the starting model", color=color)
         ax.set(
             title=f"{algo}: {'d(α − βd)' if form is _bon_form else 'd(α − β log d)'}",
             xlabel="√KL to the starting model (√nats)",
-            ylabel="score change from the starting model",
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{rows[0]['task']}: over-optimisation (proxy = training reward, gold = reported score)")
+        ax.legend(handles=handles, fontsize=7)
+    fig.suptitle(f"{rows[0]['task']}: over-optimisation\n(proxy = training reward, gold = reported score)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
