@@ -22,8 +22,17 @@ from textgym.lm import distributed as dist
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest.json"
-# Settings that may change between a run and its resumption without making it another run.
-RESUMABLE_CHANGES = {"device", "reference_device", "checkpoint_every", "tensorboard", "samples_per_log"}
+# Settings that may change between a run and its resumption without making it another run: where and how often it
+# writes, and how many episodes a pass holds (the steps are the same; a smaller machine can take a run over).
+RESUMABLE_CHANGES = {
+    "device",
+    "reference_device",
+    "checkpoint_every",
+    "tensorboard",
+    "samples_per_log",
+    "microbatch_size",
+    "eval_batch_size",
+}
 
 
 class Checkpointing:

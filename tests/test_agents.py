@@ -149,6 +149,9 @@ def test_resume_continues_a_run(words_model_dir, tmp_path, algo):
         again.learn(64, progress_bar=False)
     again.learn(64, resume=True, progress_bar=False)
     assert (again.iteration, again.episodes_seen) == (8, 64)
+    smaller = algo(words_model_dir, make_envs(words_model_dir, 4), run_dir=tmp_path, **settings, microbatch_size=2)
+    smaller.learn(64, resume=True, progress_bar=False)  # fewer episodes a pass: the same run, taken over
+    assert smaller.iteration == 8
     for name, tensor in first.policy.lm.state_dict().items():  # it started from the first run's weights...
         assert not torch.equal(again.policy.lm.state_dict()[name], tensor) or "norm" in name
     rows = (tmp_path / "progress.csv").read_text().splitlines()
