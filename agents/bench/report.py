@@ -130,22 +130,26 @@ def results_markdown(rows: Rows, label: Callable[[dict], str], reps: int) -> str
 
 
 def plot_learning_curves(rows: Rows, label: Callable[[dict], str], path: Path) -> None:
+    """Per task, the normalised score against training env tokens (left) and against training time (right):
+    what an algorithm learns per token and per hour of the machine that ran it."""
     import matplotlib.pyplot as plt
 
     tasks = sorted({(r["task"], r["level"]) for r in rows})
-    fig, axes = _panels(len(tasks))
-    for ax, (task, level) in zip(axes, tasks):
+    fig, axes = _panels(2 * len(tasks), columns=2)
+    x_axes = (("train_tokens", 1, "training env tokens"), ("train_seconds", 60, "training time (minutes)"))
+    for i, (task, level) in enumerate(tasks):
         curves = _curves([r for r in rows if (r["task"], r["level"]) == (task, level)], label)
-        for (algo, points), color in zip(curves.items(), _colors(len(curves))):
-            x, y = points["train_tokens"], points["normalized_score"]
-            if max(x) == 0:  # trains nothing: its final value as a level line
-                ax.axhline(y[-1], linestyle="--", color=color, label=algo)
-            else:
-                ax.plot(x, y, marker="o", color=color, label=algo)
-        ax.set(title=f"{task} (level {level})", xlabel="training env tokens", ylabel="normalised score (IQM, seeds)")
-        _score_axis_from_zero(ax)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for ax, (key, unit, xlabel) in zip(axes[2 * i : 2 * i + 2], x_axes):
+            for (algo, points), color in zip(curves.items(), _colors(len(curves))):
+                x, y = np.array(points[key]) / unit, points["normalized_score"]
+                if points["train_tokens"][-1] == 0:  # trains nothing: its final value as a level line
+                    ax.axhline(y[-1], linestyle="--", color=color, label=algo)
+                else:
+                    ax.plot(x, y, marker="o", color=color, label=algo)
+            ax.set(title=f"{task} (level {level})", xlabel=xlabel, ylabel="normalised score (IQM, seeds)")
+            _score_axis_from_zero(ax)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -318,7 +322,7 @@ def _curves(rows: Rows, label: Callable[[dict], str]) -> dict[str, dict[str, lis
         points = _group(cell, lambda r: r["point"])
         curves[algo] = {
             key: [iqm([r[key] for r in points[p]]) for p in sorted(points)]
-            for key in ("train_tokens", "normalized_score", "kl")
+            for key in ("train_tokens", "train_seconds", "normalized_score", "kl")
         }
     return curves
 
