@@ -135,8 +135,8 @@ def test_gains_start_from_the_starting_model_when_0_is_not_an_evaluation_point(q
     monkeypatch.setattr("agents.bench.report.fit_gao", lambda d, gain, form: fits.append(gain) or (0.0, 0.0))
     plot_overoptimization(rows, lambda r: r["algorithm"], tmp_path / "plot.png")
     best_of_n = [r for r in rows if r["algorithm"] == "best-of-n"]
-    assert list(fits[0]) == [r["gold_score"] - r["start_gold_score"] for r in best_of_n]  # not from point 0
-    assert list(fits[1]) == [r["reward"] - r["start_reward"] for r in best_of_n]
+    assert list(fits[0]) == [r["reward"] - r["start_reward"] for r in best_of_n]  # not from point 0
+    assert list(fits[1]) == [r["gold_score"] - r["start_gold_score"] for r in best_of_n]
 
 
 def test_cells_written_before_the_start_columns_take_their_start_from_point_0(quick_run, tmp_path):
