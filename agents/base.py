@@ -484,9 +484,19 @@ class LMAgent(Checkpointing):
         self.scheduler.step()
         return float(norm)
 
-    def discard_gradients(self) -> None:
-        """Drop the minibatch's gradients without a step (``target_kl`` stopped the iteration)."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def finish_minibatch(self, terms: torch.Tensor, names: tuple[str, ...], stats: dict[str, list[float]]) -> bool:
+        """Log the minibatch's losses (``terms``, this process's shares, summed over the processes into ``stats``
+        under ``names``) and step on the gradients its passes left; returns whether to go on. When its approximate
+        KL to π_old exceeds ``target_kl``'s bound, its gradients are dropped instead, as SB3 does, and the
+        iteration stops."""
+        totals = dist.all_reduce_sum(terms).tolist()  # the whole minibatch's, on every rank
+        for name, total in zip(names, totals):
+            stats[f"train/{name}"].append(total)
+        if self.kl_exceeded(stats["train/approx_kl"][-1]):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        stats["train/grad_norm"].append(self.optimizer_step())
+        return True
 
     def autocast(self) -> Any:
         """bfloat16 autocast when ``precision`` resolved to bf16 (on any device), else full precision."""

@@ -173,14 +173,9 @@ class GroupAgent(LMAgent):
                         masked_mean_share(approx_kl, m, counts),
                     ]
                     terms += torch.stack(shares).detach()
-                totals = dist.all_reduce_sum(terms).tolist()  # the whole minibatch's, on every rank
-                for name, total in zip(("policy_loss", "entropy", "clip_fraction", "approx_kl"), totals):
-                    stats[f"train/{name}"].append(total)
-                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # no step on it, as SB3 does
-                    self.discard_gradients()
+                if not self.finish_minibatch(terms, ("policy_loss", "entropy", "clip_fraction", "approx_kl"), stats):
                     stop = True
                     break
-                stats["train/grad_norm"].append(self.optimizer_step())
             if stop:
                 break
         return {

@@ -27,7 +27,6 @@ from agents.losses import (
     masked_whiten,
 )
 from agents.rollout import RolloutBatch
-from textgym.lm import distributed as dist
 
 
 @dataclass
@@ -184,14 +183,10 @@ class PPO(LMAgent):
                     loss = shares[0] + c.vf_coef * shares[1] - c.ent_coef * shares[2]
                     loss.backward()
                     terms += torch.stack(shares).detach()
-                totals = dist.all_reduce_sum(terms).tolist()  # the minibatch's, on every rank
-                for name, total in zip(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), totals):
-                    stats[f"train/{name}"].append(total)
-                if self.kl_exceeded(stats["train/approx_kl"][-1]):  # no step on it, as SB3 does
-                    self.discard_gradients()
+                names = ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
+                if not self.finish_minibatch(terms, names, stats):
                     stop = True
                     break
-                stats["train/grad_norm"].append(self.optimizer_step())
             if stop:
                 break
 
